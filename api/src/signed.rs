@@ -1,0 +1,153 @@
+//! The one extractor that authenticates webhooks: it reads the raw body (capped at
+//! `HOOKQ_MAX_BODY_BYTES`) and checks its HMAC signature on exactly those bytes, before
+//! anything parses them.
+
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use hookq_core::{config::Config, signature};
+use poem::{Request, RequestBody, error::ReadBodyError, http::StatusCode};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef},
+};
+
+use crate::{error::ApiError, state::AppState};
+
+pub const META_HEADER: &str = "x-hub-signature-256";
+pub const BRIDGE_HEADER: &str = "x-webhook-signature";
+
+/// Which signatures a route accepts.
+pub trait SignedRoute: Send + Sync + 'static {
+    const DESCRIPTION: &'static str;
+    /// Picks the key and the header value to check, before the body is read: a request
+    /// that cannot be authenticated is refused without reading it.
+    fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError>;
+}
+
+pub struct Credentials<'r> {
+    key: &'r str,
+    header: &'r str,
+    prefix: &'static str,
+}
+
+fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /webhooks/instagram`: Meta's `X-Hub-Signature-256` with `META_APP_SECRET`.
+pub struct Meta;
+
+impl SignedRoute for Meta {
+    const DESCRIPTION: &'static str = "The webhook body exactly as Meta sent it, signed with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with META_APP_SECRET>`.";
+
+    fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError> {
+        let key = config.meta_app_secret.as_ref().ok_or_else(|| {
+            ApiError::unauthorized("META_APP_SECRET is not configured on this server")
+        })?;
+        let header = header(req, META_HEADER)
+            .ok_or_else(|| ApiError::unauthorized("missing X-Hub-Signature-256 header"))?;
+        Ok(Credentials {
+            key: key.expose(),
+            header,
+            prefix: "sha256=",
+        })
+    }
+}
+
+/// `POST /webhooks/whatsapp`: the Bridge's `X-Webhook-Signature` (hex, with
+/// `WHATSAPP_WEBHOOK_SECRET`) or the Cloud API's `X-Hub-Signature-256` (with
+/// `META_APP_SECRET`).
+pub struct Whatsapp;
+
+impl SignedRoute for Whatsapp {
+    const DESCRIPTION: &'static str = "A WhatsApp Bridge event signed with `X-Webhook-Signature: <hex HMAC-SHA256 with WHATSAPP_WEBHOOK_SECRET>`, or a Cloud API `whatsapp_business_account` payload signed with `X-Hub-Signature-256: sha256=<hex>` (META_APP_SECRET).";
+
+    fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError> {
+        if let Some(header) = header(req, BRIDGE_HEADER) {
+            let key = config.whatsapp_webhook_secret.as_ref().ok_or_else(|| {
+                ApiError::unauthorized("WHATSAPP_WEBHOOK_SECRET is not configured on this server")
+            })?;
+            return Ok(Credentials {
+                key: key.expose(),
+                header,
+                prefix: "",
+            });
+        }
+        if header(req, META_HEADER).is_some() {
+            return Meta::credentials(config, req);
+        }
+        Err(ApiError::unauthorized(
+            "missing X-Webhook-Signature or X-Hub-Signature-256 header",
+        ))
+    }
+}
+
+/// A verified raw body.
+pub struct SignedBody<R> {
+    pub bytes: Bytes,
+    _route: PhantomData<R>,
+}
+
+impl<'a, R: SignedRoute> ApiExtractor<'a> for SignedBody<R> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: Some(R::DESCRIPTION),
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("object"))),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        body: &mut RequestBody,
+        _: ExtractParamOptions<()>,
+    ) -> poem::Result<Self> {
+        let state = req.data::<AppState>().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "state missing",
+            )
+        })?;
+        let creds = R::credentials(&state.config, req)?;
+        let limit = state.config.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large().into());
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(limit)
+            .await
+            .map_err(|e| match e {
+                ReadBodyError::PayloadTooLarge => too_large(),
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", other.to_string()),
+            })?;
+        if !signature::verify_hex(creds.key.as_bytes(), &bytes, creds.header, creds.prefix) {
+            return Err(ApiError::unauthorized("signature does not match the body").into());
+        }
+        Ok(SignedBody {
+            bytes,
+            _route: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! Typed configuration, read once from the environment (and `.env`) at start-up.
+//!
+//! Every knob of contract section 2 lives here. Secrets are wrapped in [`Secret`], whose
+//! `Debug`/`Display` never show the value, so a `tracing::info!(?config)` cannot leak one.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use sqlx::postgres::PgConnectOptions;
+
+/// A value that must never reach a log line. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where the database is. `None` in [`Config::database`] means nothing was configured:
+/// only `hookq dev` may then start its own cluster.
+#[derive(Clone, Debug)]
+pub enum DatabaseConfig {
+    /// `DATABASE_URL`: wins over the parts.
+    Url(Secret),
+    /// `SSQ_DB_*`.
+    Parts {
+        user: String,
+        password: Option<Secret>,
+        host: String,
+        port: u16,
+        name: String,
+    },
+}
+
+impl DatabaseConfig {
+    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        match self {
+            DatabaseConfig::Url(url) => PgConnectOptions::from_str(url.expose())
+                .map_err(|e| ConfigError::invalid("DATABASE_URL", e.to_string())),
+            DatabaseConfig::Parts {
+                user,
+                password,
+                host,
+                port,
+                name,
+            } => {
+                let mut o = PgConnectOptions::new()
+                    .host(host)
+                    .port(*port)
+                    .username(user)
+                    .database(name);
+                if let Some(p) = password {
+                    o = o.password(p.expose());
+                }
+                Ok(o)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An OpenAI-compatible chat-completions endpoint (`REPLY_LLM_*`).
+#[derive(Clone, Debug)]
+pub struct LlmConfig {
+    /// Base URL ending in `/v1`; the client appends `/chat/completions`.
+    pub url: String,
+    pub model: String,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database: Option<DatabaseConfig>,
+    pub workers: usize,
+    pub max_async_tasks: usize,
+    pub bind: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub meta_app_secret: Option<Secret>,
+    pub meta_verify_token: Option<Secret>,
+    pub whatsapp_webhook_secret: Option<Secret>,
+    pub max_attempts: u32,
+    pub meta_graph_url: String,
+    pub llm: Option<LlmConfig>,
+    pub retention_days: u32,
+    pub allow_private_callbacks: bool,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub delivery_backoff: Vec<Duration>,
+}
+
+/// A variable that is set but unusable. Start-up stops with this one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error(
+        "no database configured: set DATABASE_URL, or SSQ_DB_USER, SSQ_DB_PASSWORD, SSQ_DB_HOST, SSQ_DB_PORT and SSQ_DB_NAME (or run `hookq dev`, which starts its own)"
+    )]
+    NoDatabase,
+}
+
+impl ConfigError {
+    fn invalid(var: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.facebook.com/v21.0";
+
+impl Config {
+    /// Reads `.env` from the working directory (if any) and then the process environment.
+    /// Variables already set in the environment win over `.env`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Builds the config from any lookup function, so tests need not touch the process
+    /// environment. Empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let secret = |k: &str| get(k).map(Secret::new);
+
+        let database = if let Some(url) = get("DATABASE_URL") {
+            Some(DatabaseConfig::Url(Secret::new(url)))
+        } else if get("SSQ_DB_USER").is_some() || get("SSQ_DB_NAME").is_some() {
+            let user = get("SSQ_DB_USER").ok_or(ConfigError::invalid(
+                "SSQ_DB_USER",
+                "required when SSQ_DB_NAME is set",
+            ))?;
+            let name = get("SSQ_DB_NAME").ok_or(ConfigError::invalid(
+                "SSQ_DB_NAME",
+                "required when SSQ_DB_USER is set",
+            ))?;
+            Some(DatabaseConfig::Parts {
+                user,
+                password: secret("SSQ_DB_PASSWORD"),
+                host: get("SSQ_DB_HOST").unwrap_or_else(|| "localhost".into()),
+                port: parse_or(&get, "SSQ_DB_PORT", 5432u16)?,
+                name,
+            })
+        } else {
+            None
+        };
+
+        let llm = get("REPLY_LLM_URL").map(|url| LlmConfig {
+            url: url.trim_end_matches('/').to_string(),
+            model: get("REPLY_LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+            api_key: secret("REPLY_LLM_API_KEY"),
+        });
+
+        let log_format = match get("HOOKQ_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "HOOKQ_LOG_FORMAT",
+                    format!("expected `text` or `json`, got `{other}`"),
+                ));
+            }
+        };
+
+        let delivery_backoff = match get("HOOKQ_DELIVERY_BACKOFF") {
+            None => vec![
+                Duration::from_secs(4),
+                Duration::from_secs(8),
+                Duration::from_secs(10),
+            ],
+            Some(s) => {
+                parse_backoff(&s).map_err(|r| ConfigError::invalid("HOOKQ_DELIVERY_BACKOFF", r))?
+            }
+        };
+
+        let workers: usize = parse_or(&get, "TASKIQ_WORKERS", 2)?;
+        let max_async_tasks: usize = parse_or(&get, "TASKIQ_MAX_ASYNC_TASKS", 32)?;
+        let max_attempts: u32 = parse_or(&get, "HOOKQ_MAX_ATTEMPTS", 3)?;
+        if workers == 0 {
+            return Err(ConfigError::invalid("TASKIQ_WORKERS", "must be at least 1"));
+        }
+        if max_async_tasks == 0 {
+            return Err(ConfigError::invalid(
+                "TASKIQ_MAX_ASYNC_TASKS",
+                "must be at least 1",
+            ));
+        }
+        if max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "HOOKQ_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+
+        Ok(Config {
+            database,
+            workers,
+            max_async_tasks,
+            bind: parse_or(&get, "HOOKQ_BIND", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            admin_token: secret("HOOKQ_ADMIN_TOKEN"),
+            meta_app_secret: secret("META_APP_SECRET"),
+            meta_verify_token: secret("META_VERIFY_TOKEN"),
+            whatsapp_webhook_secret: secret("WHATSAPP_WEBHOOK_SECRET"),
+            max_attempts,
+            meta_graph_url: get("META_GRAPH_URL")
+                .map(|u| u.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| DEFAULT_GRAPH_URL.into()),
+            llm,
+            retention_days: parse_or(&get, "HOOKQ_RETENTION_DAYS", 30)?,
+            allow_private_callbacks: parse_bool(&get, "HOOKQ_ALLOW_PRIVATE_CALLBACKS")?,
+            log_format,
+            max_body_bytes: parse_or(&get, "HOOKQ_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            delivery_backoff,
+        })
+    }
+
+    /// The configured database, or the one-line error every database command fails with.
+    pub fn require_database(&self) -> Result<&DatabaseConfig, ConfigError> {
+        self.database.as_ref().ok_or(ConfigError::NoDatabase)
+    }
+}
+
+fn parse_or<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::invalid(var, format!("`{v}`: {e}"))),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError::invalid(
+            var,
+            format!("expected true/false, got `{other}`"),
+        )),
+    }
+}
+
+/// `4s,8s,10s` (also `500ms`, bare seconds): one delay per retry.
+pub fn parse_backoff(s: &str) -> Result<Vec<Duration>, String> {
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            let (num, mult) = if let Some(n) = p.strip_suffix("ms") {
+                (n, 0.001)
+            } else if let Some(n) = p.strip_suffix('s') {
+                (n, 1.0)
+            } else {
+                (p, 1.0)
+            };
+            num.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| Duration::from_secs_f64(v * mult))
+                .ok_or_else(|| format!("`{p}` is not a duration like 4s or 500ms"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.database.is_none());
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.max_async_tasks, 32);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.retention_days, 30);
+        assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.delivery_backoff.len(), 3);
+        assert!(matches!(c.require_database(), Err(ConfigError::NoDatabase)));
+    }
+
+    #[test]
+    fn url_wins_over_parts_and_secrets_are_redacted() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ("SSQ_DB_USER", "x"),
+            ("SSQ_DB_NAME", "y"),
+            ("META_APP_SECRET", "topsecret"),
+        ])
+        .unwrap();
+        assert!(matches!(c.database, Some(DatabaseConfig::Url(_))));
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecret"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn parts_build_connect_options() {
+        let c = cfg(&[
+            ("SSQ_DB_USER", "app"),
+            ("SSQ_DB_PASSWORD", "p@ss:word"),
+            ("SSQ_DB_NAME", "hq"),
+            ("SSQ_DB_PORT", "5433"),
+        ])
+        .unwrap();
+        let o = c.require_database().unwrap().connect_options().unwrap();
+        assert_eq!(o.get_port(), 5433);
+        assert_eq!(o.get_host(), "localhost");
+        assert_eq!(o.get_database(), Some("hq"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = cfg(&[("TASKIQ_WORKERS", "many")]).unwrap_err().to_string();
+        assert!(e.starts_with("TASKIQ_WORKERS:"), "{e}");
+        let e = cfg(&[("HOOKQ_DELIVERY_BACKOFF", "4s,x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOOKQ_DELIVERY_BACKOFF:"), "{e}");
+        assert_eq!(
+            parse_backoff("4s, 500ms,2").unwrap(),
+            vec![
+                Duration::from_secs(4),
+                Duration::from_millis(500),
+                Duration::from_secs(2)
+            ]
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! A private PostgreSQL cluster run from the system's server binaries.
+//!
+//! `hookq dev` keeps one under `.hookq/` so a fresh checkout runs with one command, and
+//! the test kit keeps one under `/tmp` so tests need no set-up. `initdb` and `postgres`
+//! refuse to run as root, so as root every server command runs as the `postgres` user
+//! (created by Debian's `postgresql` package) through `runuser`, and the folder is handed
+//! to that user. Starting is idempotent and guarded by a file lock, so concurrent test
+//! processes share one cluster.
+
+use std::{
+    fs::{self, File},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevDbError {
+    #[error(
+        "PostgreSQL server binaries not found (looked for initdb in $HOOKQ_PG_BIN and /usr/lib/postgresql/*/bin): install them with `apt-get install -y postgresql`"
+    )]
+    NoBinaries,
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("`{cmd}` failed: {output}")]
+    Command { cmd: String, output: String },
+}
+
+/// Options that differ between a developer's instance and a test run's.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Tests turn durability off for speed; `hookq dev` keeps PostgreSQL's defaults.
+    pub durable: bool,
+}
+
+/// A running local cluster, reachable on `127.0.0.1:{port}` as `postgres` (trust auth,
+/// loopback only).
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl LocalCluster {
+    /// Initialises (first time) and starts (when not running) the cluster in `dir`.
+    pub fn ensure(dir: &Path, opts: &ClusterOptions) -> Result<Self, DevDbError> {
+        let bin = find_bin_dir().ok_or(DevDbError::NoBinaries)?;
+        fs::create_dir_all(dir).map_err(|e| DevDbError::Io(dir.display().to_string(), e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| DevDbError::Io(dir.display().to_string(), e))?;
+        let lock_path = dir.join(".lock");
+        let lock = File::create(&lock_path)
+            .map_err(|e| DevDbError::Io(lock_path.display().to_string(), e))?;
+        lock.lock()
+            .map_err(|e| DevDbError::Io(lock_path.display().to_string(), e))?;
+
+        let cluster = LocalCluster {
+            port: read_or_pick_port(&dir)?,
+            dir,
+            bin,
+        };
+        let data = cluster.data_dir();
+        if !data.join("PG_VERSION").exists() {
+            if is_root() {
+                cluster.run(
+                    Command::new("chown")
+                        .arg("-R")
+                        .arg("postgres:postgres")
+                        .arg(&cluster.dir),
+                )?;
+            }
+            cluster.run(
+                cluster
+                    .server_cmd("initdb")
+                    .args([
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-instructions",
+                        "-D",
+                    ])
+                    .arg(&data),
+            )?;
+            let mut conf = format!(
+                "\n# written by hookq\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 300\n",
+                cluster.port,
+                cluster.dir.display()
+            );
+            if !opts.durable {
+                conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+            }
+            let conf_path = data.join("postgresql.conf");
+            let mut old = fs::read_to_string(&conf_path)
+                .map_err(|e| DevDbError::Io(conf_path.display().to_string(), e))?;
+            old.push_str(&conf);
+            fs::write(&conf_path, old)
+                .map_err(|e| DevDbError::Io(conf_path.display().to_string(), e))?;
+        }
+        if !cluster.is_running() {
+            let log = cluster.dir.join("server.log");
+            if is_root() {
+                let _ = File::create(&log);
+                cluster.run(Command::new("chown").arg("postgres:postgres").arg(&log))?;
+            }
+            cluster.run(
+                cluster
+                    .server_cmd("pg_ctl")
+                    .args(["-w", "-t", "60", "-D"])
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .arg("start"),
+            )?;
+        }
+        drop(lock);
+        Ok(cluster)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A connection URL for database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.server_cmd("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(self.data_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Fast shutdown (in-flight transactions are rolled back; committed data is kept).
+    pub fn stop(&self) -> Result<(), DevDbError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        self.run(
+            self.server_cmd("pg_ctl")
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(self.data_dir())
+                .arg("stop"),
+        )
+    }
+
+    /// Starts a stopped cluster again (tests use it to simulate an outage).
+    pub fn start(&self) -> Result<(), DevDbError> {
+        Self::ensure(&self.dir, &ClusterOptions { durable: true }).map(|_| ())
+    }
+
+    fn server_cmd(&self, name: &str) -> Command {
+        let prog = self.bin.join(name);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        }
+    }
+
+    fn run(&self, cmd: &mut Command) -> Result<(), DevDbError> {
+        let desc = format!("{cmd:?}");
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| DevDbError::Io(desc.clone(), e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(DevDbError::Command {
+                cmd: desc,
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .trim()
+                .to_string(),
+            })
+        }
+    }
+}
+
+/// std has no `geteuid`; `/proc/self` is owned by the effective user.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn read_or_pick_port(dir: &Path) -> Result<u16, DevDbError> {
+    let path = dir.join("port");
+    if let Some(p) = fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Ok(p);
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| DevDbError::Io("picking a free port".into(), e))?
+        .port();
+    fs::write(&path, port.to_string())
+        .map_err(|e| DevDbError::Io(path.display().to_string(), e))?;
+    Ok(port)
+}
+
+/// `$HOOKQ_PG_BIN`, else the newest `/usr/lib/postgresql/<v>/bin` that has `initdb`.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("HOOKQ_PG_BIN") {
+        let p = PathBuf::from(p);
+        return p.join("initdb").exists().then_some(p);
+    }
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}

@@ -1,0 +1,62 @@
+//! The domain's one error type, and the permanent/transient split the queue acts on.
+
+use std::time::Duration;
+
+/// Whether trying again can help. The queue retries `Transient` with backoff and
+/// dead-letters `Permanent` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    Permanent,
+    Transient { retry_after: Option<Duration> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Data the event needs does not exist (unknown integration, user, persona…).
+    /// Permanent until an operator adds it and retries the log.
+    #[error("{0}")]
+    Missing(String),
+    /// The request can never succeed as made (e.g. the LLM endpoint answered 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// An admin write names a row that does not exist (answered 422).
+    #[error("{0}")]
+    UnknownReference(String),
+    /// An admin write collides with a unique external id (answered 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// An admin read or write of an id that does not exist (answered 404).
+    #[error("not found")]
+    NotFound,
+    /// A call to another service failed in a way that may pass (timeout, 5xx, 429).
+    #[error("{message}")]
+    Upstream {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The database failed; always worth retrying (connection lost, restart, lock timeout).
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Upstream { retry_after, .. } => FailureKind::Transient {
+                retry_after: *retry_after,
+            },
+            Error::Database(_) => FailureKind::Transient { retry_after: None },
+            Error::Missing(_)
+            | Error::Invalid(_)
+            | Error::UnknownReference(_)
+            | Error::Conflict(_)
+            | Error::NotFound => FailureKind::Permanent,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.kind() == FailureKind::Permanent
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

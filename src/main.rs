@@ -1,0 +1,74 @@
+//! `hookq`: one binary for every role. `main` only parses arguments and wires the
+//! library parts together; each long-running part lives in a crate and takes a
+//! listener or pool and a shutdown signal.
+
+mod dev;
+mod runtime;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hookq", version, about = "Durable webhook intake and task queue on Postgres")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply every migration in migrations/ (idempotent).
+    Migrate,
+    /// Serve the HTTP API on HOOKQ_BIND (default 127.0.0.1:8080).
+    Api,
+    /// Supervise TASKIQ_WORKERS worker processes, restarting any that dies.
+    Worker {
+        /// Run one worker process in the foreground instead of supervising several.
+        #[arg(long)]
+        single: bool,
+    },
+    /// Everything on one machine: a private PostgreSQL (unless one is configured),
+    /// migrations, demo data, the API and the workers.
+    Dev {
+        /// Where the private PostgreSQL keeps its data.
+        #[arg(long, default_value = ".hookq")]
+        data_dir: PathBuf,
+    },
+    /// Print the OpenAPI 3 document (the bytes of openapi/openapi.json).
+    Openapi,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", hookq_api::openapi_json());
+        return Ok(());
+    }
+    let config = match hookq_core::config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hookq: {e}");
+            std::process::exit(2);
+        }
+    };
+    runtime::init_tracing(config.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Migrate => runtime::migrate(&config).await,
+            Command::Api => runtime::api(config).await,
+            Command::Worker { single: true } => runtime::worker_process(config).await,
+            Command::Worker { single: false } => runtime::supervise_workers(&config, Vec::new()).await,
+            Command::Dev { data_dir } => dev::run(config, data_dir).await,
+            Command::Openapi => unreachable!(),
+        }
+    });
+    if let Err(e) = result {
+        // One clear line, no backtrace: these are operator errors (no database, a port in use).
+        eprintln!("hookq: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! Job types, the Postgres queue backend for apalis, the worker runtime and its
+//! process supervisor. Depends on `hookq-core`; knows nothing of HTTP.
+
+pub mod error;
+pub mod ingest;
+pub mod jobs;
+pub mod queue;
+pub mod supervisor;
+pub mod worker;
+
+pub use error::Error;

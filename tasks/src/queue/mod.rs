@@ -1,0 +1,68 @@
+//! The queue engine: typed jobs stored in Postgres, run by apalis workers over our own
+//! backend.
+//!
+//! - [`enqueue`] / [`enqueue_many`] insert jobs inside the caller's transaction;
+//!   [`Notifier`] wakes workers after the caller commits.
+//! - [`Workers`] is one process's worker runtime: a single fetcher claims batches sized
+//!   to free slots (`FOR UPDATE SKIP LOCKED`) under a lease it keeps extending, apalis
+//!   runs the typed handlers through tower layers, and outcomes are written back in
+//!   batches. Retries, dead letters, lease sweeps and periodic jobs all live in the
+//!   table, so any process can pick up where a dead one left off.
+//! - [`get_job`] / [`queue_stats`] read a job (live or finished) and the queue's shape.
+//!
+//! The tables are in `migrations/0002_queue.sql`; [`JobStatus`] documents the states.
+
+mod backend;
+mod backoff;
+mod completer;
+mod dead_letter;
+mod enqueue;
+mod fetcher;
+mod handler;
+mod periodic;
+mod record;
+mod worker;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+pub use enqueue::{DEFAULT_MAX_ATTEMPTS, EnqueueOptions, Notifier, enqueue, enqueue_many};
+pub use handler::{JobContext, JobError};
+pub use record::{AttemptError, JobRecord, JobStatus, QueueStats, get_job, queue_stats};
+pub use worker::{WorkerOptions, Workers};
+
+/// A job's id: the `queue_jobs` row id, kept when the job moves to the archive.
+pub type JobId = i64;
+
+/// The Postgres channel workers LISTEN on for "new jobs" wake-ups.
+pub const NOTIFY_CHANNEL: &str = "hookq_queue";
+
+/// A typed job. Payloads carry ids, not data, so a retried job reads current state.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The task name stored with each job; it picks the handler, so it must stay stable
+    /// across deployments while jobs of the type may still be queued.
+    const NAME: &'static str;
+}
+
+/// Everything that can go wrong in the queue module.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot encode a {task} job: {source}")]
+    Encode {
+        task: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("unique_key applies to one job; enqueue_many cannot take it")]
+    UniqueKeyInBatch,
+    #[error("job with unique key {0:?} was finished while being enqueued again; retry")]
+    UniqueKeyRace(String),
+    #[error("invalid schedule {schedule:?} for periodic job {name}: {reason}")]
+    Schedule {
+        name: String,
+        schedule: String,
+        reason: String,
+    },
+    #[error("worker runtime failed: {0}")]
+    Worker(String),
+}

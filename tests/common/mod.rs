@@ -1,0 +1,187 @@
+//! Shared harness for the integration tests: a fresh database, the real API on port 0,
+//! workers in-process or as real `hookq` processes, and signing helpers.
+#![allow(dead_code)]
+
+use std::{collections::HashMap, process::Stdio, time::Duration};
+
+use hookq_core::{config::Config, signature};
+use hookq_testkit::{TestDb, fresh_db, wait_for};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+pub const META_SECRET: &str = "test-meta-secret";
+pub const BRIDGE_SECRET: &str = "test-bridge-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The environment every test instance starts from; tests add or override entries.
+pub fn base_env(db_url: &str) -> HashMap<String, String> {
+    [
+        ("DATABASE_URL", db_url),
+        ("META_APP_SECRET", META_SECRET),
+        ("META_VERIFY_TOKEN", VERIFY_TOKEN),
+        ("WHATSAPP_WEBHOOK_SECRET", BRIDGE_SECRET),
+        ("HOOKQ_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TASKIQ_MAX_ASYNC_TASKS", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn config_from(env: &HashMap<String, String>) -> Config {
+    Config::from_lookup(|k| env.get(k).cloned()).expect("test config")
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    pub config: Config,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Options {
+    pub env: HashMap<String, String>,
+    /// Run a worker inside the test process (most tests); fault tests start real
+    /// worker processes instead.
+    pub worker: bool,
+    pub demo: bool,
+    /// Serve with a pool that points at no database at all (503 tests).
+    pub dead_pool: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { env: HashMap::new(), worker: true, demo: true, dead_pool: false }
+    }
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+pub async fn spawn_app(opts: Options) -> TestApp {
+    let db = fresh_db().await;
+    let mut env = base_env(&db.url);
+    env.extend(opts.env);
+    let config = config_from(&env);
+    if opts.demo {
+        hookq_core::demo::load(&db.pool).await.expect("demo data");
+    }
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let pool = if opts.dead_pool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+    } else {
+        db.pool.clone()
+    };
+    let notifier = hookq_tasks::queue::Notifier::spawn(pool.clone());
+    let state = hookq_api::AppState {
+        config: std::sync::Arc::new(config.clone()),
+        ingestor: hookq_tasks::ingest::Ingestor::new(pool.clone(), notifier),
+        pool,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        hookq_api::serve(listener, state, shutdown).await.unwrap();
+    }));
+    if opts.worker {
+        let pool = db.pool.clone();
+        let config = config.clone();
+        let shutdown = stopped(rx.clone());
+        tasks.push(tokio::spawn(async move {
+            hookq_tasks::worker::run(pool, &config, shutdown).await.unwrap();
+        }));
+    }
+    TestApp { base, db, config, http: reqwest::Client::new(), stop, tasks }
+}
+
+impl TestApp {
+    pub fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    pub async fn post_signed(&self, path: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .header("X-Hub-Signature-256", meta_signature(body.as_bytes()))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_instagram(&self, body: &str) -> reqwest::Response {
+        self.post_signed("/webhooks/instagram", body).await
+    }
+
+    /// Waits until log `id` reaches `status`, returning the row as JSON-ish columns.
+    pub async fn wait_status(&self, id: i64, status: &str) -> hookq_core::logs::LogRow {
+        let pool = self.db.pool.clone();
+        wait_for(20, &format!("log {id} to be {status}"), || {
+            let pool = pool.clone();
+            async move {
+                let row = hookq_core::logs::get(&pool, id).await.unwrap()?;
+                (row.status == status).then_some(row)
+            }
+        })
+        .await
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+}
+
+pub fn meta_signature(body: &[u8]) -> String {
+    format!("sha256={}", signature::hmac_hex(META_SECRET.as_bytes(), body))
+}
+
+/// A compact-shape comment with its own ids.
+pub fn compact(comment_id: &str, message: &str) -> String {
+    serde_json::json!({
+        "entry": [{"changes": [{"value": {
+            "post_id": "post_123", "item": "comment", "comment_id": comment_id,
+            "sender_id": "user_456", "sender_name": "Test User",
+            "message": message, "created_time": 1625097600}}]}],
+        "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"
+    })
+    .to_string()
+}
+
+pub async fn json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    (status, v)
+}
+
+/// The `hookq` binary under test, with a clean environment plus `env`.
+pub fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookq"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
