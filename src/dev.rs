@@ -31,6 +31,7 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     // Children read their configuration from the environment: pass what dev decided.
     let mut child_env: Vec<(String, String)> = Vec::new();
 
+    let mut private = None;
     if config.database.is_none() {
         let dir = data_dir.join("pg");
         println!("starting a private PostgreSQL in {} …", dir.display());
@@ -47,6 +48,7 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
         let url = cluster.url("hookq");
         child_env.push(("DATABASE_URL".into(), url.clone()));
         config.database = Some(DatabaseConfig::Url(Secret::new(url)));
+        private = Some(cluster);
     }
 
     let mut generated = Vec::new();
@@ -80,6 +82,11 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     let workers = hookq_tasks::supervisor::supervise(sup_opts, shutdown.clone());
     let api = runtime::serve_api((*config).clone(), pool, listener, shutdown);
     let (w, a) = tokio::join!(workers, api);
+    // The private cluster is ours to stop; its data stays for the next run.
+    if let Some(cluster) = private {
+        println!("stopping the private PostgreSQL");
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
     w?;
     a?;
     Ok(())

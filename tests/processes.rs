@@ -1,0 +1,158 @@
+//! Real processes: `hookq worker` supervising worker processes, and `hookq dev`
+//! bringing up a working instance whose printed curl gets a reply recorded.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use hookq_testkit::{fresh_db, wait_for};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Children of `pid`, from /proc (each thread lists the children it spawned).
+fn children(pid: u32) -> Vec<u32> {
+    let mut all: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|s| s.parse().ok()).collect::<Vec<u32>>())
+        .collect();
+    all.sort();
+    all
+}
+
+fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+#[tokio::test]
+async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
+    let db = fresh_db().await;
+    hookq_core::demo::load(&db.pool).await.unwrap();
+    let mut env = base_env(&db.url);
+    env.insert("TASKIQ_WORKERS".into(), "2".into());
+    let mut sup = hookq(&env).args(["worker"]).spawn().unwrap();
+    let sup_pid = sup.id().unwrap();
+
+    let first = wait_for(20, "two worker processes", || async {
+        let c = children(sup_pid);
+        (c.len() == 2).then_some(c)
+    })
+    .await;
+    signal(first[0], Signal::SIGKILL);
+    let replaced = wait_for(20, "the killed worker to be replaced", || async {
+        let c = children(sup_pid);
+        (c.len() == 2 && !c.contains(&first[0])).then_some(c)
+    })
+    .await;
+    assert!(replaced.contains(&first[1]), "the other worker kept running");
+
+    // The restarted set still processes work: ingest through the real transaction.
+    let ingestor = hookq_tasks::ingest::Ingestor::new(db.pool.clone(), hookq_tasks::queue::Notifier::spawn(db.pool.clone()));
+    let events = hookq_core::events::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();
+    let id = ingestor.ingest(&events, None).await.unwrap().ids[0];
+    wait_for(20, "the log to be processed by a worker process", || async {
+        let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
+        (row.status == "processed").then_some(())
+    })
+    .await;
+
+    signal(sup_pid, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(30), sup.wait()).await.expect("exits within 30 s").unwrap();
+    assert!(status.success(), "supervisor exit: {status:?}");
+    for pid in replaced {
+        assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "worker {pid} still alive");
+    }
+    let processing: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE status = 'processing'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(processing, 0);
+}
+
+/// Reads `hookq dev`'s stdout until the printed curl, and returns (url, signature, body).
+async fn read_banner(stdout: tokio::process::ChildStdout) -> (String, String, String) {
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("curl ") {
+                return line;
+            }
+        }
+        panic!("hookq dev exited without printing a curl");
+    })
+    .await
+    .expect("banner within 60 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let sig = line.split("X-Hub-Signature-256: ").nth(1).unwrap().split('\'').next().unwrap().to_string();
+    let body = line.split("--data-binary '").nth(1).unwrap().trim_end_matches('\'').to_string();
+    (url, sig, body)
+}
+
+/// Runs `hookq dev ARGS`, sends its printed curl, and waits for the reply on `db_url`
+/// (or on the private cluster under `data_dir`), then stops it with SIGTERM.
+async fn dev_round_trip(env: &HashMap<String, String>, args: &[&str], db_url: Option<&str>, data_dir: Option<&std::path::Path>) {
+    let mut child = hookq(env).arg("dev").args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let (url, sig, body) = read_banner(child.stdout.take().unwrap()).await;
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, ack) = json(resp).await;
+    assert_eq!(status, 200, "{ack}");
+    let id = ack["ids"][0].as_i64().unwrap();
+    let db_url = match (db_url, data_dir) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(dir)) => {
+            let port = std::fs::read_to_string(dir.join("pg/port")).unwrap();
+            format!("postgres://postgres@127.0.0.1:{}/hookq", port.trim())
+        }
+        (None, None) => unreachable!(),
+    };
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let row = wait_for(30, "the curl's comment to be replied", || async {
+        let row = hookq_core::logs::get(&pool, id).await.unwrap()?;
+        (row.status == "processed").then_some(row)
+    })
+    .await;
+    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert!(row.reply_text.is_some());
+    pool.close().await;
+    signal(child.id().unwrap(), Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("dev exits").unwrap();
+    assert!(status.success(), "hookq dev exit: {status:?}");
+}
+
+#[tokio::test]
+async fn dev_with_a_configured_database_prints_a_curl_that_gets_a_reply() {
+    let db = fresh_db().await;
+    let mut env = HashMap::new();
+    env.insert("DATABASE_URL".to_string(), db.url.clone());
+    env.insert("HOOKQ_BIND".to_string(), "127.0.0.1:0".to_string());
+    env.insert("TASKIQ_WORKERS".to_string(), "1".to_string());
+    dev_round_trip(&env, &[], Some(&db.url), None).await;
+}
+
+/// The README's run path: no database configured, so `hookq dev` runs its own.
+#[tokio::test]
+#[ignore = "starts a second PostgreSQL cluster: run by scripts/test"]
+async fn dev_without_a_database_runs_its_own_postgres() {
+    let dir = std::env::temp_dir().join(format!("hookq-dev-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut env = HashMap::new();
+    env.insert("HOOKQ_BIND".to_string(), "127.0.0.1:0".to_string());
+    env.insert("TASKIQ_WORKERS".to_string(), "1".to_string());
+    let data_dir = dir.display().to_string();
+    dev_round_trip(&env, &["--data-dir", &data_dir], None, Some(&dir)).await;
+    assert!(!dir.join("pg/data/postmaster.pid").exists(), "the private PostgreSQL was stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
