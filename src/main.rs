@@ -4,6 +4,7 @@
 
 mod dev;
 mod runtime;
+mod send;
 
 use std::path::PathBuf;
 
@@ -38,13 +39,27 @@ enum Command {
     },
     /// Print the OpenAPI 3 document (the bytes of openapi/openapi.json).
     Openapi,
+    /// Send signed webhooks to a running instance and report what it acknowledged.
+    Send(send::SendArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        println!("{}", hookq_api::openapi_json());
-        return Ok(());
+    // These two never touch a database.
+    match cli.command {
+        Command::Openapi => {
+            println!("{}", hookq_api::openapi_json());
+            return Ok(());
+        }
+        Command::Send(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            if let Err(e) = rt.block_on(send::run(args)) {
+                eprintln!("hookq send: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let config = match hookq_core::config::Config::from_env() {
         Ok(c) => c,
@@ -62,7 +77,7 @@ fn main() -> Result<()> {
             Command::Worker { single: true } => runtime::worker_process(config).await,
             Command::Worker { single: false } => runtime::supervise_workers(&config, Vec::new()).await,
             Command::Dev { data_dir } => dev::run(config, data_dir).await,
-            Command::Openapi => unreachable!(),
+            Command::Openapi | Command::Send(_) => unreachable!(),
         }
     });
     if let Err(e) = result {

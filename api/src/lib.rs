@@ -1,8 +1,13 @@
-//! hookq's HTTP surface: webhook intake, health, the OpenAPI document and Swagger UI.
-//! Errors become statuses in one place ([`error`]).
+//! hookq's HTTP surface: webhook intake, health, the admin API ([`admin`], behind
+//! [`auth`]), the operator dashboard ([`dashboard`]), Prometheus metrics ([`metrics`]),
+//! the OpenAPI document and Swagger UI. Errors become statuses in one place ([`error`]).
 
+pub mod admin;
+pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod signed;
 pub mod state;
 pub mod webhooks;
@@ -18,15 +23,31 @@ pub use state::AppState;
 pub enum ApiTags {
     /// Signed webhook intake and Meta's handshake.
     Webhooks,
-    /// Liveness and readiness.
+    /// Liveness, readiness and Prometheus metrics.
     Health,
+    /// The operator's API: webhook logs, admin resources, jobs. Bearer `HOOKQ_ADMIN_TOKEN`.
+    Admin,
 }
 
-type Apis = (webhooks::WebhooksApi, health::HealthApi);
+type Apis = (
+    webhooks::WebhooksApi,
+    health::HealthApi,
+    metrics::MetricsApi,
+    admin::logs::LogsApi,
+    admin::resources::ResourcesApi,
+    admin::tasks::TasksApi,
+);
 
 fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (webhooks::WebhooksApi, health::HealthApi),
+        (
+            webhooks::WebhooksApi,
+            health::HealthApi,
+            metrics::MetricsApi,
+            admin::logs::LogsApi,
+            admin::resources::ResourcesApi,
+            admin::tasks::TasksApi,
+        ),
         "hookq",
         env!("CARGO_PKG_VERSION"),
     )
@@ -43,14 +64,19 @@ pub fn openapi_json() -> String {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
+    metrics::handle();
+    let ops = admin::OpsState::new(&state.pool);
     let api = service();
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .nest("/dashboard", dashboard::routes())
         .nest("/", api)
+        .around(metrics::count_webhooks)
         .data(state)
+        .data(ops)
         .catch_all_error(error::render_any)
 }
 

@@ -111,7 +111,8 @@ pub async fn insert_events(
         slot.push(idx);
     }
 
-    let mut cols: Vec<Vec<Option<String>>> = (0..12).map(|_| Vec::with_capacity(unique.len())).collect();
+    let mut cols: Vec<Vec<Option<String>>> =
+        (0..12).map(|_| Vec::with_capacity(unique.len())).collect();
     let mut is_own = Vec::with_capacity(unique.len());
     let mut occurred = Vec::with_capacity(unique.len());
     let mut payloads = Vec::with_capacity(unique.len());
@@ -221,14 +222,6 @@ pub trait LogStore: Send + Sync {
     /// pending/failed/processing → processing, counting the run. `None` when the log is
     /// already finished (or gone): the job has nothing left to do.
     async fn start(&self, id: i64, attempt: u32) -> Result<Option<LogRow>>;
-    /// Keeps the generated reply before anything is sent, so a re-run reuses it.
-    async fn save_reply(
-        &self,
-        id: i64,
-        reply: &str,
-        integration_id: Option<Uuid>,
-        persona_id: Option<Uuid>,
-    ) -> Result<()>;
     /// processing → processed.
     async fn finish(
         &self,
@@ -261,26 +254,6 @@ impl LogStore for PgLogStore {
         .bind(attempt as i32)
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    async fn save_reply(
-        &self,
-        id: i64,
-        reply: &str,
-        integration_id: Option<Uuid>,
-        persona_id: Option<Uuid>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE webhook_logs SET reply_text = $2, integration_id = $3, persona_id = $4, updated_at = now()
-             WHERE id = $1 AND status = 'processing'",
-        )
-        .bind(id)
-        .bind(reply)
-        .bind(integration_id)
-        .bind(persona_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn finish(
@@ -326,6 +299,45 @@ impl LogStore for PgLogStore {
             .await?;
         Ok(r.rows_affected() > 0)
     }
+}
+
+/// Keeps the generated reply on a `processing` log (inside the caller's transaction,
+/// which also finishes the log or stages its delivery), so a re-run or an operator
+/// resend reuses the text instead of generating another. False when the log is no
+/// longer `processing`.
+pub async fn store_reply(
+    conn: &mut PgConnection,
+    id: i64,
+    reply: &str,
+    integration_id: Option<Uuid>,
+    persona_id: Option<Uuid>,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE webhook_logs SET reply_text = $2, integration_id = COALESCE($3, integration_id),
+                persona_id = COALESCE($4, persona_id), updated_at = now()
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(reply)
+    .bind(integration_id)
+    .bind(persona_id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// processing → processed with outcome `replied` (a reply that needs no delivery, or
+/// one already delivered), inside the caller's transaction.
+pub async fn finish_replied(conn: &mut PgConnection, id: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE webhook_logs SET status = 'processed', outcome = 'replied', skip_reason = NULL,
+                error_message = NULL, next_retry_at = NULL, processed_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Dead-letters the log a job was processing, whatever killed the job (poison payload,

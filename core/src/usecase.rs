@@ -1,10 +1,13 @@
 //! The comment use case: from a stored log to a recorded outcome.
 //!
 //! Resolve the user, integration, persona (with template) and post; apply the content
-//! rules; generate the reply; record everything on the log through guarded transitions.
-//! A plain async function over traits: no HTTP, no queue types. The caller (a job
-//! handler) passes the attempt number and the delay the queue will use if this run
-//! fails, and gets back the error so the queue can retry or dead-letter.
+//! rules; generate the reply; hand it to the [`ReplyOutbox`], which stores it and, in the
+//! same transaction, either finishes the log (`none` delivery) or stages its delivery
+//! job. Events that are only recorded never fail for want of an integration; delivery
+//! reports update the outbound reply they name, and connection statuses are kept per
+//! connection. A plain async function over traits: no HTTP, no queue types. The caller
+//! (a job handler) passes the attempt number and the delay the queue will use if this
+//! run fails, and gets back the error so the queue can retry or dead-letter.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,11 +15,14 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
+    delivery::{self, DeliveryReports, Recorded, ReplyOutbox, ReplyRecord},
     directory::Directory,
     error::{Error, FailureKind, Result},
     events::Handling,
     logs::{LogRow, LogStore},
-    model::{Integration, Outcome, Persona, PersonaTemplate, Post, SkipReason, User},
+    model::{
+        Integration, Outcome, Persona, PersonaTemplate, Post, ReplyDelivery, SkipReason, User,
+    },
     reply::{ReplyContext, ReplyGenerator},
     rules::{self, RuleInput},
 };
@@ -27,6 +33,10 @@ pub struct Deps {
     pub directory: Arc<dyn Directory>,
     pub logs: Arc<dyn LogStore>,
     pub generator: Arc<dyn ReplyGenerator>,
+    /// Stores a reply and stages its delivery atomically (implemented by the tasks crate).
+    pub outbox: Arc<dyn ReplyOutbox>,
+    /// Applies delivery reports and connection statuses.
+    pub reports: Arc<dyn DeliveryReports>,
 }
 
 /// The run this is, as the queue counts it.
@@ -42,7 +52,12 @@ pub struct Attempt {
 /// What a finished run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
+    /// Replied and finished (`none` delivery, or already delivered).
     Replied {
+        reply: String,
+    },
+    /// The reply is stored and its delivery job staged; the delivery job finishes the log.
+    Delivering {
         reply: String,
     },
     Skipped(SkipReason),
@@ -98,23 +113,63 @@ async fn record_failure(deps: &Deps, log_id: i64, err: &Error, attempt: Attempt)
 
 async fn run(deps: &Deps, log: &LogRow) -> Result<Done> {
     match log.handling() {
-        Handling::Record | Handling::DeliveryStatus => {
-            // Recording never fails for want of an integration; attach it when known.
-            let integration = match &log.account_id {
-                Some(acc) => {
-                    deps.directory
-                        .integration_by_account(&log.source, acc)
-                        .await?
-                }
-                None => None,
-            };
-            deps.logs
-                .finish(log.id, Outcome::Recorded, None, integration.map(|i| i.id))
-                .await?;
-            Ok(Done::Recorded)
-        }
+        Handling::Record => record(deps, log).await,
+        Handling::DeliveryStatus => delivery_status(deps, log).await,
         Handling::Reply => reply(deps, log).await,
     }
+}
+
+/// The integration an event's account names, if any. Recording never fails for want of
+/// one: it is attached when known.
+async fn integration_of_account(
+    deps: &Deps,
+    log: &LogRow,
+    account: Option<&str>,
+) -> Result<Option<Uuid>> {
+    Ok(match account {
+        Some(acc) => deps
+            .directory
+            .integration_by_account(&log.source, acc)
+            .await?
+            .map(|i| i.id),
+        None => None,
+    })
+}
+
+async fn record(deps: &Deps, log: &LogRow) -> Result<Done> {
+    let mut integration_id = integration_of_account(deps, log, log.account_id.as_deref()).await?;
+    if log.event_type == "connection.status"
+        && let Some(report) = delivery::connection_report(log)
+    {
+        if integration_id.is_none() {
+            integration_id =
+                integration_of_account(deps, log, report.phone_number.as_deref()).await?;
+        }
+        deps.reports
+            .record_connection(log.id, integration_id, &report)
+            .await?;
+    }
+    deps.logs
+        .finish(log.id, Outcome::Recorded, None, integration_id)
+        .await?;
+    Ok(Done::Recorded)
+}
+
+/// Contract section 9: a report is routed by the outbound reply whose provider message
+/// id it names, else by its account.
+async fn delivery_status(deps: &Deps, log: &LogRow) -> Result<Done> {
+    let matched = match delivery::provider_report(log) {
+        Some(report) => deps.reports.apply_report(&report).await?,
+        None => None,
+    };
+    let integration_id = match matched.and_then(|m| m.integration_id) {
+        Some(id) => Some(id),
+        None => integration_of_account(deps, log, log.account_id.as_deref()).await?,
+    };
+    deps.logs
+        .finish(log.id, Outcome::Recorded, None, integration_id)
+        .await?;
+    Ok(Done::Recorded)
 }
 
 async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
@@ -128,7 +183,7 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
     let own = log.is_own
         || matches!((&log.sender_id, r.integration.as_ref()), (Some(s), Some(i)) if *s == i.account_id);
     let skip = rules::check(&RuleInput {
-        text: log.message_text.as_deref(),
+        text: rule_text(log),
         is_own: own,
         replies_enabled: r.post.as_ref().is_none_or(|p| p.replies_enabled),
         blocklist: &persona.blocklist,
@@ -140,13 +195,12 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
         return Ok(Done::Skipped(reason));
     }
 
-    // A reply generated by an earlier run that died before finishing is reused, so a
-    // reply is generated once per log whatever crashes.
+    // A reply stored by an earlier run is reused, so a reply is generated once per log
+    // whatever crashes (and an operator resend delivers the very same text).
     let reply = match &log.reply_text {
         Some(text) => text.clone(),
         None => {
-            let text = deps
-                .generator
+            deps.generator
                 .generate(&ReplyContext {
                     sender_name: log
                         .sender_name
@@ -159,17 +213,62 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
                     reply_template: &template.reply_template,
                     system_prompt: template.system_prompt.as_deref(),
                 })
-                .await?;
-            deps.logs
-                .save_reply(log.id, &text, integration_id, Some(persona.id))
-                .await?;
-            text
+                .await?
         }
     };
-    deps.logs
-        .finish(log.id, Outcome::Replied, None, integration_id)
+    let delivery = r
+        .integration
+        .as_ref()
+        .and_then(|i| ReplyDelivery::parse(&i.reply_delivery))
+        .unwrap_or(ReplyDelivery::None);
+    let recorded = deps
+        .outbox
+        .record_reply(&ReplyRecord {
+            log_id: log.id,
+            text: &reply,
+            integration_id,
+            persona_id: Some(persona.id),
+            delivery,
+        })
         .await?;
-    Ok(Done::Replied { reply })
+    Ok(match recorded {
+        Recorded::Finished => Done::Replied { reply },
+        Recorded::Delivering | Recorded::AlreadyDelivering => Done::Delivering { reply },
+        Recorded::NotProcessing => Done::AlreadyFinished,
+    })
+}
+
+/// Marks content the platform sent without text, for the rules.
+const NO_TEXT_CONTENT: &str = "[content without text]";
+
+/// The text the content rules judge. A mention notification carries only ids (its text
+/// has to be fetched from the Graph API), and an attachment, sticker or location has
+/// content but no text: neither is `empty`, so they get a neutral marker instead.
+fn rule_text(log: &LogRow) -> Option<&str> {
+    if log
+        .message_text
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty())
+    {
+        return log.message_text.as_deref();
+    }
+    let p = &log.payload;
+    let attachment = [
+        "/entry/0/messaging/0/message/attachments",
+        "/entry/0/changes/0/value/message/attachments",
+        "/data/media",
+        "/data/attachments",
+    ]
+    .iter()
+    .any(|ptr| p.pointer(ptr).is_some_and(|v| !v.is_null()))
+        || p.pointer("/entry/0/changes/0/value/messages/0/type")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|t| t != "text" && t != "unsupported");
+    if log.event_type == "mention" || attachment {
+        Some(NO_TEXT_CONTENT)
+    } else {
+        log.message_text.as_deref()
+    }
 }
 
 fn missing_persona(log: &LogRow, r: &Resolved) -> String {

@@ -13,3 +13,15 @@ pub struct ProcessWebhook {
 impl Job for ProcessWebhook {
     const NAME: &'static str = "process_webhook";
 }
+
+/// Make (at most) one delivery attempt of a log's outbound reply. Enqueued in the
+/// transaction that stages the reply, then by each attempt that leaves a retry due; the
+/// reply's state row decides what a run may do, so a stale or duplicated job is harmless.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliverReply {
+    pub log_id: i64,
+}
+
+impl Job for DeliverReply {
+    const NAME: &'static str = "deliver_reply";
+}

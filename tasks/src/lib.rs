@@ -1,10 +1,12 @@
 //! Job types, the Postgres queue backend for apalis, the worker runtime and its
 //! process supervisor. Depends on `hookq-core`; knows nothing of HTTP.
 
+pub mod delivery;
 pub mod error;
 pub mod ingest;
 pub mod jobs;
 pub mod queue;
+pub mod retention;
 pub mod supervisor;
 pub mod worker;
 

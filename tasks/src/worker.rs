@@ -1,30 +1,45 @@
-//! One worker process: the queue runtime with the pipeline's job handlers registered.
+//! One worker process: the queue runtime with the pipeline's job handlers registered
+//! (`process_webhook` runs the comment use case, `deliver_reply` delivers its reply).
 
 use std::{future::Future, sync::Arc};
 
 use hookq_core::{
     FailureKind,
     config::Config,
+    delivery::PgDeliveryStore,
     directory::PgDirectory,
+    llm::LlmGenerator,
     logs::{self, PgLogStore},
-    reply::TemplateRenderer,
+    reply::{ReplyGenerator, TemplateRenderer},
     usecase::{self, Attempt, Deps},
 };
 use sqlx::PgPool;
 
 use crate::{
+    delivery::{Deliverer, PgOutbox},
     error::Error,
-    jobs::ProcessWebhook,
-    queue::{JobContext, JobError, WorkerOptions, Workers},
+    jobs::{DeliverReply, ProcessWebhook},
+    queue::{JobContext, JobError, Notifier, WorkerOptions, Workers},
 };
 
-/// The use case's dependencies, backed by Postgres.
-pub fn deps(pool: &PgPool) -> Deps {
-    Deps {
+/// The use case's dependencies, backed by Postgres. Replies are written by the LLM when
+/// `REPLY_LLM_URL` is set, else rendered from the persona template.
+pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, Error> {
+    let generator: Arc<dyn ReplyGenerator> = match &config.llm {
+        Some(llm) => Arc::new(LlmGenerator::new(llm)?),
+        None => Arc::new(TemplateRenderer),
+    };
+    Ok(Deps {
         directory: Arc::new(PgDirectory { pool: pool.clone() }),
         logs: Arc::new(PgLogStore { pool: pool.clone() }),
-        generator: Arc::new(TemplateRenderer),
-    }
+        generator,
+        outbox: Arc::new(PgOutbox {
+            pool: pool.clone(),
+            notifier,
+            max_attempts: config.max_attempts,
+        }),
+        reports: Arc::new(PgDeliveryStore { pool: pool.clone() }),
+    })
 }
 
 /// Runs this process's workers until `shutdown` resolves, then drains.
@@ -39,19 +54,33 @@ pub async fn run(
         worker_name: format!("hookq-worker-{}", std::process::id()),
         ..WorkerOptions::default()
     };
+    let notifier = Notifier::spawn(pool.clone());
     let mut workers = Workers::new(pool.clone(), opts);
-    let deps = deps(&pool);
+    // Retention (issue 5): hourly purge of processed logs past HOOKQ_RETENTION_DAYS.
+    crate::retention::register(&mut workers, &pool, config.retention_days)?;
+    let deps = deps(&pool, config, notifier.clone())?;
     workers.register(move |job: ProcessWebhook, ctx: JobContext| {
         let deps = deps.clone();
         async move { process_webhook(&deps, job, ctx).await }
     });
+    let dead_pool = pool.clone();
     workers.on_dead_letter::<ProcessWebhook, _, _>(move |job_id, _payload, error| {
-        let pool = pool.clone();
+        let pool = dead_pool.clone();
         async move {
             if let Err(e) = logs::dead_letter_by_job(&pool, job_id, &error).await {
                 tracing::error!(job_id, error = %e, "could not dead-letter the log of a dead job");
             }
         }
+    });
+    let deliverer = Deliverer::new(pool.clone(), config, notifier)?;
+    let runner = deliverer.clone();
+    workers.register(move |job: DeliverReply, ctx: JobContext| {
+        let runner = runner.clone();
+        async move { runner.deliver(job, ctx).await }
+    });
+    workers.on_dead_letter::<DeliverReply, _, _>(move |job_id, payload, error| {
+        let deliverer = deliverer.clone();
+        async move { deliverer.on_dead(job_id, payload, error).await }
     });
     workers.run(shutdown).await?;
     Ok(())

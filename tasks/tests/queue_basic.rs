@@ -11,7 +11,8 @@ use std::{
 
 use chrono::Utc;
 use hookq_tasks::queue::{
-    self, EnqueueOptions, Job, JobContext, JobError, JobId, JobStatus, Notifier, WorkerOptions, Workers,
+    self, EnqueueOptions, Job, JobContext, JobError, JobId, JobStatus, Notifier, WorkerOptions,
+    Workers,
 };
 use hookq_testkit::{fresh_db, wait_for};
 use serde::{Deserialize, Serialize};
@@ -97,7 +98,12 @@ struct Runs(Arc<Mutex<HashMap<JobId, Vec<JobContext>>>>);
 
 impl Runs {
     fn record(&self, ctx: JobContext) {
-        self.0.lock().unwrap().entry(ctx.job_id()).or_default().push(ctx);
+        self.0
+            .lock()
+            .unwrap()
+            .entry(ctx.job_id())
+            .or_default()
+            .push(ctx);
     }
     fn of(&self, id: JobId) -> Vec<JobContext> {
         self.0.lock().unwrap().get(&id).cloned().unwrap_or_default()
@@ -171,7 +177,10 @@ async fn enqueue_one<J: Job>(pool: &PgPool, job: &J, opts: &EnqueueOptions) -> J
 
 async fn wait_status(pool: &PgPool, id: JobId, status: JobStatus, secs: u64) -> queue::JobRecord {
     wait_for(secs, &format!("job {id} to be {status:?}"), || async {
-        queue::get_job(pool, id).await.unwrap().filter(|j| j.status == status)
+        queue::get_job(pool, id)
+            .await
+            .unwrap()
+            .filter(|j| j.status == status)
     })
     .await
 }
@@ -181,10 +190,16 @@ async fn enqueue_joins_the_callers_transaction() {
     let db = fresh_db().await;
     // Rolled back: no job.
     let mut tx = db.pool.begin().await.unwrap();
-    let id = queue::enqueue(&mut tx, &Echo { n: 1 }, &EnqueueOptions::default()).await.unwrap();
-    let many = queue::enqueue_many(&mut tx, &[Echo { n: 2 }, Echo { n: 3 }], &EnqueueOptions::default())
+    let id = queue::enqueue(&mut tx, &Echo { n: 1 }, &EnqueueOptions::default())
         .await
         .unwrap();
+    let many = queue::enqueue_many(
+        &mut tx,
+        &[Echo { n: 2 }, Echo { n: 3 }],
+        &EnqueueOptions::default(),
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     assert!(queue::get_job(&db.pool, id).await.unwrap().is_none());
     for id in many {
@@ -193,15 +208,18 @@ async fn enqueue_joins_the_callers_transaction() {
     // Committed: the jobs, with ids in input order and the default max attempts.
     let mut tx = db.pool.begin().await.unwrap();
     let jobs: Vec<Echo> = (0..500).map(|n| Echo { n }).collect();
-    let ids = queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default()).await.unwrap();
+    let ids = queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids.len(), 500);
-    let payloads: Vec<(JobId, i64)> =
-        sqlx::query_as("SELECT id, (payload->>'n')::bigint FROM queue_jobs WHERE id = ANY($1) ORDER BY id")
-            .bind(&ids)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let payloads: Vec<(JobId, i64)> = sqlx::query_as(
+        "SELECT id, (payload->>'n')::bigint FROM queue_jobs WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     for (i, (id, n)) in payloads.iter().enumerate() {
         assert_eq!(*id, ids[i]);
         assert_eq!(*n, i as i64, "ids come back in input order");
@@ -231,11 +249,16 @@ async fn jobs_complete_leave_the_hot_table_and_keep_their_result() {
     let (runs, dead) = (Runs::default(), Dead::default());
     let mut tx = db.pool.begin().await.unwrap();
     let jobs: Vec<Echo> = (0..200).map(|n| Echo { n }).collect();
-    let ids = queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default()).await.unwrap();
+    let ids = queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let running = Running::start(workers_with_handlers(&db.pool, fast_opts(), &runs, &dead));
     wait_for(20, "all jobs done", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs").fetch_one(&db.pool).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         (left == 0).then_some(())
     })
     .await;
@@ -285,10 +308,23 @@ async fn run_at_and_priority_order_the_work() {
     let running = Running::start(workers_with_handlers(&db.pool, opts, &runs, &dead));
     let low_done = wait_status(&db.pool, low, JobStatus::Completed, 10).await;
     let high_done = wait_status(&db.pool, high, JobStatus::Completed, 10).await;
-    assert!(high_done.started_at < low_done.started_at, "higher priority ran first");
-    assert_eq!(queue::get_job(&db.pool, later).await.unwrap().unwrap().status, JobStatus::Pending);
+    assert!(
+        high_done.started_at < low_done.started_at,
+        "higher priority ran first"
+    );
+    assert_eq!(
+        queue::get_job(&db.pool, later)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        JobStatus::Pending
+    );
     let later_done = wait_status(&db.pool, later, JobStatus::Completed, 10).await;
-    assert!(started.elapsed() >= Duration::from_millis(1000), "run_at was honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "run_at was honoured"
+    );
     assert!(later_done.started_at.unwrap() >= later_done.run_at);
     running.shutdown().await;
 }
@@ -319,7 +355,11 @@ async fn transient_failures_retry_with_backoff_then_dead_letter_with_every_error
     let gone = wait_status(&db.pool, exhausted, JobStatus::Dead, 10).await;
     assert_eq!(gone.attempts, 3);
     assert_eq!(gone.last_error.as_deref(), Some("fail #3"));
-    let errors: Vec<_> = gone.errors.iter().map(|e| (e.attempt, e.error.as_str())).collect();
+    let errors: Vec<_> = gone
+        .errors
+        .iter()
+        .map(|e| (e.attempt, e.error.as_str()))
+        .collect();
     assert_eq!(errors, vec![(1, "fail #1"), (2, "fail #2"), (3, "fail #3")]);
     // The handler was told the delay it would get, and None on its last attempt.
     let seen = runs.of(exhausted);
@@ -335,7 +375,10 @@ async fn transient_failures_retry_with_backoff_then_dead_letter_with_every_error
     let waited = wait_status(&db.pool, waits, JobStatus::Completed, 10).await;
     let failed_at = waited.errors[0].at;
     let retried_at = waited.started_at.unwrap();
-    assert!(retried_at - failed_at >= chrono::Duration::milliseconds(790), "{failed_at} → {retried_at}");
+    assert!(
+        retried_at - failed_at >= chrono::Duration::milliseconds(790),
+        "{failed_at} → {retried_at}"
+    );
 
     let calls = wait_for(10, "dead-letter hook", || async {
         let calls = dead.0.lock().unwrap().clone();
@@ -375,7 +418,10 @@ async fn permanent_errors_skip_retries() {
     assert_eq!(gone.attempts, 1);
     assert_eq!(gone.last_error.as_deref(), Some("never works"));
     assert_eq!(runs.of(id).len(), 1);
-    wait_for(10, "dead-letter hook", || async { (!dead.0.lock().unwrap().is_empty()).then_some(()) }).await;
+    wait_for(10, "dead-letter hook", || async {
+        (!dead.0.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     running.shutdown().await;
 }
 
@@ -404,14 +450,21 @@ async fn poison_jobs_dead_letter_alone_and_the_worker_goes_on() {
     )
     .await;
     let mut tx = db.pool.begin().await.unwrap();
-    let good = queue::enqueue_many(&mut tx, &(0..20).map(|n| Echo { n }).collect::<Vec<_>>(), &EnqueueOptions::default())
-        .await
-        .unwrap();
+    let good = queue::enqueue_many(
+        &mut tx,
+        &(0..20).map(|n| Echo { n }).collect::<Vec<_>>(),
+        &EnqueueOptions::default(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let running = Running::start(workers_with_handlers(&db.pool, fast_opts(), &runs, &dead));
     let bad = wait_status(&db.pool, undecodable, JobStatus::Dead, 10).await;
-    assert_eq!(bad.attempts, 1, "no retries for a payload that can never decode");
+    assert_eq!(
+        bad.attempts, 1,
+        "no retries for a payload that can never decode"
+    );
     assert!(bad.last_error.unwrap().contains("undecodable"));
     let boom = wait_status(&db.pool, panics, JobStatus::Dead, 10).await;
     assert_eq!(boom.attempts, 1);
@@ -470,7 +523,10 @@ async fn notify_wakes_idle_workers_and_polling_covers_a_lost_notification() {
         let id = enqueue_one(&db.pool, &Echo { n }, &EnqueueOptions::default()).await;
         notifier.kick();
         wait_status(&db.pool, id, JobStatus::Completed, 5).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "woken by NOTIFY, not by polling");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "woken by NOTIFY, not by polling"
+        );
     }
     running.shutdown().await;
 
@@ -484,7 +540,10 @@ async fn notify_wakes_idle_workers_and_polling_covers_a_lost_notification() {
     let started = Instant::now();
     let id = enqueue_one(&db.pool, &Echo { n: 4 }, &EnqueueOptions::default()).await;
     wait_status(&db.pool, id, JobStatus::Completed, 5).await;
-    assert!(started.elapsed() < Duration::from_millis(1500), "found by polling within the interval");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "found by polling within the interval"
+    );
     running.shutdown().await;
 }
 
@@ -503,10 +562,15 @@ async fn periodic_jobs_fire_once_per_tick_across_processes() {
                 Ok(())
             }
         });
-        workers.periodic("every-second", "* * * * * *", || Tick).unwrap();
+        workers
+            .periodic("every-second", "* * * * * *", || Tick)
+            .unwrap();
         runtimes.push(Running::start(workers));
     }
-    wait_for(10, "three ticks", || async { (*fired.lock().unwrap() >= 3).then_some(()) }).await;
+    wait_for(10, "three ticks", || async {
+        (*fired.lock().unwrap() >= 3).then_some(())
+    })
+    .await;
     for running in runtimes {
         running.shutdown().await;
     }
@@ -537,18 +601,30 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones() {
     };
     let running = Running::start(workers_with_handlers(&db.pool, opts, &runs, &dead));
     let short = enqueue_one(&db.pool, &Slow { millis: 300 }, &EnqueueOptions::default()).await;
-    let long = enqueue_one(&db.pool, &Slow { millis: 60_000 }, &EnqueueOptions::default()).await;
+    let long = enqueue_one(
+        &db.pool,
+        &Slow { millis: 60_000 },
+        &EnqueueOptions::default(),
+    )
+    .await;
     wait_for(10, "both jobs started", || async {
         (!runs.of(short).is_empty() && !runs.of(long).is_empty()).then_some(())
     })
     .await;
     let started = Instant::now();
     running.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown is bounded by the timeout"
+    );
     let short = queue::get_job(&db.pool, short).await.unwrap().unwrap();
     assert_eq!(short.status, JobStatus::Completed, "in-flight job finished");
     let long = queue::get_job(&db.pool, long).await.unwrap().unwrap();
-    assert_eq!(long.status, JobStatus::Pending, "unfinished job handed back");
+    assert_eq!(
+        long.status,
+        JobStatus::Pending,
+        "unfinished job handed back"
+    );
     assert_eq!(long.attempts, 0, "a hand-back is not a failed attempt");
     assert!(long.errors.is_empty());
     assert!(long.locked_by.is_none());

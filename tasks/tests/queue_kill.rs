@@ -2,9 +2,14 @@
 //! lease expires, then another worker runs them again. The worker that dies is this
 //! test binary re-executed as a child (see `child_worker`).
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use hookq_tasks::queue::{self, EnqueueOptions, Job, JobContext, JobStatus, WorkerOptions, Workers};
+use hookq_tasks::queue::{
+    self, EnqueueOptions, Job, JobContext, JobStatus, WorkerOptions, Workers,
+};
 use hookq_testkit::{fresh_db, wait_for};
 use nix::{sys::signal, unistd::Pid};
 use serde::{Deserialize, Serialize};
@@ -52,7 +57,10 @@ async fn child_worker() {
             Ok(())
         }
     });
-    workers.run(std::future::pending()).await.expect("child worker runs");
+    workers
+        .run(std::future::pending())
+        .await
+        .expect("child worker runs");
 }
 
 #[tokio::test]
@@ -63,14 +71,25 @@ async fn a_killed_workers_jobs_run_again_after_lease_expiry() {
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    let ids = queue::enqueue_many(&mut tx, &[Hang { n: 1 }, Hang { n: 2 }, Hang { n: 3 }], &EnqueueOptions::default())
-        .await
-        .unwrap();
+    let ids = queue::enqueue_many(
+        &mut tx,
+        &[Hang { n: 1 }, Hang { n: 2 }, Hang { n: 3 }],
+        &EnqueueOptions::default(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_worker", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_worker",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DB, &db.url)
+        .stdout(Stdio::null())
         .spawn()
         .expect("spawn the child worker");
     let started = wait_for(30, "the child to start all jobs", || async {
@@ -91,7 +110,11 @@ async fn a_killed_workers_jobs_run_again_after_lease_expiry() {
     .unwrap();
     assert_eq!(leased, 3);
 
-    signal::kill(Pid::from_raw(child.id().try_into().unwrap()), signal::Signal::SIGKILL).unwrap();
+    signal::kill(
+        Pid::from_raw(child.id().try_into().unwrap()),
+        signal::Signal::SIGKILL,
+    )
+    .unwrap();
     child.wait().unwrap();
 
     let mut workers = Workers::new(db.pool.clone(), opts());
@@ -109,7 +132,11 @@ async fn a_killed_workers_jobs_run_again_after_lease_expiry() {
         })
         .await;
         assert_eq!(done.attempts, 2, "the killed run counts as an attempt");
-        assert!(done.errors[0].error.contains("lease expired"), "{:?}", done.errors);
+        assert!(
+            done.errors[0].error.contains("lease expired"),
+            "{:?}",
+            done.errors
+        );
     }
     let _ = stop.send(());
     handle.await.unwrap().unwrap();

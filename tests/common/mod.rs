@@ -16,7 +16,11 @@ pub const VERIFY_TOKEN: &str = "test-verify-token";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 /// The environment every test instance starts from; tests add or override entries.
@@ -59,11 +63,18 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { env: HashMap::new(), worker: true, demo: true, dead_pool: false }
+        Options {
+            env: HashMap::new(),
+            worker: true,
+            demo: true,
+            dead_pool: false,
+        }
     }
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn stopped(
+    mut rx: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         let _ = rx.wait_for(|v| *v).await;
     }
@@ -104,10 +115,19 @@ pub async fn spawn_app(opts: Options) -> TestApp {
         let config = config.clone();
         let shutdown = stopped(rx.clone());
         tasks.push(tokio::spawn(async move {
-            hookq_tasks::worker::run(pool, &config, shutdown).await.unwrap();
+            hookq_tasks::worker::run(pool, &config, shutdown)
+                .await
+                .unwrap();
         }));
     }
-    TestApp { base, db, config, http: reqwest::Client::new(), stop, tasks }
+    TestApp {
+        base,
+        db,
+        config,
+        http: reqwest::Client::new(),
+        stop,
+        tasks,
+    }
 }
 
 impl TestApp {
@@ -152,7 +172,10 @@ impl TestApp {
 }
 
 pub fn meta_signature(body: &[u8]) -> String {
-    format!("sha256={}", signature::hmac_hex(META_SECRET.as_bytes(), body))
+    format!(
+        "sha256={}",
+        signature::hmac_hex(META_SECRET.as_bytes(), body)
+    )
 }
 
 /// A compact-shape comment with its own ids.
@@ -170,7 +193,7 @@ pub fn compact(comment_id: &str, message: &str) -> String {
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v)
 }
 
@@ -184,4 +207,146 @@ pub fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+// ---- Delivery and event-routing helpers (issue 4) ----
+
+/// A Standard Webhooks secret for test callbacks (`whsec_` + base64).
+pub const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const GRAPH_TOKEN: &str = "test-graph-token";
+
+/// `HashMap` from pairs, for `Options.env`.
+pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Callbacks to loopback allowed, and a short delivery schedule (one try + 3 retries).
+pub fn delivery_env() -> HashMap<String, String> {
+    env_of(&[
+        ("HOOKQ_ALLOW_PRIVATE_CALLBACKS", "1"),
+        ("HOOKQ_DELIVERY_BACKOFF", "50ms,100ms,150ms"),
+    ])
+}
+
+pub fn bridge_signature(body: &[u8]) -> String {
+    signature::hmac_hex(BRIDGE_SECRET.as_bytes(), body)
+}
+
+impl TestApp {
+    /// A Bridge event to `/webhooks/whatsapp`, signed with `X-Webhook-Signature`.
+    pub async fn post_bridge(&self, body: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/webhooks/whatsapp", self.base))
+            .header("Content-Type", "application/json")
+            .header("X-Webhook-Signature", bridge_signature(body.as_bytes()))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts and returns the acknowledged log ids (asserting a 200).
+    pub async fn ingest(&self, path: &str, body: &str) -> Vec<i64> {
+        let resp = if path == "bridge" {
+            self.post_bridge(body).await
+        } else {
+            self.post_signed(path, body).await
+        };
+        let (status, ack) = json(resp).await;
+        assert_eq!(status, 200, "{ack}");
+        ack["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    }
+
+    /// Waits until log `id` is finished (`processed` or `dead_letter`).
+    pub async fn wait_finished(&self, id: i64) -> hookq_core::logs::LogRow {
+        let pool = self.db.pool.clone();
+        wait_for(20, &format!("log {id} to finish"), || {
+            let pool = pool.clone();
+            async move {
+                let row = hookq_core::logs::get(&pool, id).await.unwrap()?;
+                matches!(row.status.as_str(), "processed" | "dead_letter").then_some(row)
+            }
+        })
+        .await
+    }
+}
+
+/// An integration for the demo user with the demo persona as default (`none` delivery).
+pub async fn add_integration(pool: &PgPool, platform: &str, account_id: &str) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO integrations (user_id, platform, account_id, reply_delivery, default_persona_id, access_token)
+         SELECT u.id, $1, $2, 'none', p.id, $3 FROM users u, personas p
+         WHERE u.external_id = 'user_123' AND p.external_id = 'persona_123'
+         RETURNING id",
+    )
+    .bind(platform)
+    .bind(account_id)
+    .bind(GRAPH_TOKEN)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Points the integration of `account_id` at a delivery kind (callback with the test
+/// secret, or graph_api with the test token).
+pub async fn set_delivery(pool: &PgPool, account_id: &str, kind: &str, callback_url: Option<&str>) {
+    sqlx::query(
+        "UPDATE integrations SET reply_delivery = $2, callback_url = $3, callback_secret = $4,
+                access_token = $5, delivery_enabled = true
+         WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .bind(kind)
+    .bind(callback_url)
+    .bind(CALLBACK_SECRET)
+    .bind(GRAPH_TOKEN)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Checks a received callback's Standard Webhooks headers against the test secret and
+/// returns `(webhook-id, body)`.
+pub fn verify_callback(req: &wiremock::Request) -> (String, Value) {
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("callback without {name}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let id = header("webhook-id");
+    let ts: i64 = header("webhook-timestamp").parse().unwrap();
+    let sig = header("webhook-signature");
+    assert!(
+        signature::standard_verify(CALLBACK_SECRET, &id, ts, &req.body, &sig),
+        "the callback's signature does not verify"
+    );
+    assert!(
+        (chrono::Utc::now().timestamp() - ts).abs() < 300,
+        "stale webhook-timestamp"
+    );
+    (id, serde_json::from_slice(&req.body).unwrap())
+}
+
+/// Waits until `server` has received at least `n` requests; returns them all.
+pub async fn wait_requests(server: &wiremock::MockServer, n: usize) -> Vec<wiremock::Request> {
+    wait_for(
+        20,
+        &format!("{n} requests at the fake endpoint"),
+        || async {
+            let got = server.received_requests().await.unwrap_or_default();
+            (got.len() >= n).then_some(got)
+        },
+    )
+    .await
 }

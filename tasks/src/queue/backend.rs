@@ -38,17 +38,29 @@ impl Backend for PgBackend {
     type Task = Task<ClaimedJob>;
     type Error = QueueError;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), QueueError>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Self::Task, QueueError>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, QueueError>>> {
         self.claimed.poll_recv(cx).map(|task| task.map(Ok))
     }
 
     /// Called once the worker stopped and its in-flight runs ended: jobs claimed but
     /// never started are handed back.
-    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), QueueError>> {
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
         self.claimed.close();
         while let Ok(task) = self.claimed.try_recv() {
             let ctx = task.args.ctx;
@@ -73,7 +85,9 @@ impl BackendConfig for PgBackend {
     }
 
     fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
-        AckLayer { rt: self.rt.clone() }
+        AckLayer {
+            rt: self.rt.clone(),
+        }
     }
 }
 
@@ -137,7 +151,13 @@ where
 fn settle(ctx: JobContext, result: Result<JobOutput, BoxDynError>) -> Outcome {
     let (id, attempt) = (ctx.job_id, ctx.attempt);
     let error = match result {
-        Ok(result) => return Outcome::Completed { id, attempt, result },
+        Ok(result) => {
+            return Outcome::Completed {
+                id,
+                attempt,
+                result,
+            };
+        }
         Err(e) => e,
     };
     let (error, after) = match error.downcast::<JobError>() {
@@ -145,7 +165,9 @@ fn settle(ctx: JobContext, result: Result<JobOutput, BoxDynError>) -> Outcome {
             JobError::Permanent(error) => return Outcome::Dead { id, attempt, error },
             JobError::Retry { error, after } => (error, after),
         },
-        Err(other) if other.is::<tower::timeout::error::Elapsed>() => ("timed out".to_owned(), None),
+        Err(other) if other.is::<tower::timeout::error::Elapsed>() => {
+            ("timed out".to_owned(), None)
+        }
         Err(other) => (other.to_string(), None),
     };
     match after.or(ctx.planned_retry_delay) {

@@ -2,6 +2,9 @@
 //! channel, and one task turns whatever has accumulated into at most four statements
 //! (archive, retry, hand back) built on `unnest` arrays.
 //!
+//! Each statement also filters `j.id = ANY($1)` so the planner looks rows up by primary
+//! key instead of joining the arrays against a scan of the table.
+//!
 //! Every statement matches on `(id, attempts, status = 'running', locked_by = us)`: a job
 //! whose lease expired and was claimed again (elsewhere, or here as a newer attempt) is
 //! never touched by the stale run's outcome.
@@ -91,9 +94,17 @@ pub(crate) async fn run(
         let mut failures = 0u32;
         loop {
             match write(&rt.pool, &rt.worker_id, &rt.hooked, &batch).await {
-                Ok(dead) => {
-                    if dead {
+                Ok(written) => {
+                    if written.dead {
                         rt.dead_letters.notify_one();
+                    }
+                    if let Some(delay) = written.next_retry {
+                        // Look for the retry when it is due rather than at the next poll.
+                        let rt = rt.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            rt.wake.notify_one();
+                        });
                     }
                     break;
                 }
@@ -117,15 +128,33 @@ pub(crate) async fn run(
     }
 }
 
-/// Writes one batch; answers whether any job went dead (its hook has work).
-async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outcome]) -> Result<bool, QueueError> {
+/// What a written batch means for the rest of the runtime.
+struct Written {
+    /// Some job went dead: its hook has work.
+    dead: bool,
+    /// The soonest retry scheduled.
+    next_retry: Option<Duration>,
+}
+
+async fn write(
+    pool: &PgPool,
+    worker_id: &str,
+    hooked: &[String],
+    batch: &[Outcome],
+) -> Result<Written, QueueError> {
     let mut archive = Archive::default();
     let mut retry = Retry::default();
     let mut release = (Vec::new(), Vec::new());
     for outcome in batch {
         match outcome {
-            Outcome::Completed { id, attempt, result } => archive.push(*id, *attempt, None, result.clone()),
-            Outcome::Dead { id, attempt, error } => archive.push(*id, *attempt, Some(error.clone()), None),
+            Outcome::Completed {
+                id,
+                attempt,
+                result,
+            } => archive.push(*id, *attempt, None, result.clone()),
+            Outcome::Dead { id, attempt, error } => {
+                archive.push(*id, *attempt, Some(error.clone()), None)
+            }
             Outcome::Retry {
                 id,
                 attempt,
@@ -135,7 +164,9 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
                 retry.ids.push(*id);
                 retry.attempts.push(*attempt);
                 retry.errors.push(error.clone());
-                retry.delay_ms.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                retry
+                    .delay_ms
+                    .push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
             }
             Outcome::Released { id, attempt } => {
                 release.0.push(*id);
@@ -143,14 +174,17 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
             }
         }
     }
-    let mut any_dead = false;
+    let mut written = Written {
+        dead: false,
+        next_retry: None,
+    };
     if !archive.ids.is_empty() {
         let dead = archive.errors.iter().any(Option::is_some);
         let moved: i64 = sqlx::query_scalar(
             "WITH done AS (
                 DELETE FROM queue_jobs j
                 USING unnest($1::bigint[], $2::int[], $3::text[], $4::text[]) AS d(id, attempt, error, result)
-                WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $5
+                WHERE j.id = ANY($1) AND j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $5
                 RETURNING j.*, d.error AS new_error, d.result AS new_result
             ), archived AS (
                 INSERT INTO queue_jobs_done (id, task_name, payload, status, priority, run_at, attempts,
@@ -180,7 +214,7 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
         .fetch_one(pool)
         .await?;
         note_stale("finished", archive.ids.len(), moved);
-        any_dead = dead && moved > 0;
+        written.dead = dead && moved > 0;
     }
     if !retry.ids.is_empty() {
         let updated = sqlx::query(
@@ -191,7 +225,7 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
                  errors = j.errors || jsonb_build_array(jsonb_build_object(
                      'attempt', j.attempts, 'error', d.error, 'at', now()))
              FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[]) AS d(id, attempt, error, delay_ms)
-             WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $5",
+             WHERE j.id = ANY($1) AND j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $5",
         )
         .bind(&retry.ids)
         .bind(&retry.attempts)
@@ -201,14 +235,23 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
         .execute(pool)
         .await?
         .rows_affected();
-        note_stale("retried", retry.ids.len(), updated.try_into().unwrap_or(i64::MAX));
+        note_stale(
+            "retried",
+            retry.ids.len(),
+            updated.try_into().unwrap_or(i64::MAX),
+        );
+        written.next_retry = retry
+            .delay_ms
+            .iter()
+            .min()
+            .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     }
     if !release.0.is_empty() {
         let updated = sqlx::query(
             "UPDATE queue_jobs j
              SET status = 'pending', locked_by = NULL, lease_expires_at = NULL, attempts = j.attempts - 1
              FROM unnest($1::bigint[], $2::int[]) AS d(id, attempt)
-             WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $3",
+             WHERE j.id = ANY($1) AND j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $3",
         )
         .bind(&release.0)
         .bind(&release.1)
@@ -216,9 +259,13 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
         .execute(pool)
         .await?
         .rows_affected();
-        note_stale("handed back", release.0.len(), updated.try_into().unwrap_or(i64::MAX));
+        note_stale(
+            "handed back",
+            release.0.len(),
+            updated.try_into().unwrap_or(i64::MAX),
+        );
     }
-    Ok(any_dead)
+    Ok(written)
 }
 
 /// Outcomes that matched no row belong to runs whose lease was lost (another claim
@@ -226,7 +273,10 @@ async fn write(pool: &PgPool, worker_id: &str, hooked: &[String], batch: &[Outco
 fn note_stale(what: &str, sent: usize, applied: i64) {
     let sent = i64::try_from(sent).unwrap_or(i64::MAX);
     if applied < sent {
-        tracing::warn!(stale = sent - applied, "{what} jobs no longer leased by this worker; outcome dropped");
+        tracing::warn!(
+            stale = sent - applied,
+            "{what} jobs no longer leased by this worker; outcome dropped"
+        );
     }
 }
 

@@ -22,7 +22,11 @@ pub(crate) type Hook =
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 100;
 
-pub(crate) async fn run(rt: Arc<Runtime>, hooks: Arc<HashMap<&'static str, Hook>>, stop: CancellationToken) {
+pub(crate) async fn run(
+    rt: Arc<Runtime>,
+    hooks: Arc<HashMap<&'static str, Hook>>,
+    stop: CancellationToken,
+) {
     if hooks.is_empty() {
         return;
     }
@@ -48,7 +52,10 @@ pub(crate) async fn run(rt: Arc<Runtime>, hooks: Arc<HashMap<&'static str, Hook>
 
 /// Runs the hooks of up to [`BATCH`] pending dead jobs, holding their rows locked so
 /// that two processes never run the same hook at once; answers how many ran.
-async fn dispatch_once(rt: &Runtime, hooks: &HashMap<&'static str, Hook>) -> Result<i64, QueueError> {
+async fn dispatch_once(
+    rt: &Runtime,
+    hooks: &HashMap<&'static str, Hook>,
+) -> Result<i64, QueueError> {
     let mut tx = rt.pool.begin().await?;
     let rows: Vec<(JobId, String, Json<serde_json::Value>, Option<String>)> = sqlx::query_as(
         "SELECT id, task_name, payload, last_error FROM queue_jobs_done

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     JobId, NOTIFY_CHANNEL, QueueError,
+    completer::Outcome,
     handler::{ClaimedJob, JobContext},
     worker::Runtime,
 };
@@ -37,7 +38,11 @@ fn pause_after(failures: u32) -> Duration {
 /// backend through `tx`, and otherwise waits for a NOTIFY, a finished job or the poll
 /// interval. Stops between claims (never during one, which could strand claimed rows)
 /// once `stop` fires.
-pub(crate) async fn run(rt: Arc<Runtime>, tx: mpsc::UnboundedSender<Task<ClaimedJob>>, stop: CancellationToken) {
+pub(crate) async fn run(
+    rt: Arc<Runtime>,
+    tx: mpsc::UnboundedSender<Task<ClaimedJob>>,
+    stop: CancellationToken,
+) {
     let names = rt.table.names();
     let mut failures = 0u32;
     loop {
@@ -84,20 +89,24 @@ pub(crate) async fn run(rt: Arc<Runtime>, tx: mpsc::UnboundedSender<Task<Claimed
 }
 
 /// One claim round trip: up to `limit` ready jobs, leased to this worker.
-async fn claim(rt: &Runtime, names: &[String], limit: usize) -> Result<Vec<Task<ClaimedJob>>, QueueError> {
+async fn claim(
+    rt: &Runtime,
+    names: &[String],
+    limit: usize,
+) -> Result<Vec<Task<ClaimedJob>>, QueueError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
-        "WITH picked AS (
+        // `id = ANY(ARRAY(...))` keeps the update on primary-key lookups: a join against
+        // the picked ids lets the planner choose a scan of the whole table.
+        "UPDATE queue_jobs j
+        SET status = 'running', attempts = j.attempts + 1, locked_by = $3,
+            lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now()
+        WHERE j.id = ANY(ARRAY(
             SELECT id FROM queue_jobs
             WHERE status = 'pending' AND run_at <= now() AND task_name = ANY($1)
             ORDER BY priority DESC, run_at, id
             LIMIT $2
             FOR UPDATE SKIP LOCKED
-        )
-        UPDATE queue_jobs j
-        SET status = 'running', attempts = j.attempts + 1, locked_by = $3,
-            lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now()
-        FROM picked
-        WHERE j.id = picked.id
+        ))
         RETURNING j.id, j.task_name, j.payload, j.attempts, j.max_attempts",
     )
     .bind(names)
@@ -109,11 +118,17 @@ async fn claim(rt: &Runtime, names: &[String], limit: usize) -> Result<Vec<Task<
     rt.hold(rows.iter().map(|r| (r.id, r.attempts)));
     let mut tasks = Vec::with_capacity(rows.len());
     for row in rows {
-        // The claim filtered on registered names, so the lookup cannot miss.
+        // The claim filtered on registered names, so the lookup cannot miss; if it
+        // did, the job goes back untouched rather than leaking a slot.
         let Some(task_name) = rt.table.name(&row.task_name) else {
+            rt.finish(Outcome::Released {
+                id: row.id,
+                attempt: row.attempts,
+            });
             continue;
         };
-        let planned_retry_delay = (row.attempts < row.max_attempts).then(|| rt.backoff.delay(row.attempts));
+        let planned_retry_delay =
+            (row.attempts < row.max_attempts).then(|| rt.backoff.delay(row.attempts));
         let ctx = JobContext {
             job_id: row.id,
             task_name,
@@ -199,7 +214,8 @@ pub(crate) async fn extend_leases(rt: Arc<Runtime>, stop: CancellationToken) {
         let extended = sqlx::query(
             "UPDATE queue_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
              FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)
-             WHERE j.id = h.id AND j.attempts = h.attempt AND j.status = 'running' AND j.locked_by = $4",
+             WHERE j.id = ANY($1) AND j.id = h.id AND j.attempts = h.attempt
+               AND j.status = 'running' AND j.locked_by = $4",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -209,7 +225,10 @@ pub(crate) async fn extend_leases(rt: Arc<Runtime>, stop: CancellationToken) {
         .await;
         match extended {
             Ok(done) if done.rows_affected() < ids.len() as u64 => {
-                tracing::debug!(lost = ids.len() as u64 - done.rows_affected(), "some leases were already settled or lost")
+                tracing::debug!(
+                    lost = ids.len() as u64 - done.rows_affected(),
+                    "some leases were already settled or lost"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "extending leases failed; retrying"),
@@ -227,7 +246,10 @@ pub(crate) async fn sweep_expired(rt: Arc<Runtime>, stop: CancellationToken) {
         match sweep_once(&rt, &names).await {
             Ok((requeued, dead)) => {
                 if requeued > 0 {
-                    tracing::info!(requeued, "re-queued jobs whose worker stopped renewing its lease");
+                    tracing::info!(
+                        requeued,
+                        "re-queued jobs whose worker stopped renewing its lease"
+                    );
                     rt.wake.notify_one();
                 }
                 if dead > 0 {
@@ -245,7 +267,8 @@ pub(crate) async fn sweep_expired(rt: Arc<Runtime>, stop: CancellationToken) {
 }
 
 async fn sweep_once(rt: &Runtime, names: &[String]) -> Result<(i64, i64), QueueError> {
-    let error = "lease expired: the worker running this attempt stopped (crash, kill or lost database)";
+    let error =
+        "lease expired: the worker running this attempt stopped (crash, kill or lost database)";
     let counts: (i64, i64) = sqlx::query_as(
         "WITH expired AS (
             SELECT id FROM queue_jobs

@@ -96,8 +96,9 @@ pub(crate) struct ClaimedJob {
 /// for JSON null, so unit handlers store nothing).
 pub(crate) type JobOutput = Option<String>;
 
-type ErasedHandler =
-    Arc<dyn Fn(&RawValue, JobContext) -> BoxFuture<'static, Result<JobOutput, JobError>> + Send + Sync>;
+type ErasedHandler = Arc<
+    dyn Fn(&RawValue, JobContext) -> BoxFuture<'static, Result<JobOutput, JobError>> + Send + Sync,
+>;
 
 /// Typed handlers by task name.
 #[derive(Clone, Default)]
@@ -119,15 +120,17 @@ impl HandlerTable {
             let job: J = match serde_json::from_str(payload.get()) {
                 Ok(job) => job,
                 Err(e) => {
-                    let error = JobError::Permanent(format!("undecodable {} payload: {e}", J::NAME));
+                    let error =
+                        JobError::Permanent(format!("undecodable {} payload: {e}", J::NAME));
                     return futures::future::ready(Err(error)).boxed();
                 }
             };
             let run = handler(job, ctx);
             async move {
                 let output = run.await?;
-                let value = serde_json::to_string(&output)
-                    .map_err(|e| JobError::Permanent(format!("cannot encode the job's result: {e}")))?;
+                let value = serde_json::to_string(&output).map_err(|e| {
+                    JobError::Permanent(format!("cannot encode the job's result: {e}"))
+                })?;
                 Ok((value != "null").then_some(value))
             }
             .boxed()
@@ -167,7 +170,9 @@ impl tower::Service<Task<ClaimedJob>> for Router {
     fn call(&mut self, task: Task<ClaimedJob>) -> Self::Future {
         let job = task.args;
         match self.table.handlers.get(job.ctx.task_name) {
-            Some(handler) => handler(&job.payload, job.ctx).map(|r| r.map_err(BoxDynError::from)).boxed(),
+            Some(handler) => handler(&job.payload, job.ctx)
+                .map(|r| r.map_err(BoxDynError::from))
+                .boxed(),
             None => {
                 let error = JobError::Permanent(format!("no handler for {}", job.ctx.task_name));
                 futures::future::ready(Err(error.into())).boxed()

@@ -12,8 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EnqueueOptions, Job, JobId, QueueError, enqueue, worker::Runtime};
 
-type EnqueueFn =
-    Arc<dyn for<'c> Fn(&'c mut PgConnection, EnqueueOptions) -> BoxFuture<'c, Result<JobId, QueueError>> + Send + Sync>;
+type EnqueueFn = Arc<
+    dyn for<'c> Fn(&'c mut PgConnection, EnqueueOptions) -> BoxFuture<'c, Result<JobId, QueueError>>
+        + Send
+        + Sync,
+>;
 
 pub(crate) struct Periodic {
     name: String,

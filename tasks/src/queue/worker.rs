@@ -114,7 +114,11 @@ impl Runtime {
     /// slow database slows claiming instead of piling up unacknowledged runs.
     pub(crate) fn free_slots(&self) -> usize {
         let concurrency = self.opts.concurrency;
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         let backlog_room = (concurrency * 8).saturating_sub(held);
         concurrency
             .saturating_sub(self.busy.load(Ordering::Acquire))
@@ -160,6 +164,24 @@ impl Runtime {
     }
 }
 
+/// The pool the runtime's own statements use: claims, lease renewals, sweeps and
+/// outcome writes commit with `synchronous_commit = off`. Losing the last few
+/// milliseconds of those in a server crash only means a job runs again once its lease
+/// expires, which at-least-once execution already allows; it saves a WAL flush per
+/// claim and per outcome batch. Enqueues and the handlers' own writes (the caller's
+/// pool) stay fully synchronous.
+fn bookkeeping_pool(pool: &PgPool) -> PgPool {
+    let opts = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(true)
+        .connect_lazy_with(opts)
+}
+
 /// The worker runtime of one process.
 pub struct Workers {
     pool: PgPool,
@@ -170,6 +192,9 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// `pool` must allow a few connections beyond the handlers' own needs: the LISTEN
+    /// connection holds one for the whole run, and the fetcher, the outcome writer and
+    /// the housekeeping tasks each use one at a time.
     pub fn new(pool: PgPool, opts: WorkerOptions) -> Self {
         Self {
             pool,
@@ -224,7 +249,10 @@ impl Workers {
     /// `shutdown_timeout` to finish, hands back the rest (not counted as attempts),
     /// writes the last outcomes and returns. Database errors never end it: every part
     /// retries until the database is back.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), QueueError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), QueueError> {
         let Workers {
             pool,
             opts,
@@ -235,7 +263,7 @@ impl Workers {
         let concurrency = opts.concurrency.max(1);
         let (outcomes, outcome_rx) = tokio::sync::mpsc::unbounded_channel();
         let rt = Arc::new(Runtime {
-            pool,
+            pool: bookkeeping_pool(&pool),
             worker_id: format!("{}:{}", opts.worker_name, uuid::Uuid::new_v4().simple()),
             table: Arc::new(table),
             hooked: hooks.keys().map(|k| k.to_string()).collect(),
@@ -243,7 +271,10 @@ impl Workers {
                 base: opts.backoff_base,
                 cap: opts.backoff_cap,
             },
-            opts: WorkerOptions { concurrency, ..opts },
+            opts: WorkerOptions {
+                concurrency,
+                ..opts
+            },
             held: Mutex::default(),
             busy: AtomicUsize::new(0),
             slot_freed: Notify::new(),
@@ -253,7 +284,9 @@ impl Workers {
             outcomes,
         });
         if rt.table.is_empty() {
-            tracing::warn!("worker runtime started with no handlers registered: it will run nothing");
+            tracing::warn!(
+                "worker runtime started with no handlers registered: it will run nothing"
+            );
         }
 
         // Housekeeping lives until the last outcome is written (leases must be renewed
@@ -263,7 +296,11 @@ impl Workers {
             tokio::spawn(fetcher::listen(rt.clone(), background.clone())),
             tokio::spawn(fetcher::extend_leases(rt.clone(), background.clone())),
             tokio::spawn(fetcher::sweep_expired(rt.clone(), background.clone())),
-            tokio::spawn(dead_letter::run(rt.clone(), Arc::new(hooks), background.clone())),
+            tokio::spawn(dead_letter::run(
+                rt.clone(),
+                Arc::new(hooks),
+                background.clone(),
+            )),
             tokio::spawn(prune_archive(rt.clone(), background.clone())),
         ];
         tasks.extend(
@@ -285,7 +322,12 @@ impl Workers {
         let tracing_layer = apalis::layers::tracing::TraceLayer::new()
             .make_span_with(|task: &Task<ClaimedJob>| {
                 let ctx = task.args.ctx;
-                tracing::debug_span!("job", id = ctx.job_id, task = ctx.task_name, attempt = ctx.attempt)
+                tracing::debug_span!(
+                    "job",
+                    id = ctx.job_id,
+                    task = ctx.task_name,
+                    attempt = ctx.attempt
+                )
             })
             .on_failure(DefaultOnFailure::new().level(Level::WARN));
         let worker = WorkerBuilder::new(rt.worker_id.as_str())

@@ -1,0 +1,676 @@
+//! `/api/webhook-logs`: list, stats, throughput, the live feed (SSE), one log, retry
+//! (one or every match of a filter) and delete.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use hookq_core::{
+    logs::LogRow,
+    model::LogStatus,
+    stats::{self, GroupCount, LogFilter, LogSummary},
+};
+use hookq_tasks::{
+    jobs::ProcessWebhook,
+    queue::{self, EnqueueOptions},
+};
+use poem::web::Data;
+use poem_openapi::{
+    Object, OpenApi,
+    param::{Path, Query},
+    payload::{EventStream, Json},
+};
+use uuid::Uuid;
+
+use super::{AdminError, AdminResult, Deleted, OpsState, Page, paging, tasks::Job};
+use crate::{ApiTags, auth::AdminAuth, error::ApiError, state::AppState};
+
+pub struct LogsApi;
+
+/// A log in a list: everything but the payload.
+#[derive(Debug, Clone, Object)]
+pub struct LogItem {
+    pub id: i64,
+    pub source: String,
+    pub event_type: String,
+    /// `pending`, `processing`, `processed`, `failed` or `dead_letter`.
+    pub status: String,
+    pub attempts: i32,
+    pub outcome: Option<String>,
+    pub skip_reason: Option<String>,
+    pub error_message: Option<String>,
+    pub integration_id: Option<Uuid>,
+    pub sender_name: Option<String>,
+    /// The first 200 characters of the event's text.
+    pub message_preview: Option<String>,
+    pub reply_text: Option<String>,
+    pub job_id: Option<i64>,
+    pub duplicate_count: i32,
+    pub correlation_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<LogSummary> for LogItem {
+    fn from(l: LogSummary) -> Self {
+        LogItem {
+            id: l.id,
+            source: l.source,
+            event_type: l.event_type,
+            status: l.status,
+            attempts: l.attempts,
+            outcome: l.outcome,
+            skip_reason: l.skip_reason,
+            error_message: l.error_message,
+            integration_id: l.integration_id,
+            sender_name: l.sender_name,
+            message_preview: l.message_preview,
+            reply_text: l.reply_text,
+            job_id: l.job_id,
+            duplicate_count: l.duplicate_count,
+            correlation_id: l.correlation_id,
+            received_at: l.received_at,
+            processed_at: l.processed_at,
+            next_retry_at: l.next_retry_at,
+            updated_at: l.updated_at,
+        }
+    }
+}
+
+/// One log, whole: the payload as received, what the pipeline made of it, and its job
+/// with every failed attempt.
+#[derive(Debug, Clone, Object)]
+pub struct LogDetail {
+    pub id: i64,
+    pub dedup_key: String,
+    pub source: String,
+    pub event_type: String,
+    /// `reply`, `record` or `delivery_status`.
+    pub handling: String,
+    pub status: String,
+    pub attempts: i32,
+    pub error_message: Option<String>,
+    pub outcome: Option<String>,
+    pub skip_reason: Option<String>,
+    pub reply_text: Option<String>,
+    pub account_id: Option<String>,
+    pub user_external_id: Option<String>,
+    pub persona_external_id: Option<String>,
+    pub post_external_id: Option<String>,
+    pub item_id: Option<String>,
+    pub sender_id: Option<String>,
+    pub sender_name: Option<String>,
+    pub message_text: Option<String>,
+    pub integration_id: Option<Uuid>,
+    pub persona_id: Option<Uuid>,
+    /// The event exactly as received (one event of a batch).
+    pub payload: serde_json::Value,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub job_id: Option<i64>,
+    pub duplicate_count: i32,
+    pub correlation_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    /// The processing job, with each failed run's error (absent once the archive has
+    /// pruned it).
+    pub job: Option<Job>,
+}
+
+impl LogDetail {
+    fn new(l: LogRow, job: Option<Job>) -> Self {
+        LogDetail {
+            id: l.id,
+            dedup_key: l.dedup_key,
+            source: l.source,
+            event_type: l.event_type,
+            handling: l.handling,
+            status: l.status,
+            attempts: l.attempts,
+            error_message: l.error_message,
+            outcome: l.outcome,
+            skip_reason: l.skip_reason,
+            reply_text: l.reply_text,
+            account_id: l.account_id,
+            user_external_id: l.user_external_id,
+            persona_external_id: l.persona_external_id,
+            post_external_id: l.post_external_id,
+            item_id: l.item_id,
+            sender_id: l.sender_id,
+            sender_name: l.sender_name,
+            message_text: l.message_text,
+            integration_id: l.integration_id,
+            persona_id: l.persona_id,
+            payload: l.payload,
+            occurred_at: l.occurred_at,
+            received_at: l.received_at,
+            started_at: l.started_at,
+            processed_at: l.processed_at,
+            next_retry_at: l.next_retry_at,
+            job_id: l.job_id,
+            duplicate_count: l.duplicate_count,
+            correlation_id: l.correlation_id,
+            updated_at: l.updated_at,
+            job,
+        }
+    }
+}
+
+/// Logs per status (every status present, zero or not).
+#[derive(Debug, Clone, Default, Object)]
+pub struct StatusCounts {
+    pub pending: i64,
+    pub processing: i64,
+    pub processed: i64,
+    pub failed: i64,
+    pub dead_letter: i64,
+}
+
+impl StatusCounts {
+    fn add(&mut self, status: &str, n: i64) {
+        match LogStatus::parse(status) {
+            Some(LogStatus::Pending) => self.pending += n,
+            Some(LogStatus::Processing) => self.processing += n,
+            Some(LogStatus::Processed) => self.processed += n,
+            Some(LogStatus::Failed) => self.failed += n,
+            Some(LogStatus::DeadLetter) => self.dead_letter += n,
+            None => {}
+        }
+    }
+
+    pub fn from_groups(groups: &[GroupCount]) -> Self {
+        let mut c = StatusCounts::default();
+        for g in groups {
+            c.add(&g.status, g.count);
+        }
+        c
+    }
+}
+
+/// A name and how many logs have it.
+#[derive(Debug, Clone, Object)]
+pub struct NamedCount {
+    pub name: String,
+    pub count: i64,
+}
+
+fn fold_by(groups: &[GroupCount], key: impl Fn(&GroupCount) -> &str) -> Vec<NamedCount> {
+    let mut m: HashMap<&str, i64> = HashMap::new();
+    for g in groups {
+        *m.entry(key(g)).or_default() += g.count;
+    }
+    let mut v: Vec<NamedCount> = m
+        .into_iter()
+        .map(|(name, count)| NamedCount {
+            name: name.to_owned(),
+            count,
+        })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    v
+}
+
+/// Receipt-to-processed time of the logs processed in the window.
+#[derive(Debug, Clone, Object)]
+pub struct ProcessingTime {
+    pub window_minutes: u32,
+    pub processed: i64,
+    pub mean_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Mean runs per processed log (above 1 when retries happened).
+    pub mean_attempts: Option<f64>,
+}
+
+/// The queue's backlog.
+#[derive(Debug, Clone, Object)]
+pub struct QueueState {
+    /// Jobs ready to run and not yet claimed.
+    pub depth: i64,
+    pub running: i64,
+    pub scheduled_retries: i64,
+    pub scheduled: i64,
+    pub dead: i64,
+    /// Seconds the oldest ready job has waited.
+    pub oldest_pending_age_secs: Option<f64>,
+}
+
+/// The last 60 seconds.
+#[derive(Debug, Clone, Object)]
+pub struct Throughput {
+    pub received: i64,
+    pub processed: i64,
+    pub failed: i64,
+    pub received_per_sec: f64,
+    pub processed_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct LogStats {
+    /// Every log kept.
+    pub total: i64,
+    pub by_status: StatusCounts,
+    /// Largest first.
+    pub by_event_type: Vec<NamedCount>,
+    pub by_source: Vec<NamedCount>,
+    /// processed / (processed + dead_letter); absent before anything finished.
+    pub success_rate: Option<f64>,
+    pub processing_time: ProcessingTime,
+    pub queue: QueueState,
+    pub last_minute: Throughput,
+}
+
+/// One minute of the throughput chart.
+#[derive(Debug, Clone, Object)]
+pub struct Minute {
+    pub minute: DateTime<Utc>,
+    pub received: i64,
+    pub processed: i64,
+    /// Logs now failed or dead-lettered whose last change fell in this minute.
+    pub failed: i64,
+}
+
+/// Which logs to retry; every field optional. `status` may only be `failed` or
+/// `dead_letter` (both when absent).
+#[derive(Debug, Clone, Default, Object)]
+pub struct RetryFilter {
+    pub status: Option<String>,
+    pub event_type: Option<String>,
+    pub source: Option<String>,
+    pub integration_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Retried {
+    /// Logs put back to `pending`, each with a new job.
+    pub retried: u32,
+    pub ids: Vec<i64>,
+}
+
+/// One push of the live feed: logs created or changed since the last push, oldest
+/// change first, and (every two seconds) the counts by status.
+#[derive(Debug, Clone, Object)]
+pub struct LiveUpdate {
+    pub logs: Vec<LogItem>,
+    pub counts: Option<StatusCounts>,
+}
+
+fn filter_from(
+    status: Option<String>,
+    event_type: Option<String>,
+    source: Option<String>,
+    integration_id: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<LogFilter, AdminError> {
+    Ok(LogFilter {
+        status: LogFilter::parse_status(status.as_deref())?,
+        event_type: event_type.filter(|s| !s.is_empty()),
+        source: source.filter(|s| !s.is_empty()),
+        integration_id,
+        since,
+        until,
+    })
+}
+
+fn conflict(detail: String) -> AdminError {
+    ApiError::from(hookq_core::Error::Conflict(detail)).into()
+}
+
+#[OpenApi(prefix_path = "/api/webhook-logs", tag = "ApiTags::Admin")]
+impl LogsApi {
+    /// Logs, newest first, filtered by any of `status`, `event_type`, `source`,
+    /// `integration_id` and a receipt window (`since` inclusive, `until` exclusive,
+    /// RFC 3339). Without `integration_id`/`since`/`until`, `total` comes from the
+    /// counts cached for up to 2 s.
+    #[oai(path = "/", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        ops: Data<&OpsState>,
+        status: Query<Option<String>>,
+        event_type: Query<Option<String>>,
+        source: Query<Option<String>>,
+        integration_id: Query<Option<Uuid>>,
+        since: Query<Option<DateTime<Utc>>>,
+        until: Query<Option<DateTime<Utc>>>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<LogItem>> {
+        let filter = filter_from(
+            status.0,
+            event_type.0,
+            source.0,
+            integration_id.0,
+            since.0,
+            until.0,
+        )?;
+        let (limit, offset) = paging(limit.0, offset.0);
+        let pool = &state.pool;
+        let items = stats::list(pool, &filter, limit.into(), offset.into()).await?;
+        let groups = ops
+            .counts
+            .get(async || stats::group_counts(pool).await)
+            .await?;
+        let total = match stats::total_from_groups(&filter, &groups) {
+            Some(total) => total,
+            None => stats::count(pool, &filter).await?,
+        };
+        Ok(Json(Page {
+            items: items.into_iter().map(LogItem::from).collect(),
+            total,
+            limit,
+            offset,
+        }))
+    }
+
+    /// Counts by status, event type and source, success rate, processing time (mean,
+    /// p50/p95/p99 over `window_minutes`, default 60), queue depth and oldest pending
+    /// age, and throughput over the last minute.
+    #[oai(path = "/stats", method = "get")]
+    async fn stats(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        ops: Data<&OpsState>,
+        window_minutes: Query<Option<u32>>,
+    ) -> AdminResult<LogStats> {
+        let pool = &state.pool;
+        let window = window_minutes.0.unwrap_or(60).clamp(1, 7 * 24 * 60);
+        let groups = ops
+            .counts
+            .get(async || stats::group_counts(pool).await)
+            .await?;
+        let now = stats::db_now(pool).await?;
+        let (timing, recent, queue) = tokio::try_join!(
+            async {
+                stats::timing(pool, now - chrono::Duration::minutes(window.into()))
+                    .await
+                    .map_err(AdminError::from)
+            },
+            async {
+                stats::recent(pool, now - chrono::Duration::seconds(60))
+                    .await
+                    .map_err(AdminError::from)
+            },
+            async { queue::queue_stats(pool).await.map_err(AdminError::from) },
+        )?;
+        let by_status = StatusCounts::from_groups(&groups);
+        let finished = by_status.processed + by_status.dead_letter;
+        Ok(Json(LogStats {
+            total: groups.iter().map(|g| g.count).sum(),
+            by_event_type: fold_by(&groups, |g| &g.event_type),
+            by_source: fold_by(&groups, |g| &g.source),
+            success_rate: (finished > 0).then(|| by_status.processed as f64 / finished as f64),
+            by_status,
+            processing_time: ProcessingTime {
+                window_minutes: window,
+                processed: timing.processed,
+                mean_ms: timing.mean_ms,
+                p50_ms: timing.p50_ms,
+                p95_ms: timing.p95_ms,
+                p99_ms: timing.p99_ms,
+                mean_attempts: timing.mean_attempts,
+            },
+            queue: QueueState {
+                depth: queue.depth,
+                running: queue.running,
+                scheduled_retries: queue.scheduled_retries,
+                scheduled: queue.scheduled,
+                dead: queue.dead,
+                oldest_pending_age_secs: queue.oldest_pending_age_secs,
+            },
+            last_minute: Throughput {
+                received: recent.received,
+                processed: recent.processed,
+                failed: recent.failed,
+                received_per_sec: recent.received as f64 / 60.0,
+                processed_per_sec: recent.processed as f64 / 60.0,
+            },
+        }))
+    }
+
+    /// Received, processed and failed per minute over the last `minutes` (default 60,
+    /// at most 1,440), oldest first, every minute present.
+    #[oai(path = "/throughput", method = "get")]
+    async fn throughput(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        minutes: Query<Option<u32>>,
+    ) -> AdminResult<Vec<Minute>> {
+        let minutes = minutes.0.unwrap_or(60).clamp(1, 1440) as i32;
+        let rows = stats::throughput(&state.pool, minutes).await?;
+        Ok(Json(
+            rows.into_iter()
+                .map(|m| Minute {
+                    minute: m.minute,
+                    received: m.received,
+                    processed: m.processed,
+                    failed: m.failed,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Server-sent events: every log created or changed from now on (polled every
+    /// 500 ms), and the counts by status every 2 s. What the dashboard's live list
+    /// reads; a client dedupes by `(id, updated_at)`.
+    #[oai(path = "/events", method = "get")]
+    async fn events(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        ops: Data<&OpsState>,
+    ) -> Result<EventStream<std::pin::Pin<Box<dyn Stream<Item = LiveUpdate> + Send>>>, AdminError>
+    {
+        let start = stats::db_now(&state.pool).await?;
+        let stream = live_feed(state.pool.clone(), ops.clone(), start);
+        Ok(EventStream::new(stream.boxed()).keep_alive(Duration::from_secs(15)))
+    }
+
+    /// One log with its payload, attempts, error and reply, and its job's failed runs.
+    #[oai(path = "/:id", method = "get")]
+    async fn get(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        id: Path<i64>,
+    ) -> AdminResult<LogDetail> {
+        let log = hookq_core::logs::get(&state.pool, id.0)
+            .await?
+            .ok_or(hookq_core::Error::NotFound)?;
+        let job = match log.job_id {
+            Some(job_id) => queue::get_job(&state.pool, job_id).await?.map(Job::from),
+            None => None,
+        };
+        Ok(Json(LogDetail::new(log, job)))
+    }
+
+    /// Puts a `failed` or `dead_letter` log back to `pending` with a new job, in one
+    /// transaction; `409` for a log in any other state.
+    #[oai(path = "/:id/retry", method = "post")]
+    async fn retry_one(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        ops: Data<&OpsState>,
+        id: Path<i64>,
+    ) -> AdminResult<Retried> {
+        let mut tx = state.pool.begin().await.map_err(hookq_core::Error::from)?;
+        let c = stats::lock_for_retry(&mut tx, id.0)
+            .await?
+            .ok_or(hookq_core::Error::NotFound)?;
+        if !c.status_ok {
+            return Err(conflict(format!(
+                "log {} is {}: only failed or dead_letter logs can be retried",
+                c.id, c.status
+            )));
+        }
+        let job = queue::enqueue(
+            &mut tx,
+            &ProcessWebhook { log_id: c.id },
+            &job_options(&state),
+        )
+        .await?;
+        stats::cancel_waiting_jobs(&mut tx, &c.old_job_id.into_iter().collect::<Vec<_>>()).await?;
+        hookq_core::logs::reset_for_retry(&mut tx, c.id, job).await?;
+        tx.commit().await.map_err(hookq_core::Error::from)?;
+        ops.notifier.kick();
+        tracing::info!(log_id = c.id, job_id = job, "operator retry");
+        Ok(Json(Retried {
+            retried: 1,
+            ids: vec![c.id],
+        }))
+    }
+
+    /// The same for every `failed`/`dead_letter` log matching the filter body (oldest
+    /// first, up to `limit`). Logs another retry holds are skipped, never retried twice.
+    #[oai(path = "/retry", method = "post")]
+    async fn retry_many(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        ops: Data<&OpsState>,
+        body: Json<RetryFilter>,
+    ) -> AdminResult<Retried> {
+        let f = body.0;
+        let filter = filter_from(
+            f.status,
+            f.event_type,
+            f.source,
+            f.integration_id,
+            f.since,
+            f.until,
+        )?;
+        if filter
+            .status
+            .is_some_and(|s| !matches!(s, LogStatus::Failed | LogStatus::DeadLetter))
+        {
+            return Err(ApiError::from(hookq_core::Error::Invalid(
+                "status must be failed or dead_letter: only those can be retried".into(),
+            ))
+            .into());
+        }
+        let limit = f.limit.unwrap_or(1000).clamp(1, 10_000);
+        let mut tx = state.pool.begin().await.map_err(hookq_core::Error::from)?;
+        let found = stats::lock_matching_for_retry(&mut tx, &filter, limit.into()).await?;
+        let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
+        let jobs: Vec<ProcessWebhook> = ids
+            .iter()
+            .map(|&log_id| ProcessWebhook { log_id })
+            .collect();
+        let job_ids = queue::enqueue_many(&mut tx, &jobs, &job_options(&state)).await?;
+        let old: Vec<i64> = found.iter().filter_map(|c| c.old_job_id).collect();
+        stats::cancel_waiting_jobs(&mut tx, &old).await?;
+        let reset = stats::reset_many_for_retry(&mut tx, &ids, &job_ids).await?;
+        tx.commit().await.map_err(hookq_core::Error::from)?;
+        if !reset.is_empty() {
+            ops.notifier.kick();
+        }
+        tracing::info!(count = reset.len(), "operator bulk retry");
+        Ok(Json(Retried {
+            retried: reset.len() as u32,
+            ids: reset,
+        }))
+    }
+
+    /// Deletes one log.
+    #[oai(path = "/:id", method = "delete")]
+    async fn delete(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        id: Path<i64>,
+    ) -> AdminResult<Deleted> {
+        if !stats::delete(&state.pool, id.0).await? {
+            return Err(hookq_core::Error::NotFound.into());
+        }
+        Ok(Json(Deleted { deleted: true }))
+    }
+}
+
+/// Retried jobs get `HOOKQ_MAX_ATTEMPTS` fresh attempts.
+fn job_options(state: &AppState) -> EnqueueOptions {
+    EnqueueOptions {
+        max_attempts: Some(state.config.max_attempts.try_into().unwrap_or(i32::MAX)),
+        ..EnqueueOptions::default()
+    }
+}
+
+/// How far back each poll looks past the newest change it has seen: a transaction that
+/// stamped `updated_at` before committing becomes visible late, and this overlap still
+/// catches it. Rows already sent are skipped by `(id, updated_at)`.
+const OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+struct Feed {
+    pool: sqlx::PgPool,
+    ops: OpsState,
+    /// Newest `updated_at` seen.
+    newest: DateTime<Utc>,
+    /// What was sent within the overlap window.
+    sent: HashMap<i64, DateTime<Utc>>,
+    tick: u64,
+}
+
+/// The live feed: a cheap indexed poll of `updated_at` every 500 ms per connected
+/// dashboard. Errors (a database blip) skip a tick; the stream ends when the client
+/// goes away.
+fn live_feed(
+    pool: sqlx::PgPool,
+    ops: OpsState,
+    start: DateTime<Utc>,
+) -> impl Stream<Item = LiveUpdate> + Send {
+    let feed = Feed {
+        pool,
+        ops,
+        newest: start,
+        sent: HashMap::new(),
+        tick: 0,
+    };
+    futures::stream::unfold(feed, |mut feed| async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            feed.tick += 1;
+            let changed = stats::changed_since(&feed.pool, feed.newest - OVERLAP, 500)
+                .await
+                .unwrap_or_default();
+            let mut logs = Vec::new();
+            for l in changed {
+                if feed.sent.get(&l.id) == Some(&l.updated_at) {
+                    continue;
+                }
+                feed.newest = feed.newest.max(l.updated_at);
+                feed.sent.insert(l.id, l.updated_at);
+                logs.push(LogItem::from(l));
+            }
+            let horizon = feed.newest - OVERLAP;
+            feed.sent.retain(|_, at| *at >= horizon);
+            let counts = if feed.tick % 4 == 1 {
+                let pool = feed.pool.clone();
+                feed.ops
+                    .counts
+                    .get(async || stats::group_counts(&pool).await)
+                    .await
+                    .ok()
+                    .map(|g| StatusCounts::from_groups(&g))
+            } else {
+                None
+            };
+            if !logs.is_empty() || counts.is_some() {
+                return Some((LiveUpdate { logs, counts }, feed));
+            }
+        }
+    })
+}

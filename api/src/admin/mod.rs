@@ -1,0 +1,160 @@
+//! The admin API under `/api` (contract sections 3 and 7): webhook logs, the five
+//! resources, and jobs. Every route takes [`AdminAuth`](crate::auth::AdminAuth).
+//!
+//! Handlers stay thin: they turn HTTP shapes into calls on `hookq_core::admin`,
+//! `hookq_core::stats` and the queue, and errors into statuses through
+//! [`crate::error`].
+
+pub mod logs;
+pub mod resources;
+pub mod tasks;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hookq_tasks::queue::Notifier;
+use poem_openapi::{
+    ApiResponse, Object,
+    payload::Json,
+    types::{ParseFromJSON, ToJSON},
+};
+use tokio::sync::Mutex;
+
+use crate::error::{ApiError, ErrorBody};
+
+/// The largest page any list answers.
+pub const MAX_LIMIT: u32 = 500;
+
+/// Every list's answer (contract section 9).
+#[derive(Debug, Object)]
+pub struct Page<T: ParseFromJSON + ToJSON + Send + Sync> {
+    pub items: Vec<T>,
+    /// How many match, across all pages.
+    pub total: i64,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Clone, Object)]
+pub struct Deleted {
+    pub deleted: bool,
+}
+
+/// The limit and offset a list was asked for, defaulted and bounded.
+pub fn paging(limit: Option<u32>, offset: Option<u32>) -> (u32, u32) {
+    (limit.unwrap_or(50).clamp(1, MAX_LIMIT), offset.unwrap_or(0))
+}
+
+/// The documented error answers of admin routes. The mapping from failures to statuses
+/// lives in [`crate::error`]; this only routes an [`ApiError`] to its documented variant.
+#[derive(ApiResponse)]
+pub enum AdminError {
+    /// Malformed input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Missing or wrong admin token, or `HOOKQ_ADMIN_TOKEN` unset.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// No such resource.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// A duplicate unique id, a row still referenced, or a log not in a retryable state.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// An unknown reference or an invalid value.
+    #[oai(status = 422)]
+    UnprocessableEntity(Json<ErrorBody>),
+    /// An unexpected failure.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// The database is unavailable: retry later.
+    #[oai(status = 503)]
+    ServiceUnavailable(Json<ErrorBody>),
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        let body = Json(e.body());
+        match e.status.as_u16() {
+            400 => AdminError::BadRequest(body),
+            401 => AdminError::Unauthorized(body),
+            404 => AdminError::NotFound(body),
+            409 => AdminError::Conflict(body),
+            422 => AdminError::UnprocessableEntity(body),
+            503 => AdminError::ServiceUnavailable(body),
+            _ => AdminError::Internal(body),
+        }
+    }
+}
+
+impl From<hookq_core::Error> for AdminError {
+    fn from(e: hookq_core::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<hookq_tasks::Error> for AdminError {
+    fn from(e: hookq_tasks::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<hookq_tasks::queue::QueueError> for AdminError {
+    fn from(e: hookq_tasks::queue::QueueError) -> Self {
+        ApiError::from(hookq_tasks::Error::from(e)).into()
+    }
+}
+
+pub type AdminResult<T> = Result<Json<T>, AdminError>;
+
+/// What the operator routes share beyond [`AppState`](crate::AppState): a notifier to
+/// wake workers after a retry commits, and a short-lived cache of the whole-table
+/// aggregates so many dashboards and scrapers cost one scan per interval.
+#[derive(Clone)]
+pub struct OpsState {
+    pub notifier: Notifier,
+    pub counts: Arc<Cached<Vec<hookq_core::stats::GroupCount>>>,
+}
+
+impl OpsState {
+    pub fn new(pool: &sqlx::PgPool) -> Self {
+        OpsState {
+            notifier: Notifier::spawn(pool.clone()),
+            counts: Arc::new(Cached::new(Duration::from_secs(2))),
+        }
+    }
+}
+
+/// A value recomputed at most once per `ttl`, single-flight: concurrent callers wait
+/// for the one computation in progress instead of each running it.
+pub struct Cached<T> {
+    ttl: Duration,
+    slot: Mutex<Option<(Instant, T)>>,
+}
+
+impl<T: Clone> Cached<T> {
+    pub fn new(ttl: Duration) -> Self {
+        Cached {
+            ttl,
+            slot: Mutex::new(None),
+        }
+    }
+
+    pub async fn get<E, F>(&self, compute: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce() -> Result<T, E>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, v)) = slot.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(v.clone());
+        }
+        let v = compute().await?;
+        *slot = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+}

@@ -1,0 +1,704 @@
+//! The five admin resources (contract section 7): users, integrations, persona
+//! templates, personas, posts. Create (`POST`, answers 201), list, get, `PATCH` (only
+//! the fields sent; `null` clears a nullable field) and delete.
+//!
+//! Integrations' `access_token` and `callback_secret` are write-only: answers say only
+//! whether one is set (`has_access_token`, `has_callback_secret`).
+
+use chrono::{DateTime, Utc};
+use hookq_core::{admin, model};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+    types::{MaybeUndefined, ParseFromJSON, ToJSON},
+};
+use uuid::Uuid;
+
+use super::{AdminError, AdminResult, Deleted, Page, paging};
+use crate::{ApiTags, auth::AdminAuth, state::AppState};
+
+pub struct ResourcesApi;
+
+/// A created resource.
+#[derive(ApiResponse)]
+pub enum Created<T: ToJSON + Send + Sync> {
+    /// Created; the body is the stored resource.
+    #[oai(status = 201)]
+    Created(Json<T>),
+}
+
+/// `undefined` → leave alone, `null` → clear, a value → set.
+fn patch<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
+    match v {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(v)),
+    }
+}
+
+fn page<T, U: ParseFromJSON + ToJSON + Send + Sync>(
+    listed: admin::Listed<T>,
+    limit: u32,
+    offset: u32,
+    f: impl Fn(T) -> U,
+) -> Page<U> {
+    Page {
+        items: listed.items.into_iter().map(f).collect(),
+        total: listed.total,
+        limit,
+        offset,
+    }
+}
+
+// ---------------------------------------------------------------------------- types
+
+#[derive(Debug, Clone, Object)]
+pub struct User {
+    pub id: Uuid,
+    pub external_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<model::User> for User {
+    fn from(u: model::User) -> Self {
+        User {
+            id: u.id,
+            external_id: u.external_id,
+            name: u.name,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NewUser {
+    /// Unique; what payloads name (`user_id` in the compact shape).
+    pub external_id: String,
+    #[oai(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct UserPatch {
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Integration {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// `instagram`, `facebook` or `whatsapp`.
+    pub platform: String,
+    /// The account payloads name (`entry[].id`, `phone_number_id`, a Bridge number).
+    pub account_id: String,
+    /// Whether an access token is stored (the token itself is never returned).
+    pub has_access_token: bool,
+    /// `none`, `callback` or `graph_api`.
+    pub reply_delivery: String,
+    pub callback_url: Option<String>,
+    /// Whether a callback signing secret is stored (never returned).
+    pub has_callback_secret: bool,
+    pub default_persona_id: Option<Uuid>,
+    /// Off after an endpoint answered 410 Gone, until an operator turns it back on.
+    pub delivery_enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<model::Integration> for Integration {
+    fn from(i: model::Integration) -> Self {
+        Integration {
+            id: i.id,
+            user_id: i.user_id,
+            platform: i.platform,
+            account_id: i.account_id,
+            has_access_token: i.access_token.is_some(),
+            reply_delivery: i.reply_delivery,
+            callback_url: i.callback_url,
+            has_callback_secret: i.callback_secret.is_some(),
+            default_persona_id: i.default_persona_id,
+            delivery_enabled: i.delivery_enabled,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NewIntegration {
+    pub user_id: Uuid,
+    /// `instagram`, `facebook` or `whatsapp`.
+    pub platform: String,
+    pub account_id: String,
+    /// For `graph_api` delivery. Write-only.
+    #[oai(write_only)]
+    pub access_token: Option<String>,
+    /// `none` (default), `callback` or `graph_api`.
+    pub reply_delivery: Option<String>,
+    /// Required for `callback` delivery.
+    pub callback_url: Option<String>,
+    /// `whsec_<base64>`, signs callbacks (Standard Webhooks). Write-only.
+    #[oai(write_only)]
+    pub callback_secret: Option<String>,
+    pub default_persona_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct IntegrationPatch {
+    pub user_id: Option<Uuid>,
+    pub platform: Option<String>,
+    pub account_id: Option<String>,
+    #[oai(write_only)]
+    pub access_token: MaybeUndefined<String>,
+    pub reply_delivery: Option<String>,
+    pub callback_url: MaybeUndefined<String>,
+    #[oai(write_only)]
+    pub callback_secret: MaybeUndefined<String>,
+    pub default_persona_id: MaybeUndefined<Uuid>,
+    pub delivery_enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct PersonaTemplate {
+    pub id: Uuid,
+    pub name: String,
+    /// Placeholders: `{sender_name}`, `{message}`, `{persona_name}`, `{post_caption}`.
+    pub reply_template: String,
+    /// For an LLM (`REPLY_LLM_URL`).
+    pub system_prompt: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<model::PersonaTemplate> for PersonaTemplate {
+    fn from(t: model::PersonaTemplate) -> Self {
+        PersonaTemplate {
+            id: t.id,
+            name: t.name,
+            reply_template: t.reply_template,
+            system_prompt: t.system_prompt,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NewPersonaTemplate {
+    pub name: String,
+    pub reply_template: String,
+    pub system_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct PersonaTemplatePatch {
+    pub name: Option<String>,
+    pub reply_template: Option<String>,
+    pub system_prompt: MaybeUndefined<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Persona {
+    pub id: Uuid,
+    pub external_id: String,
+    pub user_id: Uuid,
+    pub template_id: Uuid,
+    pub name: String,
+    /// Words that skip a reply (case-insensitive, whole words).
+    pub blocklist: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<model::Persona> for Persona {
+    fn from(p: model::Persona) -> Self {
+        Persona {
+            id: p.id,
+            external_id: p.external_id,
+            user_id: p.user_id,
+            template_id: p.template_id,
+            name: p.name,
+            blocklist: p.blocklist,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NewPersona {
+    /// Unique; what payloads name (`persona_id` in the compact shape).
+    pub external_id: String,
+    pub user_id: Uuid,
+    pub template_id: Uuid,
+    pub name: String,
+    #[oai(default)]
+    pub blocklist: Vec<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct PersonaPatch {
+    pub external_id: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub template_id: Option<Uuid>,
+    pub name: Option<String>,
+    pub blocklist: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Post {
+    pub id: Uuid,
+    /// The media id payloads name; unique per integration.
+    pub external_id: String,
+    pub integration_id: Uuid,
+    pub persona_id: Option<Uuid>,
+    pub caption: String,
+    pub replies_enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<model::Post> for Post {
+    fn from(p: model::Post) -> Self {
+        Post {
+            id: p.id,
+            external_id: p.external_id,
+            integration_id: p.integration_id,
+            persona_id: p.persona_id,
+            caption: p.caption,
+            replies_enabled: p.replies_enabled,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NewPost {
+    pub external_id: String,
+    pub integration_id: Uuid,
+    pub persona_id: Option<Uuid>,
+    #[oai(default)]
+    pub caption: String,
+    #[oai(default = "yes")]
+    pub replies_enabled: bool,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct PostPatch {
+    pub external_id: Option<String>,
+    pub integration_id: Option<Uuid>,
+    pub persona_id: MaybeUndefined<Uuid>,
+    pub caption: Option<String>,
+    pub replies_enabled: Option<bool>,
+}
+
+type CreateResult<T> = Result<Created<T>, AdminError>;
+
+// --------------------------------------------------------------------------- routes
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Admin")]
+impl ResourcesApi {
+    /// Creates a user; `409` when the external id exists.
+    #[oai(path = "/users", method = "post")]
+    async fn create_user(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        b: Json<NewUser>,
+    ) -> CreateResult<User> {
+        let new = admin::NewUser {
+            external_id: b.0.external_id,
+            name: b.0.name,
+        };
+        Ok(Created::Created(Json(
+            admin::create_user(&s.pool, &new).await?.into(),
+        )))
+    }
+
+    /// Users, newest first.
+    #[oai(path = "/users", method = "get")]
+    async fn list_users(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<User>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            admin::list_users(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            User::from,
+        )))
+    }
+
+    #[oai(path = "/users/:id", method = "get")]
+    async fn get_user(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<User> {
+        Ok(Json(admin::get_user(&s.pool, id.0).await?.into()))
+    }
+
+    #[oai(path = "/users/:id", method = "patch")]
+    async fn update_user(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+        b: Json<UserPatch>,
+    ) -> AdminResult<User> {
+        let p = admin::UserPatch {
+            external_id: b.0.external_id,
+            name: b.0.name,
+        };
+        Ok(Json(admin::update_user(&s.pool, id.0, &p).await?.into()))
+    }
+
+    /// Deletes a user with its integrations and personas.
+    #[oai(path = "/users/:id", method = "delete")]
+    async fn delete_user(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Deleted> {
+        admin::delete_user(&s.pool, id.0).await?;
+        Ok(Json(Deleted { deleted: true }))
+    }
+
+    /// Creates an integration; `409` when (`platform`, `account_id`) exists, `422` for
+    /// an unknown user or persona or an invalid `platform`/`reply_delivery`.
+    #[oai(path = "/integrations", method = "post")]
+    async fn create_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        b: Json<NewIntegration>,
+    ) -> CreateResult<Integration> {
+        let b = b.0;
+        let new = admin::NewIntegration {
+            user_id: b.user_id,
+            platform: b.platform,
+            account_id: b.account_id,
+            access_token: b.access_token,
+            reply_delivery: b.reply_delivery,
+            callback_url: b.callback_url,
+            callback_secret: b.callback_secret,
+            default_persona_id: b.default_persona_id,
+        };
+        Ok(Created::Created(Json(
+            admin::create_integration(&s.pool, &new).await?.into(),
+        )))
+    }
+
+    #[oai(path = "/integrations", method = "get")]
+    async fn list_integrations(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<Integration>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            admin::list_integrations(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            Integration::from,
+        )))
+    }
+
+    #[oai(path = "/integrations/:id", method = "get")]
+    async fn get_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Integration> {
+        Ok(Json(admin::get_integration(&s.pool, id.0).await?.into()))
+    }
+
+    #[oai(path = "/integrations/:id", method = "patch")]
+    async fn update_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+        b: Json<IntegrationPatch>,
+    ) -> AdminResult<Integration> {
+        let b = b.0;
+        let p = admin::IntegrationPatch {
+            user_id: b.user_id,
+            platform: b.platform,
+            account_id: b.account_id,
+            access_token: patch(b.access_token),
+            reply_delivery: b.reply_delivery,
+            callback_url: patch(b.callback_url),
+            callback_secret: patch(b.callback_secret),
+            default_persona_id: patch(b.default_persona_id),
+            delivery_enabled: b.delivery_enabled,
+        };
+        Ok(Json(
+            admin::update_integration(&s.pool, id.0, &p).await?.into(),
+        ))
+    }
+
+    /// Deletes an integration with its posts.
+    #[oai(path = "/integrations/:id", method = "delete")]
+    async fn delete_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Deleted> {
+        admin::delete_integration(&s.pool, id.0).await?;
+        Ok(Json(Deleted { deleted: true }))
+    }
+
+    #[oai(path = "/persona-templates", method = "post")]
+    async fn create_template(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        b: Json<NewPersonaTemplate>,
+    ) -> CreateResult<PersonaTemplate> {
+        let new = admin::NewTemplate {
+            name: b.0.name,
+            reply_template: b.0.reply_template,
+            system_prompt: b.0.system_prompt,
+        };
+        Ok(Created::Created(Json(
+            admin::create_template(&s.pool, &new).await?.into(),
+        )))
+    }
+
+    #[oai(path = "/persona-templates", method = "get")]
+    async fn list_templates(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<PersonaTemplate>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            admin::list_templates(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            PersonaTemplate::from,
+        )))
+    }
+
+    #[oai(path = "/persona-templates/:id", method = "get")]
+    async fn get_template(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<PersonaTemplate> {
+        Ok(Json(admin::get_template(&s.pool, id.0).await?.into()))
+    }
+
+    #[oai(path = "/persona-templates/:id", method = "patch")]
+    async fn update_template(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+        b: Json<PersonaTemplatePatch>,
+    ) -> AdminResult<PersonaTemplate> {
+        let p = admin::TemplatePatch {
+            name: b.0.name,
+            reply_template: b.0.reply_template,
+            system_prompt: patch(b.0.system_prompt),
+        };
+        Ok(Json(
+            admin::update_template(&s.pool, id.0, &p).await?.into(),
+        ))
+    }
+
+    /// Deletes a template; `409` while a persona uses it.
+    #[oai(path = "/persona-templates/:id", method = "delete")]
+    async fn delete_template(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Deleted> {
+        admin::delete_template(&s.pool, id.0).await?;
+        Ok(Json(Deleted { deleted: true }))
+    }
+
+    /// Creates a persona; `409` when the external id exists, `422` for an unknown
+    /// user or template.
+    #[oai(path = "/personas", method = "post")]
+    async fn create_persona(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        b: Json<NewPersona>,
+    ) -> CreateResult<Persona> {
+        let b = b.0;
+        let new = admin::NewPersona {
+            external_id: b.external_id,
+            user_id: b.user_id,
+            template_id: b.template_id,
+            name: b.name,
+            blocklist: b.blocklist,
+        };
+        Ok(Created::Created(Json(
+            admin::create_persona(&s.pool, &new).await?.into(),
+        )))
+    }
+
+    #[oai(path = "/personas", method = "get")]
+    async fn list_personas(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<Persona>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            admin::list_personas(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            Persona::from,
+        )))
+    }
+
+    #[oai(path = "/personas/:id", method = "get")]
+    async fn get_persona(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Persona> {
+        Ok(Json(admin::get_persona(&s.pool, id.0).await?.into()))
+    }
+
+    #[oai(path = "/personas/:id", method = "patch")]
+    async fn update_persona(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+        b: Json<PersonaPatch>,
+    ) -> AdminResult<Persona> {
+        let b = b.0;
+        let p = admin::PersonaPatch {
+            external_id: b.external_id,
+            user_id: b.user_id,
+            template_id: b.template_id,
+            name: b.name,
+            blocklist: b.blocklist,
+        };
+        Ok(Json(admin::update_persona(&s.pool, id.0, &p).await?.into()))
+    }
+
+    #[oai(path = "/personas/:id", method = "delete")]
+    async fn delete_persona(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Deleted> {
+        admin::delete_persona(&s.pool, id.0).await?;
+        Ok(Json(Deleted { deleted: true }))
+    }
+
+    /// Creates a post; `409` when the integration already has this external id, `422`
+    /// for an unknown integration or persona.
+    #[oai(path = "/posts", method = "post")]
+    async fn create_post(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        b: Json<NewPost>,
+    ) -> CreateResult<Post> {
+        let b = b.0;
+        let new = admin::NewPost {
+            external_id: b.external_id,
+            integration_id: b.integration_id,
+            persona_id: b.persona_id,
+            caption: b.caption,
+            replies_enabled: b.replies_enabled,
+        };
+        Ok(Created::Created(Json(
+            admin::create_post(&s.pool, &new).await?.into(),
+        )))
+    }
+
+    #[oai(path = "/posts", method = "get")]
+    async fn list_posts(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<Post>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            admin::list_posts(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            Post::from,
+        )))
+    }
+
+    #[oai(path = "/posts/:id", method = "get")]
+    async fn get_post(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Post> {
+        Ok(Json(admin::get_post(&s.pool, id.0).await?.into()))
+    }
+
+    #[oai(path = "/posts/:id", method = "patch")]
+    async fn update_post(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+        b: Json<PostPatch>,
+    ) -> AdminResult<Post> {
+        let b = b.0;
+        let p = admin::PostPatch {
+            external_id: b.external_id,
+            integration_id: b.integration_id,
+            persona_id: patch(b.persona_id),
+            caption: b.caption,
+            replies_enabled: b.replies_enabled,
+        };
+        Ok(Json(admin::update_post(&s.pool, id.0, &p).await?.into()))
+    }
+
+    #[oai(path = "/posts/:id", method = "delete")]
+    async fn delete_post(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Deleted> {
+        admin::delete_post(&s.pool, id.0).await?;
+        Ok(Json(Deleted { deleted: true }))
+    }
+}

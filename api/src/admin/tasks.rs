@@ -1,0 +1,87 @@
+//! `GET /api/tasks/{id}`: one job of the queue, live or archived.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{Object, OpenApi, param::Path};
+
+use super::{AdminError, AdminResult};
+use crate::{ApiTags, auth::AdminAuth, error::ApiError, state::AppState};
+
+pub struct TasksApi;
+
+/// One failed run of a job.
+#[derive(Debug, Clone, Object)]
+pub struct JobAttempt {
+    pub attempt: i32,
+    pub error: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A job as the queue holds it.
+#[derive(Debug, Clone, Object)]
+pub struct Job {
+    pub id: i64,
+    pub task_name: String,
+    /// `pending`, `running`, `completed` or `dead`.
+    pub status: String,
+    /// Runs so far, the current one included.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// Every failed run's error, oldest first.
+    pub errors: Vec<JobAttempt>,
+    /// What the handler returned (completed jobs).
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<hookq_tasks::queue::JobRecord> for Job {
+    fn from(j: hookq_tasks::queue::JobRecord) -> Self {
+        let status = serde_json::to_value(j.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Job {
+            id: j.id,
+            task_name: j.task_name,
+            status,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            run_at: j.run_at,
+            last_error: j.last_error,
+            errors: j
+                .errors
+                .into_iter()
+                .map(|e| JobAttempt {
+                    attempt: e.attempt,
+                    error: e.error,
+                    at: e.at,
+                })
+                .collect(),
+            result: j.result,
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Admin")]
+impl TasksApi {
+    /// One job: task name, status, attempts, run at, last error, result.
+    #[oai(path = "/tasks/:id", method = "get")]
+    async fn get(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        id: Path<i64>,
+    ) -> AdminResult<Job> {
+        let job = hookq_tasks::queue::get_job(&state.pool, id.0)
+            .await?
+            .ok_or_else(|| AdminError::from(ApiError::from(hookq_core::Error::NotFound)))?;
+        Ok(poem_openapi::payload::Json(job.into()))
+    }
+}

@@ -1,0 +1,36 @@
+//! The admin bearer token (`HOOKQ_ADMIN_TOKEN`) as a poem-openapi security scheme, so
+//! every admin route declares it in the OpenAPI document and cannot run without it.
+//!
+//! The token is compared in constant time. With no token configured every admin route
+//! answers 401: an unset variable must never mean "open".
+
+use hookq_core::signature::token_eq;
+use poem::Request;
+use poem_openapi::{SecurityScheme, auth::Bearer};
+
+use crate::{error::ApiError, state::AppState};
+
+/// `Authorization: Bearer <HOOKQ_ADMIN_TOKEN>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", rename = "AdminToken", checker = "check_admin")]
+pub struct AdminAuth(pub Admin);
+
+/// Proof that the request carried the admin token; handlers take it as an argument.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+async fn check_admin(req: &Request, bearer: Bearer) -> poem::Result<Admin> {
+    let state = req
+        .data::<AppState>()
+        .ok_or_else(|| ApiError::unauthorized("server state missing"))?;
+    let Some(expected) = &state.config.admin_token else {
+        return Err(
+            ApiError::unauthorized("HOOKQ_ADMIN_TOKEN is not configured on this server").into(),
+        );
+    };
+    if token_eq(expected.expose(), &bearer.token) {
+        Ok(Admin)
+    } else {
+        Err(ApiError::unauthorized("invalid admin token").into())
+    }
+}

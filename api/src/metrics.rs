@@ -1,0 +1,287 @@
+//! `GET /metrics`: Prometheus text.
+//!
+//! Two kinds of series, because workers run in other processes than the API:
+//!
+//! - **Measured here** (counters and histograms of the `metrics` crate, rendered by
+//!   `metrics-exporter-prometheus`): webhook requests by source and result, signature
+//!   failures, webhook request latency. Per API process; Prometheus sums instances.
+//! - **Read from the database at scrape time** (gauges, written below by hand so a
+//!   label set that disappears disappears from the output too): logs by source, event
+//!   type and status (dead letters included), jobs by state, queue depth and oldest
+//!   pending age, and processing time and attempts of the logs processed in the last
+//!   five minutes. These are the same whichever process is scraped, and cover every
+//!   worker process without each needing an HTTP listener. The whole-table counts
+//!   come from one index-only scan, cached for two seconds.
+//!
+//! DB pool use is this process's pool.
+
+use std::{fmt::Write, sync::OnceLock, time::Instant};
+
+use hookq_core::stats;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode, web::Data};
+use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};
+
+use crate::{ApiTags, admin::OpsState, error::ErrorBody, state::AppState};
+
+/// The window of the processing-time series.
+const WINDOW_MINUTES: i64 = 5;
+
+/// Histogram buckets (seconds) of request latency and processing time.
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The process-wide recorder, installed on first use. If something else installed a
+/// global recorder first, our series still render (empty) rather than failing.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows database gauges only"
+            );
+        }
+        handle
+    })
+}
+
+/// Counts one webhook request and its latency. `result` is what the sender was told.
+pub fn record_webhook(source: &'static str, status: StatusCode, started: Instant) {
+    let result = match status.as_u16() {
+        200 => "accepted",
+        400 => "invalid_json",
+        401 => "invalid_signature",
+        403 => "forbidden",
+        413 => "too_large",
+        422 => "unknown_shape",
+        503 => "unavailable",
+        _ if status.is_server_error() => "error",
+        _ => "rejected",
+    };
+    metrics::counter!("hookq_webhooks_received_total", "source" => source, "result" => result)
+        .increment(1);
+    if status == StatusCode::UNAUTHORIZED {
+        metrics::counter!("hookq_webhook_signature_failures_total", "source" => source)
+            .increment(1);
+    }
+    metrics::histogram!("hookq_webhook_request_duration_seconds", "source" => source)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Middleware for the webhook routes: counts every POST by source and answer.
+pub async fn count_webhooks<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let source: Option<&'static str> = match (req.method().as_str(), req.uri().path()) {
+        ("POST", "/webhooks/instagram") => Some("instagram"),
+        ("POST", "/webhooks/whatsapp") => Some("whatsapp"),
+        _ => None,
+    };
+    let Some(source) = source else {
+        return next.call(req).await.map(IntoResponse::into_response);
+    };
+    let started = Instant::now();
+    let out = next.call(req).await.map(IntoResponse::into_response);
+    let status = match &out {
+        Ok(r) => r.status(),
+        Err(e) => e.status(),
+    };
+    record_webhook(source, status, started);
+    out
+}
+
+pub struct MetricsApi;
+
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Prometheus text exposition format 0.0.4.
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
+    Ok(PlainText<String>),
+    /// The database could not be read.
+    #[oai(status = 503)]
+    Unavailable(poem_openapi::payload::Json<ErrorBody>),
+}
+
+#[OpenApi]
+impl MetricsApi {
+    /// Prometheus metrics: webhooks received by source and result, signature failures,
+    /// logs by source/event type/status, jobs by state, queue depth and oldest pending
+    /// age, processing time and attempts, DB pool use.
+    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Health")]
+    async fn metrics(&self, state: Data<&AppState>, ops: Data<&OpsState>) -> MetricsResponse {
+        match render(&state, &ops).await {
+            Ok(text) => MetricsResponse::Ok(PlainText(text)),
+            Err(e) => MetricsResponse::Unavailable(poem_openapi::payload::Json(ErrorBody {
+                error: "unavailable".into(),
+                detail: format!("metrics could not be read from the database: {e}"),
+            })),
+        }
+    }
+}
+
+/// Escapes a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn render(
+    state: &AppState,
+    ops: &OpsState,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let pool = &state.pool;
+    let h = handle();
+    h.run_upkeep();
+    let mut out = h.render();
+
+    let groups = ops
+        .counts
+        .get(async || stats::group_counts(pool).await)
+        .await?;
+    let queue = hookq_tasks::queue::queue_stats(pool).await?;
+    let since = stats::db_now(pool).await? - chrono::Duration::minutes(WINDOW_MINUTES);
+    let timing = stats::timing(pool, since).await?;
+    let buckets = processing_buckets(pool, since).await?;
+
+    let w = &mut out;
+    writeln!(
+        w,
+        "# HELP hookq_webhook_logs Stored webhook logs by source, event type and status (database, at scrape time)."
+    )?;
+    writeln!(w, "# TYPE hookq_webhook_logs gauge")?;
+    for g in &groups {
+        writeln!(
+            w,
+            "hookq_webhook_logs{{source=\"{}\",event_type=\"{}\",status=\"{}\"}} {}",
+            label(&g.source),
+            label(&g.event_type),
+            label(&g.status),
+            g.count
+        )?;
+    }
+    let dead: i64 = groups
+        .iter()
+        .filter(|g| g.status == "dead_letter")
+        .map(|g| g.count)
+        .sum();
+    writeln!(
+        w,
+        "# HELP hookq_dead_letters Logs in dead_letter, waiting for an operator."
+    )?;
+    writeln!(w, "# TYPE hookq_dead_letters gauge")?;
+    writeln!(w, "hookq_dead_letters {dead}")?;
+
+    writeln!(
+        w,
+        "# HELP hookq_jobs Queue jobs by state (database, at scrape time; completed jobs are archived and not counted)."
+    )?;
+    writeln!(w, "# TYPE hookq_jobs gauge")?;
+    for (state_name, n) in [
+        ("ready", queue.depth),
+        ("running", queue.running),
+        ("retry_scheduled", queue.scheduled_retries),
+        ("scheduled", queue.scheduled),
+        ("dead", queue.dead),
+    ] {
+        writeln!(w, "hookq_jobs{{state=\"{state_name}\"}} {n}")?;
+    }
+    writeln!(
+        w,
+        "# HELP hookq_queue_depth Jobs ready to run and not yet claimed."
+    )?;
+    writeln!(w, "# TYPE hookq_queue_depth gauge")?;
+    writeln!(w, "hookq_queue_depth {}", queue.depth)?;
+    writeln!(
+        w,
+        "# HELP hookq_queue_oldest_pending_age_seconds How long the oldest ready job has waited."
+    )?;
+    writeln!(w, "# TYPE hookq_queue_oldest_pending_age_seconds gauge")?;
+    writeln!(
+        w,
+        "hookq_queue_oldest_pending_age_seconds {}",
+        queue.oldest_pending_age_secs.unwrap_or(0.0)
+    )?;
+
+    writeln!(
+        w,
+        "# HELP hookq_processing_recent_seconds Receipt-to-processed time of logs processed in the last {WINDOW_MINUTES} minutes (database; a sliding window, so buckets can go down: read them directly, not with rate())."
+    )?;
+    writeln!(w, "# TYPE hookq_processing_recent_seconds gauge")?;
+    for (le, n) in &buckets {
+        writeln!(
+            w,
+            "hookq_processing_recent_seconds_bucket{{le=\"{le}\"}} {n}"
+        )?;
+    }
+    writeln!(
+        w,
+        "hookq_processing_recent_seconds_bucket{{le=\"+Inf\"}} {}",
+        timing.processed
+    )?;
+    let sum_secs = timing.mean_ms.unwrap_or(0.0) * timing.processed as f64 / 1000.0;
+    writeln!(w, "hookq_processing_recent_seconds_sum {sum_secs}")?;
+    writeln!(
+        w,
+        "hookq_processing_recent_seconds_count {}",
+        timing.processed
+    )?;
+    for (q, v) in [
+        ("0.5", timing.p50_ms),
+        ("0.95", timing.p95_ms),
+        ("0.99", timing.p99_ms),
+    ] {
+        writeln!(
+            w,
+            "hookq_processing_recent_seconds{{quantile=\"{q}\"}} {}",
+            v.unwrap_or(0.0) / 1000.0
+        )?;
+    }
+    writeln!(
+        w,
+        "# HELP hookq_attempts_recent Mean job runs per log processed in the last {WINDOW_MINUTES} minutes (1 = no retries)."
+    )?;
+    writeln!(w, "# TYPE hookq_attempts_recent gauge")?;
+    writeln!(
+        w,
+        "hookq_attempts_recent {}",
+        timing.mean_attempts.unwrap_or(0.0)
+    )?;
+
+    writeln!(
+        w,
+        "# HELP hookq_db_pool_connections This process's database connections by state."
+    )?;
+    writeln!(w, "# TYPE hookq_db_pool_connections gauge")?;
+    let (size, idle) = (pool.size(), pool.num_idle() as u32);
+    writeln!(
+        w,
+        "hookq_db_pool_connections{{state=\"in_use\"}} {}",
+        size.saturating_sub(idle)
+    )?;
+    writeln!(w, "hookq_db_pool_connections{{state=\"idle\"}} {idle}")?;
+    writeln!(
+        w,
+        "# HELP hookq_db_pool_max_connections This process's pool size limit."
+    )?;
+    writeln!(w, "# TYPE hookq_db_pool_max_connections gauge")?;
+    writeln!(
+        w,
+        "hookq_db_pool_max_connections {}",
+        pool.options().get_max_connections()
+    )?;
+    Ok(out)
+}
+
+/// Cumulative counts per bucket of the processing times in the window.
+async fn processing_buckets(
+    pool: &sqlx::PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(f64, i64)>, hookq_core::Error> {
+    let counts = stats::processing_histogram(pool, since, BUCKETS).await?;
+    Ok(BUCKETS.iter().copied().zip(counts).collect())
+}

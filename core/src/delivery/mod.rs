@@ -1,0 +1,441 @@
+//! Reply delivery: outbound replies, their attempts, and what platforms report back.
+//!
+//! A reply that must leave hookq (`reply_delivery` `callback` or `graph_api`) becomes an
+//! [`OutboundReply`], staged in the same transaction that stores the reply on its log and
+//! enqueues the delivery job (the job itself lives in `hookq-tasks`: this module has no
+//! queue types). Delivery is **at most once per log** (contract section 9):
+//!
+//! 1. [`store::claim`] commits the attempt (`in_flight`) and moves the reply to `sending`
+//!    before any byte leaves, under the per-endpoint limits ([`Limits`]).
+//! 2. [`send::Sender`] makes the one request and classifies the answer.
+//! 3. One transaction records the outcome on the attempt, the reply and the log
+//!    ([`store::record_success`], [`store::record_retry`], [`store::record_failure`]).
+//!
+//! A job that finds its own earlier attempt still `in_flight` knows that run died
+//! mid-request: [`store::record_cut_off`] marks it `unknown` and dead-letters the log with
+//! [`OUTCOME_UNKNOWN`]; nothing is sent again until an operator retries the log, which
+//! stages the same reply again with the same `webhook-id`.
+//!
+//! Inbound reports about our messages (Bridge `message.sent`/`message.failed`, Cloud API
+//! `statuses`) and Bridge `connection.status` events are applied through
+//! [`DeliveryReports`], so the use case stays a function over traits.
+
+pub mod guard;
+pub mod send;
+pub mod store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{error::Result, logs::LogRow, model::ReplyDelivery};
+
+pub use store::{PgDeliveryStore, delivery_attempts, latest_connection_statuses, outbound_reply};
+
+/// The `error_message` of a log whose delivery attempt was cut off by a crash.
+pub const OUTCOME_UNKNOWN: &str = "delivery outcome unknown";
+
+/// `outbound_replies.status` (see `migrations/0003_delivery.sql` for each state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyState {
+    Pending,
+    Sending,
+    Retrying,
+    Delivered,
+    Failed,
+    Unknown,
+}
+
+impl ReplyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyState::Pending => "pending",
+            ReplyState::Sending => "sending",
+            ReplyState::Retrying => "retrying",
+            ReplyState::Delivered => "delivered",
+            ReplyState::Failed => "failed",
+            ReplyState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ReplyState::Pending,
+            ReplyState::Sending,
+            ReplyState::Retrying,
+            ReplyState::Delivered,
+            ReplyState::Failed,
+            ReplyState::Unknown,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// One reply that leaves hookq, as the API and the delivery job see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OutboundReply {
+    pub id: i64,
+    pub log_id: i64,
+    pub integration_id: Option<Uuid>,
+    pub kind: String,
+    pub webhook_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub round_base: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub provider_error: Option<String>,
+    pub provider_status_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl OutboundReply {
+    pub fn state(&self) -> Option<ReplyState> {
+        ReplyState::parse(&self.status)
+    }
+
+    /// Tries made in the current round (first staging, or the latest resend).
+    pub fn round_tries(&self) -> u32 {
+        (self.attempts - self.round_base).max(0).unsigned_abs()
+    }
+}
+
+/// One delivery try, kept for the operator (contract section 4: status code, duration,
+/// error).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryAttempt {
+    pub id: i64,
+    pub reply_id: i64,
+    pub log_id: i64,
+    /// 1-based over the reply's life (resends continue the count).
+    pub attempt: i32,
+    pub kind: String,
+    /// The endpoint without query string or credentials.
+    pub url: String,
+    pub limit_key: String,
+    pub job_id: Option<i64>,
+    /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
+    pub state: String,
+    pub status_code: Option<i32>,
+    pub duration_ms: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The latest reported state of one Bridge connection.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ConnectionStatus {
+    /// The phone number when the event names one, else the session id.
+    pub connection_key: String,
+    pub session_id: Option<String>,
+    pub phone_number: Option<String>,
+    pub integration_id: Option<Uuid>,
+    pub status: String,
+    pub reported_at: Option<DateTime<Utc>>,
+    pub log_id: Option<i64>,
+    /// The event's `data` as received.
+    pub data: Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Per-endpoint limits (contract section 4: at most 10 in flight and 100 a minute).
+/// Counted in the database, so they hold across every worker process.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_in_flight: i64,
+    pub per_window: i64,
+    pub window: Duration,
+    /// An `in_flight` attempt older than this cannot still be running (the request
+    /// timeout has passed): a crashed attempt stops counting against `max_in_flight`.
+    pub in_flight_horizon: Duration,
+}
+
+/// Every attempt's request timeout (contract section 4).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 10,
+            per_window: 100,
+            window: Duration::from_secs(60),
+            in_flight_horizon: REQUEST_TIMEOUT + Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the use case hands the outbox once a reply exists.
+#[derive(Debug, Clone)]
+pub struct ReplyRecord<'a> {
+    pub log_id: i64,
+    pub text: &'a str,
+    pub integration_id: Option<Uuid>,
+    pub persona_id: Option<Uuid>,
+    pub delivery: ReplyDelivery,
+}
+
+/// What recording a reply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// `none` delivery (or already delivered): the log is `processed`, outcome `replied`.
+    Finished,
+    /// Staged with its delivery job; the log stays `processing` until delivery ends.
+    Delivering,
+    /// A delivery of this reply is already under way (a stale re-run of the log's job).
+    AlreadyDelivering,
+    /// The log was no longer `processing`: another run finished it; nothing written.
+    NotProcessing,
+}
+
+/// Stores a generated reply and, in the same transaction, either finishes the log or
+/// stages its delivery with the job that will deliver it. Implemented next to the queue
+/// (`hookq-tasks`), so the use case never sees queue types.
+#[async_trait]
+pub trait ReplyOutbox: Send + Sync {
+    async fn record_reply(&self, reply: &ReplyRecord<'_>) -> Result<Recorded>;
+}
+
+/// A platform's report about one of our outbound messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderReport {
+    /// The id the platform gave the message when we sent it.
+    pub message_id: String,
+    /// `sent`, `delivered`, `read` or `failed` (as the platform names it).
+    pub status: String,
+    pub error: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The outbound reply a report matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched {
+    pub reply_id: i64,
+    pub integration_id: Option<Uuid>,
+}
+
+/// A Bridge `connection.status` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionReport {
+    pub connection_key: String,
+    pub session_id: Option<String>,
+    pub phone_number: Option<String>,
+    pub status: String,
+    pub at: Option<DateTime<Utc>>,
+    pub data: Value,
+}
+
+/// Where the use case sends delivery reports and connection statuses.
+#[async_trait]
+pub trait DeliveryReports: Send + Sync {
+    /// Applies the report to the outbound reply whose provider message id it names;
+    /// `None` when no reply matches.
+    async fn apply_report(&self, report: &ProviderReport) -> Result<Option<Matched>>;
+    /// Keeps the report as its connection's latest status (unless a newer one is known).
+    async fn record_connection(
+        &self,
+        log_id: i64,
+        integration_id: Option<Uuid>,
+        report: &ConnectionReport,
+    ) -> Result<()>;
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn id_at(v: &Value, ptr: &str) -> Option<String> {
+    match v.pointer(ptr)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An error object or string as one line: `title: message (details)` or the string.
+fn error_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Object(_) => {
+            let parts: Vec<String> = [
+                id_at(v, "/code"),
+                str_at(v, "/title").map(str::to_owned),
+                str_at(v, "/message").map(str::to_owned),
+                str_at(v, "/error_data/details").map(str::to_owned),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let mut parts = parts;
+            parts.dedup();
+            (!parts.is_empty()).then(|| parts.join(": "))
+        }
+        _ => None,
+    }
+}
+
+/// The delivery report a `DeliveryStatus` log carries: a Bridge `message.sent` /
+/// `message.failed` (`data.message_id`, `data.error`) or one Cloud API `statuses[]` item
+/// (`id`, `status`, `errors[]`). `None` when the payload names no message.
+pub fn provider_report(log: &LogRow) -> Option<ProviderReport> {
+    let p = &log.payload;
+    if log.event_type.starts_with("message.") {
+        let message_id = log
+            .item_id
+            .clone()
+            .or_else(|| id_at(p, "/data/message_id"))?;
+        let status = match log.event_type.as_str() {
+            "message.failed" => "failed".to_owned(),
+            _ => str_at(p, "/data/status").unwrap_or("sent").to_owned(),
+        };
+        let error = ["/data/error", "/data/reason", "/data/error_message"]
+            .iter()
+            .find_map(|ptr| p.pointer(ptr).and_then(error_text));
+        return Some(ProviderReport {
+            message_id,
+            status,
+            error,
+            at: log.occurred_at,
+        });
+    }
+    let item = p.pointer("/entry/0/changes/0/value/statuses/0")?;
+    let message_id = log.item_id.clone().or_else(|| id_at(item, "/id"))?;
+    let errors: Vec<String> = item
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(|errs| errs.iter().filter_map(error_text).collect())
+        .unwrap_or_default();
+    Some(ProviderReport {
+        message_id,
+        status: str_at(item, "/status").unwrap_or("unknown").to_owned(),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        at: log.occurred_at,
+    })
+}
+
+/// The connection report a Bridge `connection.status` log carries. Keyed by the
+/// account's phone number when the event names one, else by its session id.
+pub fn connection_report(log: &LogRow) -> Option<ConnectionReport> {
+    let data = log.payload.get("data")?;
+    let status = str_at(data, "/status")
+        .or_else(|| str_at(data, "/state"))?
+        .to_owned();
+    let session_id = id_at(data, "/session_id");
+    let phone_number = ["/phone_number", "/phone", "/number", "/account_id"]
+        .iter()
+        .find_map(|ptr| id_at(data, ptr));
+    let connection_key = phone_number
+        .clone()
+        .or_else(|| session_id.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    Some(ConnectionReport {
+        connection_key,
+        session_id,
+        phone_number,
+        status,
+        at: log.occurred_at,
+        data: data.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(event_type: &str, item_id: Option<&str>, payload: Value) -> LogRow {
+        let now = Utc::now();
+        LogRow {
+            id: 1,
+            dedup_key: "k".into(),
+            source: "whatsapp".into(),
+            event_type: event_type.into(),
+            handling: "delivery_status".into(),
+            account_id: None,
+            user_external_id: None,
+            persona_external_id: None,
+            post_external_id: None,
+            item_id: item_id.map(str::to_owned),
+            sender_id: None,
+            sender_name: None,
+            message_text: None,
+            is_own: false,
+            occurred_at: None,
+            payload,
+            integration_id: None,
+            status: "processing".into(),
+            attempts: 1,
+            error_message: None,
+            outcome: None,
+            skip_reason: None,
+            reply_text: None,
+            persona_id: None,
+            received_at: now,
+            started_at: None,
+            processed_at: None,
+            next_retry_at: None,
+            job_id: None,
+            duplicate_count: 0,
+            correlation_id: None,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn bridge_failure_report_keeps_the_error() {
+        let l = log(
+            "message.failed",
+            Some("wamid.1"),
+            serde_json::json!({"event_type": "message.failed", "data": {"message_id": "wamid.1", "error": {"code": 470, "message": "window closed"}}}),
+        );
+        let r = provider_report(&l).unwrap();
+        assert_eq!(r.message_id, "wamid.1");
+        assert_eq!(r.status, "failed");
+        assert_eq!(r.error.as_deref(), Some("470: window closed"));
+    }
+
+    #[test]
+    fn cloud_status_report_joins_errors() {
+        let payload = serde_json::json!({"entry": [{"changes": [{"value": {"statuses": [{"id": "wamid.2", "status": "failed",
+            "errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
+            "error_data": {"details": "24 hours passed"}}]}]}}]}]});
+        let r = provider_report(&log("whatsapp_status", Some("wamid.2"), payload)).unwrap();
+        assert_eq!(r.status, "failed");
+        assert_eq!(
+            r.error.as_deref(),
+            Some("131047: Re-engagement message: 24 hours passed")
+        );
+    }
+
+    #[test]
+    fn connection_is_keyed_by_phone_then_session() {
+        let l = log(
+            "connection.status",
+            None,
+            serde_json::json!({"data": {"status": "connected", "session_id": "s1"}}),
+        );
+        assert_eq!(connection_report(&l).unwrap().connection_key, "s1");
+        let l = log(
+            "connection.status",
+            None,
+            serde_json::json!({"data": {"status": "disconnected", "session_id": "s1", "phone_number": "+351"}}),
+        );
+        let r = connection_report(&l).unwrap();
+        assert_eq!(
+            (r.connection_key.as_str(), r.status.as_str()),
+            ("+351", "disconnected")
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Benchmark driver for `scripts/bench` (contract section 8).
+//!
+//! `bench queue` measures the queue alone against `DATABASE_URL`: no-op jobs enqueued in
+//! batches of 1,000 (`enqueue_batch_per_s`), that pre-filled queue drained by one worker
+//! process (`process_per_s`), and idle enqueue → completion committed latency
+//! (`p50_ms`, `p99_ms`). `bench cluster-start DIR` / `cluster-stop DIR` run a throwaway
+//! durable PostgreSQL; `bench reset` empties the tables and loads the demo data.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hookq_core::devdb::{ClusterOptions, LocalCluster};
+use hookq_tasks::queue::{self, EnqueueOptions, Job, JobContext, JobError, Notifier, WorkerOptions, Workers};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u64,
+    /// ~300 bytes of payload, like the peer harnesses.
+    pad: String,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "bench_noop";
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("cluster-start") => {
+            let c = LocalCluster::ensure(args[1].as_ref(), &ClusterOptions { durable: true })?;
+            println!("{}", c.url("postgres"));
+        }
+        Some("cluster-stop") => {
+            let c = LocalCluster::ensure(args[1].as_ref(), &ClusterOptions { durable: true })?;
+            c.stop()?;
+        }
+        Some("reset") => {
+            let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+            hookq_core::db::migrate(&pool).await?;
+            sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE").execute(&pool).await?;
+            hookq_core::demo::load(&pool).await?;
+            sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+        }
+        Some("queue") => queue_bench().await?,
+        _ => anyhow::bail!("usage: bench queue | reset | cluster-start DIR | cluster-stop DIR"),
+    }
+    Ok(())
+}
+
+async fn queue_bench() -> anyhow::Result<()> {
+    let n = env_u64("N", 20_000);
+    let concurrency = env_u64("C", 64) as usize;
+    let samples = env_u64("LAT_SAMPLES", 300);
+    let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 16).await?;
+    hookq_core::db::migrate(&pool).await?;
+    sqlx::query("TRUNCATE queue_jobs, queue_jobs_done").execute(&pool).await?;
+    let pad = "x".repeat(280);
+
+    // (a) batch enqueue: one transaction per 1,000 jobs.
+    let t0 = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let jobs: Vec<Noop> = (0..k).map(|i| Noop { n: i, pad: pad.clone() }).collect();
+        let mut tx = pool.begin().await?;
+        queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default()).await?;
+        tx.commit().await?;
+        left -= k;
+    }
+    let enqueue_batch_per_s = n as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("enqueued {n} in {:.2}s", t0.elapsed().as_secs_f64());
+    sqlx::query("VACUUM ANALYZE queue_jobs").execute(&pool).await?;
+
+    // (b) drain the pre-filled queue.
+    let done = Arc::new(AtomicU64::new(0));
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<i64>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Workers::new(
+        pool.clone(),
+        WorkerOptions {
+            concurrency,
+            worker_name: "bench".into(),
+            ..WorkerOptions::default()
+        },
+    );
+    {
+        let done = done.clone();
+        workers.register(move |_job: Noop, ctx: JobContext| {
+            let done = done.clone();
+            let lat_tx = lat_tx.clone();
+            async move {
+                done.fetch_add(1, Ordering::Relaxed);
+                let _ = lat_tx.send(ctx.job_id());
+                Ok::<(), JobError>(())
+            }
+        });
+    }
+    let mut rx = stop_rx.clone();
+    let runner = tokio::spawn(workers.run(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }));
+    let t1 = Instant::now();
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs").fetch_one(&pool).await?;
+        if left == 0 {
+            break;
+        }
+        if t1.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("drain did not finish: {left} left");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let process_per_s = n as f64 / t1.elapsed().as_secs_f64();
+    eprintln!("drained {n} in {:.2}s", t1.elapsed().as_secs_f64());
+    while lat_rx.try_recv().is_ok() {}
+
+    // (c) idle latency: one job at a time into the idle worker, until its completion
+    // is committed (visible in the archive).
+    let notifier = Notifier::spawn(pool.clone());
+    let mut lat = Vec::with_capacity(samples as usize);
+    for i in 0..samples {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        let mut tx = pool.begin().await?;
+        let id = queue::enqueue(&mut tx, &Noop { n: i, pad: pad.clone() }, &EnqueueOptions::default()).await?;
+        tx.commit().await?;
+        notifier.kick();
+        loop {
+            let finished: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_jobs_done WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&pool)
+                .await?;
+            if finished {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("latency sample {i} did not finish");
+            }
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    let _ = stop_tx.send(true);
+    let _ = runner.await;
+    println!(
+        "queue enqueue_batch_per_s={:.0} process_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        enqueue_batch_per_s,
+        process_per_s,
+        p(0.5),
+        p(0.99)
+    );
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! `hookq send`: a signed-webhook load generator for a running instance.
+//!
+//! It never touches the database: it signs bodies with the same secrets the server
+//! reads (`META_APP_SECRET`, `WHATSAPP_WEBHOOK_SECRET`, from the environment or `.env`),
+//! sends them with bounded concurrency and an optional rate, and reports what the
+//! server acknowledged. `--wait-processed` then polls the admin API until every
+//! accepted event is finished, for an end-to-end figure.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use futures::{StreamExt, stream};
+use hookq_core::{config::Config, signature};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Sample {
+    /// The contract's compact comment shape (demo data replies to it).
+    Compact,
+    /// Meta's `entry[].changes[]` comment shape for the demo account.
+    Comment,
+    /// An Instagram direct message.
+    Message,
+    /// A WhatsApp Bridge `message.received` (sent to /webhooks/whatsapp).
+    Bridge,
+    /// Round-robin over all of the above.
+    Mixed,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Base URL of the running instance.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Webhooks to send.
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Requests per second at most (0: as fast as the concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Fraction of requests that resend an earlier body byte for byte (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_ratio: f64,
+    /// Built-in sample to send (ignored with --file).
+    #[arg(long, value_enum, default_value = "compact")]
+    pub sample: Sample,
+    /// A payload file to send instead; `{{seq}}` and `{{uuid}}` are replaced per request
+    /// (without them every request is the same event, i.e. a duplicate).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// With --file: the route to post it to.
+    #[arg(long, default_value = "/webhooks/instagram")]
+    pub path: String,
+    /// With --file: sign as the WhatsApp Bridge (X-Webhook-Signature) instead of Meta.
+    #[arg(long)]
+    pub bridge: bool,
+    /// After sending, poll until every accepted event is processed (needs HOOKQ_ADMIN_TOKEN).
+    #[arg(long)]
+    pub wait_processed: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub wait_timeout: u64,
+}
+
+struct Body {
+    path: String,
+    bridge: bool,
+    bytes: String,
+}
+
+fn sample_body(kind: Sample, seq: u64, run: &str) -> Body {
+    let now = chrono::Utc::now().timestamp();
+    let id = format!("{run}_{seq}");
+    let (path, bridge, v) = match kind {
+        Sample::Compact | Sample::Mixed => (
+            "/webhooks/instagram",
+            false,
+            serde_json::json!({
+                "entry": [{"changes": [{"value": {
+                    "post_id": "post_123", "item": "comment", "comment_id": format!("c_{id}"),
+                    "sender_id": "user_456", "sender_name": "Load Test",
+                    "message": format!("Load test comment {seq}"), "created_time": now}}]}],
+                "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"}),
+        ),
+        Sample::Comment => (
+            "/webhooks/instagram",
+            false,
+            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": now,
+                "changes": [{"field": "comments", "value": {"from": {"id": format!("u{seq}"), "username": "loadtest"},
+                "media": {"id": "post_123"}, "id": format!("ig_{id}"), "text": format!("Comment {seq}")}}]}]}),
+        ),
+        Sample::Message => (
+            "/webhooks/instagram",
+            false,
+            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": now * 1000,
+                "messaging": [{"sender": {"id": format!("u{seq}")}, "recipient": {"id": hookq_core::demo::DEMO_IG_ACCOUNT},
+                "timestamp": now * 1000, "message": {"mid": format!("m_{id}"), "text": format!("Message {seq}")}}]}]}),
+        ),
+        Sample::Bridge => (
+            "/webhooks/whatsapp",
+            true,
+            serde_json::json!({"event_type": "message.received", "timestamp": chrono::Utc::now().to_rfc3339(),
+                "data": {"from_number": "+15550001111", "to_number": "+15550002222", "message_id": format!("wa_{id}"),
+                "text": format!("Hello {seq}")}}),
+        ),
+    };
+    Body { path: path.into(), bridge, bytes: v.to_string() }
+}
+
+fn kind_for(sample: Sample, seq: u64) -> Sample {
+    match sample {
+        Sample::Mixed => [Sample::Compact, Sample::Comment, Sample::Message, Sample::Bridge][(seq % 4) as usize],
+        other => other,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    by_status: BTreeMap<u16, u64>,
+    errors: u64,
+    accepted: u64,
+    duplicates: u64,
+    latencies_us: Vec<u64>,
+}
+
+pub async fn run(args: SendArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.duplicate_ratio) {
+        bail!("--duplicate-ratio must be between 0 and 1");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let config = Config::from_env()?;
+    let meta_secret = config.meta_app_secret.as_ref().map(|s| s.expose().to_string());
+    let bridge_secret = config.whatsapp_webhook_secret.as_ref().map(|s| s.expose().to_string());
+    let template = match &args.file {
+        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?),
+        None => None,
+    };
+    let base = args.url.trim_end_matches('/').to_string();
+    let run_id = format!("{:x}", rand::rng().random::<u32>());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+
+    let bar = ProgressBar::new(args.count);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sent  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let sent_ok = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let wall_start = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+
+    let bodies = {
+        let mut rng = rand::rng();
+        let mut made: Vec<Arc<Body>> = Vec::with_capacity(args.count as usize);
+        for seq in 0..args.count {
+            let dup = !made.is_empty() && rng.random::<f64>() < args.duplicate_ratio;
+            let body = if dup {
+                made[rng.random_range(0..made.len())].clone()
+            } else if let Some(t) = &template {
+                Arc::new(Body {
+                    path: args.path.clone(),
+                    bridge: args.bridge,
+                    bytes: t.replace("{{seq}}", &seq.to_string()).replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
+                })
+            } else {
+                Arc::new(sample_body(kind_for(args.sample, seq), seq, &run_id))
+            };
+            made.push(body);
+        }
+        made
+    };
+
+    let results = stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| {
+            let client = client.clone();
+            let base = base.clone();
+            let meta_secret = meta_secret.clone();
+            let bridge_secret = bridge_secret.clone();
+            let bar = bar.clone();
+            let sent_ok = sent_ok.clone();
+            async move {
+                if let Some(iv) = interval {
+                    tokio::time::sleep_until((started + iv * i as u32).into()).await;
+                }
+                let mut req = client
+                    .post(format!("{base}{}", body.path))
+                    .header("Content-Type", "application/json");
+                req = if body.bridge {
+                    let key = bridge_secret.as_deref().unwrap_or("");
+                    req.header("X-Webhook-Signature", signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()))
+                } else {
+                    let key = meta_secret.as_deref().unwrap_or("");
+                    req.header(
+                        "X-Hub-Signature-256",
+                        format!("sha256={}", signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())),
+                    )
+                };
+                let t0 = Instant::now();
+                let res = req.body(body.bytes.clone()).send().await;
+                let out = match res {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let ack: Option<serde_json::Value> = r.json().await.ok();
+                        Ok((status, ack, t0.elapsed()))
+                    }
+                    Err(e) => Err(e),
+                };
+                sent_ok.fetch_add(1, Ordering::Relaxed);
+                bar.inc(1);
+                out
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .fold(Tally::default(), |mut t, r| async move {
+            match r {
+                Ok((status, ack, lat)) => {
+                    *t.by_status.entry(status).or_default() += 1;
+                    t.latencies_us.push(lat.as_micros() as u64);
+                    if let Some(a) = ack {
+                        t.accepted += a["accepted"].as_u64().unwrap_or(0);
+                        t.duplicates += a["duplicates"].as_u64().unwrap_or(0);
+                    }
+                }
+                Err(_) => t.errors += 1,
+            }
+            t
+        })
+        .await;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let mut t = results;
+    t.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if t.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((t.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        t.latencies_us[i] as f64 / 1000.0
+    };
+    let acked = t.by_status.get(&200).copied().unwrap_or(0);
+    let statuses: Vec<String> = t.by_status.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+    println!(
+        "sent {} in {:.2}s  acked(200) {}  accepted {}  duplicates {}  statuses [{}]  transport errors {}",
+        args.count,
+        elapsed.as_secs_f64(),
+        acked,
+        t.accepted,
+        t.duplicates,
+        statuses.join(" "),
+        t.errors
+    );
+    println!(
+        "acked/s {:.0}  latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        acked as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    let mut summary = format!(
+        "send sent={} acked={} accepted={} duplicates={} errors={} acked_per_s={:.0} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        args.count,
+        acked,
+        t.accepted,
+        t.duplicates,
+        t.errors,
+        acked as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+
+    if args.wait_processed {
+        let token = config
+            .admin_token
+            .as_ref()
+            .context("--wait-processed reads the admin API: set HOOKQ_ADMIN_TOKEN")?
+            .expose()
+            .to_string();
+        let since = wall_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let deadline = Instant::now() + Duration::from_secs(args.wait_timeout);
+        let count = |status: &'static str| {
+            let client = client.clone();
+            let url = format!("{base}/api/webhook-logs");
+            let token = token.clone();
+            let since = since.clone();
+            async move {
+                let v: serde_json::Value = client
+                    .get(url)
+                    .bearer_auth(token)
+                    .query(&[("status", status), ("since", since.as_str()), ("limit", "1")])
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                Ok::<u64, anyhow::Error>(v["total"].as_u64().unwrap_or(0))
+            }
+        };
+        let wait_bar = ProgressBar::new(t.accepted);
+        wait_bar.set_style(
+            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} processed").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let (processed, dead) = loop {
+            let processed = count("processed").await?;
+            let dead = count("dead_letter").await?;
+            wait_bar.set_position(processed + dead);
+            if processed + dead >= t.accepted {
+                break (processed, dead);
+            }
+            if Instant::now() > deadline {
+                wait_bar.finish_and_clear();
+                bail!("timed out: {processed} processed, {dead} dead of {} accepted", t.accepted);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        wait_bar.finish_and_clear();
+        let e2e = started.elapsed();
+        println!(
+            "processed {processed}  dead_letter {dead}  in {:.2}s from the first send: e2e/s {:.0}",
+            e2e.as_secs_f64(),
+            processed as f64 / e2e.as_secs_f64()
+        );
+        summary.push_str(&format!(" processed={processed} dead_letter={dead} e2e_per_s={:.0}", processed as f64 / e2e.as_secs_f64()));
+    }
+    println!("{summary}");
+    Ok(())
+}

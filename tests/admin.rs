@@ -1,0 +1,546 @@
+//! The admin API (issue 5) against a real Postgres and the real API on loopback: auth,
+//! the five resources, webhook logs (list, stats, detail, retry, delete) and jobs.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Admin<'a> {
+    app: &'a TestApp,
+}
+
+impl Admin<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.base)
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        json(
+            self.app
+                .http
+                .get(self.url(path))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        json(
+            self.app
+                .http
+                .delete(self.url(path))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        json(
+            self.app
+                .http
+                .post(self.url(path))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+    async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        json(
+            self.app
+                .http
+                .patch(self.url(path))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+fn assert_error(status: u16, v: &Value, want: u16) {
+    assert_eq!(status, want, "{v}");
+    assert!(
+        v["error"].is_string() && v["detail"].is_string(),
+        "JSON error body expected, got {v}"
+    );
+}
+
+#[tokio::test]
+async fn admin_routes_answer_401_without_the_right_token() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    for path in [
+        "/api/webhook-logs",
+        "/api/webhook-logs/stats",
+        "/api/users",
+        "/api/tasks/1",
+    ] {
+        let (s, v) = json(
+            app.http
+                .get(format!("{}{path}", app.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(s, &v, 401);
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth("wrong-token")
+            .send()
+            .await
+            .unwrap();
+        let (s, v) = json(r).await;
+        assert_error(s, &v, 401);
+    }
+    app.stop().await;
+
+    // No token configured: everyone gets 401, whatever they send.
+    let env = HashMap::from([("HOOKQ_ADMIN_TOKEN".to_string(), String::new())]);
+    let app = spawn_app(Options {
+        env,
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let r = app
+        .http
+        .get(format!("{}/api/users", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = json(r).await;
+    assert_error(s, &v, 401);
+    assert!(
+        v["detail"].as_str().unwrap().contains("not configured"),
+        "{v}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn resources_crud_with_conflicts_references_and_write_only_secrets() {
+    let app = spawn_app(Options {
+        worker: false,
+        demo: false,
+        ..Options::default()
+    })
+    .await;
+    let a = Admin { app: &app };
+
+    // Users: create, duplicate, get, patch, list.
+    let (s, user) = a
+        .post("/api/users", json!({"external_id": "u1", "name": "Ana"}))
+        .await;
+    assert_eq!(s, 201, "{user}");
+    let uid = user["id"].as_str().unwrap().to_string();
+    let (s, v) = a.post("/api/users", json!({"external_id": "u1"})).await;
+    assert_error(s, &v, 409);
+    let (s, v) = a
+        .patch(&format!("/api/users/{uid}"), json!({"name": "Ana B"}))
+        .await;
+    assert_eq!(
+        (s, v["name"].as_str(), v["external_id"].as_str()),
+        (200, Some("Ana B"), Some("u1"))
+    );
+    let (s, page) = a.get("/api/users?limit=10").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["limit"].as_i64(),
+            page["offset"].as_i64()
+        ),
+        (Some(1), Some(10), Some(0))
+    );
+    assert_eq!(page["items"][0]["id"], user["id"]);
+
+    // Templates and personas: unknown references are 422.
+    let (s, tpl) = a
+        .post(
+            "/api/persona-templates",
+            json!({"name": "t", "reply_template": "Hi {sender_name}"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{tpl}");
+    let missing = "00000000-0000-0000-0000-000000000000";
+    let (s, v) = a
+        .post(
+            "/api/personas",
+            json!({"external_id": "p1", "user_id": missing, "template_id": tpl["id"], "name": "P"}),
+        )
+        .await;
+    assert_error(s, &v, 422);
+    let (s, persona) = a
+        .post(
+            "/api/personas",
+            json!({"external_id": "p1", "user_id": uid, "template_id": tpl["id"], "name": "P", "blocklist": ["scam"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{persona}");
+    assert_eq!(persona["blocklist"], json!(["scam"]));
+
+    // Integrations: invalid enum values are 422, secrets are write-only.
+    let (s, v) = a
+        .post(
+            "/api/integrations",
+            json!({"user_id": uid, "platform": "myspace", "account_id": "1"}),
+        )
+        .await;
+    assert_error(s, &v, 422);
+    let (s, v) = a
+        .post("/api/integrations", json!({"user_id": uid, "platform": "instagram", "account_id": "1", "reply_delivery": "pigeon"}))
+        .await;
+    assert_error(s, &v, 422);
+    let (s, v) = a
+        .post(
+            "/api/integrations",
+            json!({"user_id": missing, "platform": "instagram", "account_id": "1"}),
+        )
+        .await;
+    assert_error(s, &v, 422);
+    let secret = "whsec_c2VjcmV0LXNpZ25pbmcta2V5";
+    let (s, integ) = a
+        .post(
+            "/api/integrations",
+            json!({"user_id": uid, "platform": "instagram", "account_id": "acc-1", "access_token": "EAAG-super-secret",
+                   "reply_delivery": "callback", "callback_url": "https://example.com/hook", "callback_secret": secret,
+                   "default_persona_id": persona["id"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{integ}");
+    assert_eq!(
+        (
+            integ["has_access_token"].as_bool(),
+            integ["has_callback_secret"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    let iid = integ["id"].as_str().unwrap().to_string();
+    for body in [
+        integ.to_string(),
+        a.get(&format!("/api/integrations/{iid}"))
+            .await
+            .1
+            .to_string(),
+        a.get("/api/integrations").await.1.to_string(),
+    ] {
+        assert!(
+            !body.contains("EAAG-super-secret") && !body.contains(secret),
+            "secret leaked: {body}"
+        );
+        assert!(
+            !body.contains("\"access_token\"") && !body.contains("\"callback_secret\""),
+            "{body}"
+        );
+    }
+    let (s, v) = a
+        .post(
+            "/api/integrations",
+            json!({"user_id": uid, "platform": "instagram", "account_id": "acc-1"}),
+        )
+        .await;
+    assert_error(s, &v, 409);
+    // PATCH: null clears a nullable field; callback delivery without a URL is refused.
+    let (s, v) = a
+        .patch(
+            &format!("/api/integrations/{iid}"),
+            json!({"access_token": null}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["has_access_token"].as_bool()),
+        (200, Some(false)),
+        "{v}"
+    );
+    let (s, v) = a
+        .patch(
+            &format!("/api/integrations/{iid}"),
+            json!({"callback_url": null}),
+        )
+        .await;
+    assert_error(s, &v, 422);
+    let (s, v) = a
+        .patch(
+            &format!("/api/integrations/{iid}"),
+            json!({"reply_delivery": "none", "callback_url": null}),
+        )
+        .await;
+    assert_eq!((s, v["callback_url"].is_null()), (200, true), "{v}");
+
+    // Posts: unique per integration.
+    let (s, post) = a
+        .post(
+            "/api/posts",
+            json!({"external_id": "m1", "integration_id": iid}),
+        )
+        .await;
+    assert_eq!(
+        (
+            s,
+            post["replies_enabled"].as_bool(),
+            post["persona_id"].is_null()
+        ),
+        (201, Some(true), true),
+        "{post}"
+    );
+    let (s, v) = a
+        .post(
+            "/api/posts",
+            json!({"external_id": "m1", "integration_id": iid}),
+        )
+        .await;
+    assert_error(s, &v, 409);
+    let (s, v) = a
+        .post(
+            "/api/posts",
+            json!({"external_id": "m2", "integration_id": missing}),
+        )
+        .await;
+    assert_error(s, &v, 422);
+    let pid = post["id"].as_str().unwrap();
+    let (s, v) = a
+        .patch(
+            &format!("/api/posts/{pid}"),
+            json!({"replies_enabled": false, "persona_id": persona["id"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["replies_enabled"].as_bool()),
+        (200, Some(false)),
+        "{v}"
+    );
+
+    // A template in use cannot go; unknown ids are 404; deletes cascade as documented.
+    let (s, v) = a
+        .delete(&format!(
+            "/api/persona-templates/{}",
+            tpl["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_error(s, &v, 409);
+    let (s, v) = a.get(&format!("/api/users/{missing}")).await;
+    assert_error(s, &v, 404);
+    let (s, v) = a
+        .patch(&format!("/api/posts/{missing}"), json!({"caption": "x"}))
+        .await;
+    assert_error(s, &v, 404);
+    let (s, _) = a.delete(&format!("/api/users/{uid}")).await;
+    assert_eq!(s, 200);
+    let (s, v) = a.get(&format!("/api/integrations/{iid}")).await;
+    assert_error(s, &v, 404);
+    let (s, v) = a.delete(&format!("/api/users/{uid}")).await;
+    assert_error(s, &v, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logs_list_filter_stats_detail_retry_and_delete() {
+    let app = spawn_app(Options::default()).await;
+    let a = Admin { app: &app };
+
+    // One reply, one dead letter (persona 'ghost' does not exist yet).
+    let (_, ok) = json(app.post_instagram(&compact("ok_1", "Love it")).await).await;
+    let ok_id = ok["ids"][0].as_i64().unwrap();
+    let ghost = compact("dl_1", "hello")
+        .replace("\"persona_123\"", "\"ghost\"")
+        .replace("\"post_123\"", "\"post_x\"");
+    let (_, dl) = json(app.post_instagram(&ghost).await).await;
+    let dl_id = dl["ids"][0].as_i64().unwrap();
+    app.wait_status(ok_id, "processed").await;
+    app.wait_status(dl_id, "dead_letter").await;
+
+    let (s, page) = a.get("/api/webhook-logs").await;
+    assert_eq!((s, page["total"].as_i64()), (200, Some(2)), "{page}");
+    assert_eq!(page["items"][0]["id"].as_i64(), Some(dl_id), "newest first");
+    assert!(
+        page["items"][0].get("payload").is_none(),
+        "lists leave the payload out"
+    );
+    let (_, page) = a.get("/api/webhook-logs?status=dead_letter").await;
+    assert_eq!(page["total"].as_i64(), Some(1));
+    assert_eq!(page["items"][0]["id"].as_i64(), Some(dl_id));
+    let (_, page) = a
+        .get("/api/webhook-logs?event_type=comment&source=instagram&limit=1&offset=1")
+        .await;
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+    let (_, page) = a.get("/api/webhook-logs?since=2999-01-01T00:00:00Z").await;
+    assert_eq!(page["total"].as_i64(), Some(0));
+    let (_, page) = a
+        .get("/api/webhook-logs?until=2999-01-01T00:00:00Z&status=processed")
+        .await;
+    assert_eq!(page["items"][0]["id"].as_i64(), Some(ok_id));
+    let (s, v) = a.get("/api/webhook-logs?status=bogus").await;
+    assert_error(s, &v, 422);
+    let (s, v) = a.get("/api/webhook-logs?since=yesterday").await;
+    assert_error(s, &v, 400);
+
+    let (s, st) = a.get("/api/webhook-logs/stats").await;
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(
+        (
+            st["total"].as_i64(),
+            st["by_status"]["processed"].as_i64(),
+            st["by_status"]["dead_letter"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    assert_eq!(
+        st["by_event_type"][0],
+        json!({"name": "comment", "count": 2})
+    );
+    assert_eq!(st["success_rate"].as_f64(), Some(0.5));
+    assert_eq!(st["processing_time"]["processed"].as_i64(), Some(1));
+    assert!(st["processing_time"]["p95_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(st["last_minute"]["received"].as_i64(), Some(2));
+    assert_eq!(st["queue"]["depth"].as_i64(), Some(0));
+    let (s, chart) = a.get("/api/webhook-logs/throughput?minutes=5").await;
+    assert_eq!(s, 200);
+    let chart = chart.as_array().unwrap();
+    assert_eq!(chart.len(), 5);
+    assert_eq!(
+        chart
+            .iter()
+            .map(|m| m["received"].as_i64().unwrap())
+            .sum::<i64>(),
+        2
+    );
+
+    // Detail: payload, error, and the job with its runs.
+    let (s, d) = a.get(&format!("/api/webhook-logs/{dl_id}")).await;
+    assert_eq!(s, 200, "{d}");
+    assert!(
+        d["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("persona 'ghost' not found")
+    );
+    assert_eq!(d["payload"]["persona_id"], "ghost");
+    assert_eq!(d["job"]["status"], "dead");
+    let job_id = d["job_id"].as_i64().unwrap();
+    let (s, job) = a.get(&format!("/api/tasks/{job_id}")).await;
+    assert_eq!(
+        (s, job["task_name"].as_str(), job["status"].as_str()),
+        (200, Some("process_webhook"), Some("dead"))
+    );
+    let (s, v) = a.get("/api/tasks/999999999").await;
+    assert_error(s, &v, 404);
+
+    // Retry: 409 for a processed log, 404 for none; a dead letter gets a new job and,
+    // once the persona exists, a reply.
+    let (s, v) = a
+        .post(&format!("/api/webhook-logs/{ok_id}/retry"), json!({}))
+        .await;
+    assert_error(s, &v, 409);
+    let (s, v) = a.post("/api/webhook-logs/999999/retry", json!({})).await;
+    assert_error(s, &v, 404);
+    let (_, users) = a.get("/api/users").await;
+    let (_, tpls) = a.get("/api/persona-templates").await;
+    let (s, _) = a
+        .post(
+            "/api/personas",
+            json!({"external_id": "ghost", "user_id": users["items"][0]["id"], "template_id": tpls["items"][0]["id"], "name": "Ghost"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, r) = a
+        .post(&format!("/api/webhook-logs/{dl_id}/retry"), json!({}))
+        .await;
+    assert_eq!((s, r["retried"].as_i64()), (200, Some(1)), "{r}");
+    let row = app.wait_status(dl_id, "processed").await;
+    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert_ne!(row.job_id, Some(job_id), "a new job");
+
+    // Retry all matching a filter: two new dead letters, one call.
+    let mut ids = Vec::new();
+    for c in ["dl_2", "dl_3"] {
+        let body = compact(c, "hi")
+            .replace("\"persona_123\"", "\"phantom\"")
+            .replace("\"post_123\"", "\"post_x\"");
+        let (_, ack) = json(app.post_instagram(&body).await).await;
+        ids.push(ack["ids"][0].as_i64().unwrap());
+    }
+    for &id in &ids {
+        app.wait_status(id, "dead_letter").await;
+    }
+    let (s, v) = a
+        .post("/api/webhook-logs/retry", json!({"status": "processed"}))
+        .await;
+    assert_error(s, &v, 422);
+    let (s, r) = a
+        .post(
+            "/api/webhook-logs/retry",
+            json!({"status": "dead_letter", "event_type": "comment"}),
+        )
+        .await;
+    assert_eq!((s, r["retried"].as_i64()), (200, Some(2)), "{r}");
+    let mut got: Vec<i64> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ids);
+    for &id in &ids {
+        let row = app.wait_status(id, "dead_letter").await;
+        assert_eq!(row.attempts, 1, "run again by the new job");
+    }
+
+    // Delete.
+    let (s, _) = a.delete(&format!("/api/webhook-logs/{ok_id}")).await;
+    assert_eq!(s, 200);
+    let (s, v) = a.get(&format!("/api/webhook-logs/{ok_id}")).await;
+    assert_error(s, &v, 404);
+    let (s, v) = a.delete(&format!("/api/webhook-logs/{ok_id}")).await;
+    assert_error(s, &v, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_declares_the_bearer_scheme_on_admin_routes() {
+    let v: Value = serde_json::from_str(&hookq_api::openapi_json()).unwrap();
+    let scheme = &v["components"]["securitySchemes"]["AdminToken"];
+    assert_eq!(
+        (scheme["type"].as_str(), scheme["scheme"].as_str()),
+        (Some("http"), Some("bearer")),
+        "{scheme}"
+    );
+    for (path, method) in [
+        ("/api/users", "post"),
+        ("/api/webhook-logs", "get"),
+        ("/api/tasks/{id}", "get"),
+    ] {
+        assert_eq!(
+            v["paths"][path][method]["security"][0]["AdminToken"],
+            json!([]),
+            "{path} {method}"
+        );
+    }
+    assert!(
+        v["paths"]["/webhooks/instagram"]["post"]["security"].is_null(),
+        "webhooks are signed, not bearer"
+    );
+}

@@ -1,0 +1,114 @@
+// Drives the hookq dashboard in Debian's headless Chromium (playwright-core, no browser
+// download): sign in, watch a log arrive live, open it, retry a dead letter, retry all
+// dead letters, and save a screenshot. Run by tests/dashboard.rs, which starts hookq
+// and passes: HOOKQ_BASE, HOOKQ_TOKEN, META_SECRET, SCREENSHOT.
+import { createHmac } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+const base = process.env.HOOKQ_BASE;
+const token = process.env.HOOKQ_TOKEN;
+const metaSecret = process.env.META_SECRET;
+const shot = process.env.SCREENSHOT;
+const step = (s) => console.log(`· ${s}`);
+
+async function signed(body) {
+  const raw = JSON.stringify(body);
+  const sig = 'sha256=' + createHmac('sha256', metaSecret).update(raw).digest('hex');
+  const r = await fetch(`${base}/webhooks/instagram`, { method: 'POST', headers: { 'X-Hub-Signature-256': sig, 'Content-Type': 'application/json' }, body: raw });
+  if (r.status !== 200) throw new Error(`webhook answered ${r.status}: ${await r.text()}`);
+  return (await r.json()).ids[0];
+}
+
+async function admin(path, body) {
+  const r = await fetch(`${base}${path}`, {
+    method: body ? 'POST' : 'GET',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!r.ok) throw new Error(`${path} answered ${r.status}: ${await r.text()}`);
+  return r.json();
+}
+
+const comment = (id, message, { persona = 'persona_123', post = 'post_123', name = 'Test User' } = {}) => ({
+  entry: [{ changes: [{ value: { post_id: post, item: 'comment', comment_id: id, sender_id: `s_${id}`, sender_name: name, message, created_time: 1625097600 } }] }],
+  object: 'instagram', user_id: 'user_123', persona_id: persona,
+});
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
+});
+const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+const problems = [];
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('401')) problems.push(`console: ${m.text()}`); });
+
+try {
+  // Some history first, so the chart and counters have something to show.
+  for (const [i, who, text] of [[1, 'Maya', 'Love this jacket!'], [2, 'Leo', 'Do you ship to Canada?'], [3, 'Ines', 'What a SCAM']]) {
+    await signed(comment(`warm_${i}`, text, { name: who }));
+  }
+
+  step('sign in with a wrong token, then the right one');
+  await page.goto(`${base}/dashboard`);
+  await page.fill('#login-token', 'not-the-token');
+  await page.click('#login-submit');
+  await page.waitForSelector('#login-error:text("not accepted")');
+  await page.fill('#login-token', token);
+  await page.click('#login-submit');
+  await page.waitForSelector('#app:not([hidden])');
+  await page.waitForSelector('#live.on', { timeout: 10000 });
+  await page.waitForSelector('.card[data-status=processed] .value:text-matches("^[1-9]")', { timeout: 15000 });
+
+  step('a new log appears live, without a reload');
+  const navs = [];
+  page.on('framenavigated', (f) => { if (f === page.mainFrame()) navs.push(f.url()); });
+  const deadId = await signed(comment('live_dead', 'Is this still available?', { persona: 'ghost', post: 'post_x', name: 'Noah' }));
+  await page.waitForSelector(`#logs tr[data-id="${deadId}"]`, { timeout: 10000 });
+  await page.waitForSelector(`#logs tr[data-id="${deadId}"][data-status="dead_letter"]`, { timeout: 15000 });
+  if (navs.length) throw new Error(`the page reloaded: ${navs}`);
+
+  step('open it: the detail shows the error and the payload');
+  await page.click(`#logs tr[data-id="${deadId}"]`);
+  await page.waitForSelector(`#detail[data-id="${deadId}"]:not([hidden])`);
+  await page.waitForSelector('#detail-error:text("persona \'ghost\' not found")');
+  await page.waitForSelector('#detail-payload:text("live_dead")');
+  await page.waitForSelector('#detail-retry:not([hidden])');
+
+  step('fix the data, retry the dead letter: it is processed and replied');
+  const users = await admin('/api/users');
+  const tpls = await admin('/api/persona-templates');
+  await admin('/api/personas', { external_id: 'ghost', user_id: users.items[0].id, template_id: tpls.items[0].id, name: 'Casper' });
+  await page.click('#detail-retry');
+  await page.waitForSelector(`#detail[data-id="${deadId}"][data-status="processed"]`, { timeout: 15000 });
+  await page.waitForSelector('#detail-reply:text("Casper")');
+  await page.waitForSelector(`#logs tr[data-id="${deadId}"][data-status="processed"]`);
+
+  step('retry all dead letters');
+  const d2 = await signed(comment('live_dead_2', 'hello?', { persona: 'phantom', post: 'post_x', name: 'Zoe' }));
+  await page.waitForSelector(`#logs tr[data-id="${d2}"][data-status="dead_letter"]`, { timeout: 15000 });
+  await page.click('#retry-dead');
+  await page.waitForSelector('#toast:text("1 dead letter queued again")');
+
+  step('filter by status');
+  await page.selectOption('#f-status', 'processed');
+  await page.waitForFunction(() => [...document.querySelectorAll('#logs tbody tr')].every((tr) => tr.dataset.status === 'processed'));
+  await page.selectOption('#f-status', '');
+  await page.waitForSelector(`#logs tr[data-id="${d2}"]`);
+
+  await page.click(`#logs tr[data-id="${deadId}"]`);
+  await page.waitForSelector('#detail-reply:not([hidden])');
+  await page.waitForSelector('#chart svg polyline');
+  await page.screenshot({ path: shot, fullPage: true });
+  step(`screenshot: ${shot}`);
+  if (problems.length) throw new Error(problems.join('\n'));
+  console.log('OK');
+} catch (e) {
+  console.error(`FAILED: ${e.stack || e}`);
+  await page.screenshot({ path: shot.replace(/\.png$/, '-failure.png'), fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();

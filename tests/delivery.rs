@@ -1,0 +1,713 @@
+//! Reply generation and delivery against real local HTTP peers (issue 4): a callback
+//! receiver (signed per Standard Webhooks, checked on every request), a fake Graph API
+//! and a fake chat-completions server; every retry path; 410; private addresses; the
+//! per-endpoint limits; delivery reports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hookq_core::{
+    delivery::{
+        self, Limits,
+        send::Target,
+        store::{self, Claim},
+    },
+    demo::DEMO_IG_ACCOUNT,
+    directory::{Directory, PgDirectory},
+    model::ReplyDelivery,
+};
+use serde_json::Value;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{header, method, path},
+};
+
+async fn callback_app(server: &MockServer) -> TestApp {
+    let app = spawn_app(Options {
+        env: delivery_env(),
+        ..Options::default()
+    })
+    .await;
+    set_delivery(
+        app.pool(),
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some(&format!("{}/hooks/reply", server.uri())),
+    )
+    .await;
+    app
+}
+
+async fn attempts(app: &TestApp, log_id: i64) -> Vec<delivery::DeliveryAttempt> {
+    delivery::delivery_attempts(app.pool(), log_id)
+        .await
+        .unwrap()
+}
+
+async fn outbound(app: &TestApp, log_id: i64) -> delivery::OutboundReply {
+    delivery::outbound_reply(app.pool(), log_id)
+        .await
+        .unwrap()
+        .expect("an outbound reply")
+}
+
+#[tokio::test]
+async fn callback_is_signed_and_delivered_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/reply"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let id = app
+        .ingest("/webhooks/instagram", &fixture("compact_comment.json"))
+        .await[0];
+    let row = app.wait_status(id, "processed").await;
+    assert_eq!(row.outcome.as_deref(), Some("replied"));
+
+    let reqs = wait_requests(&server, 1).await;
+    assert_eq!(reqs.len(), 1);
+    let (webhook_id, body) = verify_callback(&reqs[0]);
+    let reply = outbound(&app, id).await;
+    assert_eq!(webhook_id, reply.webhook_id);
+    assert_eq!(reply.status, "delivered");
+    assert_eq!(body["type"], "comment.reply");
+    let ts = body["timestamp"].as_str().unwrap();
+    assert!(
+        ts.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+        "{ts}"
+    );
+    let data = &body["data"];
+    assert_eq!(data["log_id"], id);
+    assert_eq!(data["source"], "instagram");
+    assert_eq!(data["event_type"], "comment");
+    assert_eq!(data["comment_id"], "comment_123");
+    assert_eq!(data["post_id"], "post_123");
+    assert_eq!(data["sender_id"], "user_456");
+    assert_eq!(data["reply_text"].as_str(), row.reply_text.as_deref());
+    assert_eq!(data["persona_id"], row.persona_id.unwrap().to_string());
+    assert_eq!(
+        data["integration_id"],
+        row.integration_id.unwrap().to_string()
+    );
+
+    let tries = attempts(&app, id).await;
+    assert_eq!(tries.len(), 1);
+    assert_eq!(
+        (tries[0].state.as_str(), tries[0].status_code),
+        ("succeeded", Some(200))
+    );
+    assert!(tries[0].duration_ms.is_some() && tries[0].error.is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_on_the_schedule_with_the_same_webhook_id() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let id = app
+        .ingest(
+            "/webhooks/instagram",
+            &compact("retry_1", "Is it waterproof?"),
+        )
+        .await[0];
+    app.wait_status(id, "processed").await;
+
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 3);
+    let ids: Vec<String> = reqs.iter().map(|r| verify_callback(r).0).collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one webhook-id for every attempt: {ids:?}"
+    );
+    let bodies: Vec<&[u8]> = reqs.iter().map(|r| r.body.as_slice()).collect();
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the same bytes on every attempt"
+    );
+
+    let tries = attempts(&app, id).await;
+    let states: Vec<(&str, Option<i32>)> = tries
+        .iter()
+        .map(|a| (a.state.as_str(), a.status_code))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("failed", Some(503)),
+            ("failed", Some(503)),
+            ("succeeded", Some(200))
+        ]
+    );
+    for (pair, min_ms) in tries.windows(2).zip([50, 100]) {
+        let gap = (pair[1].started_at - pair[0].started_at).num_milliseconds();
+        assert!(
+            gap >= min_ms,
+            "attempts {} and {} only {gap} ms apart",
+            pair[0].attempt,
+            pair[1].attempt
+        );
+    }
+    assert_eq!(
+        app.wait_status(id, "processed").await.attempts,
+        1,
+        "delivery retries are not processing attempts"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_run_out_into_dead_letter() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("exhaust_1", "Hello"))
+        .await[0];
+    let row = app.wait_status(id, "dead_letter").await;
+    let msg = row.error_message.unwrap();
+    assert!(
+        msg.starts_with("delivery failed after 4 attempts") && msg.contains("500"),
+        "{msg}"
+    );
+    assert_eq!(
+        attempts(&app, id).await.len(),
+        4,
+        "one try and three retries"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+    assert_eq!(outbound(&app, id).await.status, "failed");
+    assert!(row.reply_text.is_some(), "the reply is kept for a resend");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_400_is_permanent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad payload"))
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("perm_1", "Hello"))
+        .await[0];
+    let row = app.wait_status(id, "dead_letter").await;
+    let msg = row.error_message.unwrap();
+    assert!(
+        msg.starts_with("delivery failed: endpoint answered 400") && msg.contains("bad payload"),
+        "{msg}"
+    );
+    let tries = attempts(&app, id).await;
+    assert_eq!(tries.len(), 1);
+    assert_eq!(tries[0].status_code, Some(400));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_410_disables_the_integrations_delivery_until_re_enabled() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let first = app
+        .ingest("/webhooks/instagram", &compact("gone_1", "Hello"))
+        .await[0];
+    let row = app.wait_status(first, "dead_letter").await;
+    assert!(
+        row.error_message
+            .unwrap()
+            .contains("disabled until re-enabled")
+    );
+    let enabled: bool =
+        sqlx::query_scalar("SELECT delivery_enabled FROM integrations WHERE account_id = $1")
+            .bind(DEMO_IG_ACCOUNT)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(!enabled);
+
+    // The next reply is not sent at all.
+    let second = app
+        .ingest("/webhooks/instagram", &compact("gone_2", "Hello again"))
+        .await[0];
+    let row = app.wait_status(second, "dead_letter").await;
+    assert!(
+        row.error_message
+            .unwrap()
+            .starts_with("delivery disabled for integration")
+    );
+    assert!(attempts(&app, second).await.is_empty());
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = callback_app(&server).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("ra_1", "Hello"))
+        .await[0];
+    app.wait_status(id, "processed").await;
+    let tries = attempts(&app, id).await;
+    assert_eq!(tries.len(), 2);
+    assert_eq!(tries[0].status_code, Some(429));
+    let gap = (tries[1].started_at - tries[0].started_at).num_milliseconds();
+    assert!(
+        gap >= 1000,
+        "Retry-After: 1 honoured over the 50 ms backoff, got {gap} ms"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callbacks_to_private_addresses_are_refused_unless_allowed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let app = spawn_app(Options {
+        env: env_of(&[("HOOKQ_DELIVERY_BACKOFF", "50ms")]),
+        ..Options::default()
+    })
+    .await;
+    set_delivery(
+        app.pool(),
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some(&format!("{}/hooks", server.uri())),
+    )
+    .await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("ssrf_1", "Hello"))
+        .await[0];
+    let row = app.wait_status(id, "dead_letter").await;
+    let msg = row.error_message.unwrap();
+    assert!(
+        msg.contains("private or loopback") && msg.contains("HOOKQ_ALLOW_PRIVATE_CALLBACKS"),
+        "{msg}"
+    );
+    assert!(attempts(&app, id).await.is_empty(), "nothing left hookq");
+    assert!(server.received_requests().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graph_api_answers_comments_and_messages() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/17912345678901234/replies"))
+        .and(header(
+            "authorization",
+            format!("Bearer {GRAPH_TOKEN}").as_str(),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"id": "17890000000000001"})),
+        )
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{DEMO_IG_ACCOUNT}/messages")))
+        .and(header(
+            "authorization",
+            format!("Bearer {GRAPH_TOKEN}").as_str(),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"recipient_id": "6721849302157734", "message_id": "m_reply_1"}),
+        ))
+        .mount(&graph)
+        .await;
+    let mut env = delivery_env();
+    env.insert("META_GRAPH_URL".into(), graph.uri());
+    let app = spawn_app(Options {
+        env,
+        ..Options::default()
+    })
+    .await;
+    set_delivery(app.pool(), DEMO_IG_ACCOUNT, "graph_api", None).await;
+
+    let comment: Value = serde_json::from_str(&fixture("ig_comments.json")).unwrap();
+    assert_eq!(
+        comment["entry"][0]["changes"][0]["value"]["id"], "17912345678901234",
+        "fixture's comment id"
+    );
+    let c = app
+        .ingest("/webhooks/instagram", &fixture("ig_comments.json"))
+        .await[0];
+    let m = app
+        .ingest("/webhooks/instagram", &fixture("ig_messaging_message.json"))
+        .await[0];
+    let c_row = app.wait_status(c, "processed").await;
+    let m_row = app.wait_status(m, "processed").await;
+
+    let reqs = graph.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        if r.url.path().ends_with("/replies") {
+            assert_eq!(body["message"].as_str(), c_row.reply_text.as_deref());
+        } else {
+            assert_eq!(body["recipient"]["id"], "6721849302157734");
+            assert_eq!(
+                body["message"]["text"].as_str(),
+                m_row.reply_text.as_deref()
+            );
+        }
+        assert!(
+            r.url.query().is_none(),
+            "the token never travels in the URL"
+        );
+    }
+    assert_eq!(
+        outbound(&app, c).await.provider_message_id.as_deref(),
+        Some("17890000000000001")
+    );
+    assert_eq!(
+        outbound(&app, m).await.provider_message_id.as_deref(),
+        Some("m_reply_1")
+    );
+    let shown = &attempts(&app, c).await[0].url;
+    assert!(!shown.contains(GRAPH_TOKEN));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delivery_reports_update_the_outbound_reply_they_name() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/106540352242922/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"messaging_product": "whatsapp",
+            "contacts": [{"input": "351912345678", "wa_id": "351912345678"}], "messages": [{"id": "wamid.REPLY1"}]})))
+        .mount(&graph)
+        .await;
+    let callback = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"message_id": "wamid.out_001"})),
+        )
+        .mount(&callback)
+        .await;
+    let mut env = delivery_env();
+    env.insert("META_GRAPH_URL".into(), graph.uri());
+    let app = spawn_app(Options {
+        env,
+        ..Options::default()
+    })
+    .await;
+    let cloud = add_integration(app.pool(), "whatsapp", "106540352242922").await;
+    set_delivery(app.pool(), "106540352242922", "graph_api", None).await;
+    let bridge = add_integration(app.pool(), "whatsapp", "+0987654321").await;
+    set_delivery(app.pool(), "+0987654321", "callback", Some(&callback.uri())).await;
+
+    // Cloud API: reply sent through the Graph API, then its statuses arrive.
+    let msg = app
+        .ingest(
+            "/webhooks/whatsapp",
+            &fixture("whatsapp_messages_text.json"),
+        )
+        .await[0];
+    app.wait_status(msg, "processed").await;
+    let sent: Value =
+        serde_json::from_slice(&graph.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(
+        (sent["messaging_product"].as_str(), sent["to"].as_str()),
+        (Some("whatsapp"), Some("351912345678"))
+    );
+    let status = |wamid: &str, st: &str, ts: &str| {
+        fixture("whatsapp_statuses_failed.json")
+            .replace(
+                "wamid.HBgMMzUxOTEyMzQ1Njc4FQIAERgSNzE2QzE3MjA5QkM1QjNBRTREAA==",
+                wamid,
+            )
+            .replace("\"failed\"", &format!("\"{st}\""))
+            .replace("1785500631", ts)
+    };
+    for (st, ts) in [
+        ("delivered", "1785500700"),
+        ("sent", "1785500600"),
+        ("read", "1785500800"),
+    ] {
+        let id = app
+            .ingest("/webhooks/whatsapp", &status("wamid.REPLY1", st, ts))
+            .await[0];
+        let row = app.wait_status(id, "processed").await;
+        assert_eq!(
+            (row.outcome.as_deref(), row.integration_id),
+            (Some("recorded"), Some(cloud))
+        );
+    }
+    let reply = outbound(&app, msg).await;
+    assert_eq!(
+        reply.provider_status.as_deref(),
+        Some("read"),
+        "a late `sent` never moves it back"
+    );
+    let id = app
+        .ingest(
+            "/webhooks/whatsapp",
+            &status("wamid.REPLY1", "failed", "1785500900"),
+        )
+        .await[0];
+    app.wait_status(id, "processed").await;
+    let reply = outbound(&app, msg).await;
+    assert_eq!(reply.provider_status.as_deref(), Some("failed"));
+    assert!(reply.provider_error.unwrap().contains("131047"));
+
+    // Bridge: reply delivered by callback, whose receiver answered the message id; the
+    // Bridge's message.sent (which names no from_number) finds it by that id.
+    let received = app
+        .ingest("bridge", &fixture("bridge_message_received.json"))
+        .await[0];
+    app.wait_status(received, "processed").await;
+    assert_eq!(
+        outbound(&app, received)
+            .await
+            .provider_message_id
+            .as_deref(),
+        Some("wamid.out_001")
+    );
+    let sent_id = app
+        .ingest("bridge", &fixture("bridge_message_sent.json"))
+        .await[0];
+    let row = app.wait_status(sent_id, "processed").await;
+    assert_eq!(
+        row.integration_id,
+        Some(bridge),
+        "routed by the outbound reply's message id"
+    );
+    assert_eq!(
+        outbound(&app, received).await.provider_status.as_deref(),
+        Some("sent")
+    );
+    app.stop().await;
+}
+
+async fn chat_app(server: &MockServer, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = env_of(&[
+        ("REPLY_LLM_URL", &format!("{}/v1", server.uri())),
+        ("REPLY_LLM_MODEL", "test-model"),
+        ("REPLY_LLM_API_KEY", "sk-test-key"),
+    ]);
+    env.extend(env_of(extra));
+    spawn_app(Options {
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_llm_writes_the_reply_from_prompt_comment_and_caption() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", "Bearer sk-test-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "  Yes, it is waterproof!  "}, "finish_reason": "stop"}]})))
+        .mount(&server)
+        .await;
+    let app = chat_app(&server, &[]).await;
+    let id = app
+        .ingest(
+            "/webhooks/instagram",
+            &compact("llm_1", "Is it waterproof?"),
+        )
+        .await[0];
+    let row = app.wait_status(id, "processed").await;
+    assert_eq!(row.reply_text.as_deref(), Some("Yes, it is waterproof!"));
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 1, "generated once");
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert!(
+        body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("friendly community manager")
+    );
+    let user = body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        user.contains("Is it waterproof?") && user.contains("Our new spring jacket"),
+        "{user}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn llm_failures_are_retried_unless_the_request_is_invalid() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"choices": [{"message": {"content": "Second time lucky"}}]}),
+        ))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = chat_app(&server, &[]).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("llm_retry", "Hello?"))
+        .await[0];
+    let row = app.wait_status(id, "processed").await;
+    assert_eq!(
+        (row.reply_text.as_deref(), row.attempts),
+        (Some("Second time lucky"), 2)
+    );
+    app.stop().await;
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(serde_json::json!({"error": {"message": "model not found"}})),
+        )
+        .mount(&server)
+        .await;
+    let app = chat_app(&server, &[]).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("llm_bad", "Hello?"))
+        .await[0];
+    let row = app.wait_status(id, "dead_letter").await;
+    let msg = row.error_message.unwrap();
+    assert!(
+        msg.contains("400") && msg.contains("model not found"),
+        "{msg}"
+    );
+    assert_eq!(row.attempts, 1, "an invalid request is not retried");
+    assert!(
+        row.reply_text.is_none(),
+        "no silent fallback to the template"
+    );
+    app.stop().await;
+}
+
+/// The limits are counted in the database under a per-endpoint lock: a claim past them
+/// is deferred without using a try.
+#[tokio::test]
+async fn endpoint_limits_defer_claims() {
+    let app = spawn_app(Options {
+        env: delivery_env(),
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    set_delivery(
+        app.pool(),
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some("http://127.0.0.1:9/hook"),
+    )
+    .await;
+    let dir = PgDirectory {
+        pool: app.pool().clone(),
+    };
+    let integration = dir
+        .integration_by_account("instagram", DEMO_IG_ACCOUNT)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut replies = Vec::new();
+    for i in 0..3 {
+        let id = app
+            .ingest("/webhooks/instagram", &compact(&format!("lim_{i}"), "hi"))
+            .await[0];
+        sqlx::query(
+            "UPDATE webhook_logs SET status = 'processing', reply_text = 'r' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+        let mut tx = app.pool().begin().await.unwrap();
+        store::stage(&mut tx, id, Some(integration.id), ReplyDelivery::Callback)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let log = hookq_core::logs::get(app.pool(), id)
+            .await
+            .unwrap()
+            .unwrap();
+        let reply = outbound(&app, id).await;
+        let target = Target::build(&log, &reply, &integration, "http://unused").unwrap();
+        replies.push((reply, target));
+    }
+    let one_in_flight = Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    };
+    let claim = |i: usize, limits: Limits| {
+        let (reply, target) = &replies[i];
+        let pool = app.pool().clone();
+        async move {
+            store::claim(&pool, reply, target, None, &limits)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(claim(0, one_in_flight).await, Claim::Claimed(_)));
+    match claim(1, one_in_flight).await {
+        Claim::Deferred(d) => assert!(d < Duration::from_secs(1), "{d:?}"),
+        other => panic!("expected a deferral, got {other:?}"),
+    }
+    let two_a_minute = Limits {
+        per_window: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(claim(1, two_a_minute).await, Claim::Claimed(_)));
+    match claim(2, two_a_minute).await {
+        Claim::Deferred(d) => assert!(
+            d > Duration::from_secs(50),
+            "waits for the window to roll: {d:?}"
+        ),
+        other => panic!("expected a deferral, got {other:?}"),
+    }
+    assert_eq!(
+        outbound(&app, replies[2].0.log_id).await.attempts,
+        0,
+        "a deferral uses no try"
+    );
+    // A claimed reply cannot be claimed twice.
+    assert_eq!(claim(0, Limits::default()).await, Claim::NotDue);
+    app.stop().await;
+}

@@ -1,0 +1,390 @@
+//! Every inbound event type (issue 4), from a realistic payload through the real API and
+//! worker, to the status and outcome the contract gives it; batches that mix types; and
+//! connection statuses kept per connection.
+
+mod common;
+
+use common::*;
+use hookq_core::{delivery, demo::DEMO_IG_ACCOUNT};
+
+const FB_PAGE: &str = "448242228374517";
+const WA_PHONE_ID: &str = "106540352242922";
+const BRIDGE_NUMBER: &str = "+0987654321";
+
+/// (route, fixture, event_type, status, outcome, skip_reason)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+const IG: &str = "/webhooks/instagram";
+const WA: &str = "/webhooks/whatsapp";
+const BRIDGE: &str = "bridge";
+
+const CASES: &[Case] = &[
+    (
+        IG,
+        "compact_comment.json",
+        "comment",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_comments.json",
+        "comment",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_live_comments.json",
+        "live_comment",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_mentions_in_comment.json",
+        "mention",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_message.json",
+        "message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_story_reply.json",
+        "message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_attachment.json",
+        "message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_echo.json",
+        "message_echo",
+        "processed",
+        "skipped",
+        Some("own_message"),
+    ),
+    (
+        IG,
+        "ig_message_reactions.json",
+        "message_reaction",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_postbacks.json",
+        "messaging_postback",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_referral.json",
+        "messaging_referral",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        IG,
+        "ig_messaging_seen.json",
+        "messaging_seen",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        IG,
+        "ig_unknown_field.json",
+        "unknown:story_insights",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        IG,
+        "messenger_page_message.json",
+        "message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        IG,
+        "fb_feed_comment.json",
+        "feed_comment",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        WA,
+        "whatsapp_messages_text.json",
+        "whatsapp_message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        WA,
+        "whatsapp_messages_image_user_id.json",
+        "whatsapp_message",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        WA,
+        "whatsapp_statuses_delivered.json",
+        "whatsapp_status",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        WA,
+        "whatsapp_statuses_failed.json",
+        "whatsapp_status",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        BRIDGE,
+        "bridge_message_received.json",
+        "message.received",
+        "processed",
+        "replied",
+        None,
+    ),
+    (
+        BRIDGE,
+        "bridge_message_sent.json",
+        "message.sent",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        BRIDGE,
+        "bridge_message_failed.json",
+        "message.failed",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        BRIDGE,
+        "bridge_connection_status.json",
+        "connection.status",
+        "processed",
+        "recorded",
+        None,
+    ),
+    (
+        BRIDGE,
+        "bridge_unknown_event.json",
+        "unknown:group.joined",
+        "processed",
+        "recorded",
+        None,
+    ),
+];
+
+async fn app_with_every_account() -> TestApp {
+    let app = spawn_app(Options::default()).await;
+    add_integration(app.pool(), "facebook", FB_PAGE).await;
+    add_integration(app.pool(), "whatsapp", WA_PHONE_ID).await;
+    add_integration(app.pool(), "whatsapp", BRIDGE_NUMBER).await;
+    app
+}
+
+#[tokio::test]
+async fn every_event_type_reaches_its_outcome() {
+    let app = app_with_every_account().await;
+    // Post everything first, then wait: the worker runs them concurrently.
+    let mut posted = Vec::new();
+    for case in CASES {
+        let ids = app.ingest(case.0, &fixture(case.1)).await;
+        assert_eq!(ids.len(), 1, "{}: one event", case.1);
+        posted.push((ids[0], case));
+    }
+    for (id, &(_, file, event_type, status, outcome, skip)) in posted {
+        let row = app.wait_finished(id).await;
+        assert_eq!(row.event_type, event_type, "{file}");
+        assert_eq!(row.status, status, "{file}: {:?}", row.error_message);
+        assert_eq!(row.outcome.as_deref(), Some(outcome), "{file}");
+        assert_eq!(row.skip_reason.as_deref(), skip, "{file}");
+        match outcome {
+            "replied" => assert!(
+                row.reply_text.as_deref().is_some_and(|r| !r.is_empty()),
+                "{file}"
+            ),
+            _ => assert!(row.reply_text.is_none(), "{file}"),
+        }
+        // Events with a known account carry its integration, recorded ones included.
+        let expects_integration = !matches!(
+            file,
+            "bridge_message_sent.json"
+                | "bridge_connection_status.json"
+                | "bridge_unknown_event.json"
+        );
+        assert_eq!(row.integration_id.is_some(), expects_integration, "{file}");
+        assert_eq!(row.attempts, 1, "{file}");
+    }
+
+    // Postbacks and referrals keep their payload/ref fields.
+    let kept: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload FROM webhook_logs WHERE event_type IN ('messaging_postback', 'messaging_referral') ORDER BY event_type",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        kept[0]["entry"][0]["messaging"][0]["postback"]["payload"],
+        "ICEBREAKER_TRACK_ORDER"
+    );
+    assert_eq!(
+        kept[1]["entry"][0]["messaging"][0]["referral"]["ref"],
+        "summer_sale_2026"
+    );
+
+    // A Cloud API message whose `from` is empty is answered to its `user_id`.
+    let sender: Option<String> = sqlx::query_scalar(
+        "SELECT sender_id FROM webhook_logs WHERE dedup_key LIKE 'wa:message:%' AND message_text LIKE 'Does this%'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(sender.as_deref(), Some("US.13491208655302741918"));
+
+    // The connection status is visible per connection.
+    let statuses = delivery::latest_connection_statuses(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(
+        (
+            statuses[0].connection_key.as_str(),
+            statuses[0].status.as_str()
+        ),
+        ("session_abc", "connected")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_mixing_types_makes_one_log_per_item() {
+    let app = spawn_app(Options::default()).await;
+    let comment = |id: &str| {
+        serde_json::json!({"field": "comments", "value": {
+            "from": {"id": "u1", "username": "ana"}, "media": {"id": "m1"}, "id": id, "text": "Nice!"}})
+    };
+    let messaging = serde_json::json!([
+        {"sender": {"id": "u2"}, "recipient": {"id": DEMO_IG_ACCOUNT}, "timestamp": 1785413500911_i64,
+         "message": {"mid": "mid.batch.1", "text": "Hello there"}},
+        {"sender": {"id": "u2"}, "recipient": {"id": DEMO_IG_ACCOUNT}, "timestamp": 1785413500999_i64,
+         "reaction": {"mid": "mid.batch.1", "action": "react", "reaction": "love", "emoji": "❤"}},
+        {"sender": {"id": "u2"}, "recipient": {"id": DEMO_IG_ACCOUNT}, "timestamp": 1785413501000_i64,
+         "read": {"mid": "mid.batch.1"}}
+    ]);
+    let body = serde_json::json!({"object": "instagram", "entry": [
+        {"id": DEMO_IG_ACCOUNT, "time": 1785412861, "changes": [
+            comment("batch_c1"),
+            {"field": "story_insights", "value": {"media_id": "1", "reach": 2}},
+            comment("batch_c2")]},
+        {"id": DEMO_IG_ACCOUNT, "time": 1785412862, "messaging": messaging}
+    ]})
+    .to_string();
+    let ids = app.ingest(IG, &body).await;
+    assert_eq!(ids.len(), 6);
+    let expected = [
+        ("comment", "replied"),
+        ("unknown:story_insights", "recorded"),
+        ("comment", "replied"),
+        ("message", "replied"),
+        ("message_reaction", "recorded"),
+        ("messaging_seen", "recorded"),
+    ];
+    for (id, (event_type, outcome)) in ids.iter().zip(expected) {
+        let row = app.wait_status(*id, "processed").await;
+        assert_eq!(
+            (row.event_type.as_str(), row.outcome.as_deref()),
+            (event_type, Some(outcome))
+        );
+    }
+    // The same batch again is all duplicates: nothing new stored or replied.
+    let (status, ack) = json(app.post_instagram(&body).await).await;
+    assert_eq!(
+        (status, ack["accepted"].as_i64(), ack["duplicates"].as_i64()),
+        (200, Some(0), Some(6))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connection_status_keeps_the_newest_report_per_connection() {
+    let app = spawn_app(Options::default()).await;
+    let number = add_integration(app.pool(), "whatsapp", "+351910000000").await;
+    let event = |ts: &str, status: &str| {
+        serde_json::json!({"event_type": "connection.status", "timestamp": ts,
+            "data": {"status": status, "session_id": "session_x", "phone_number": "+351910000000"}})
+        .to_string()
+    };
+    for (ts, status) in [
+        ("2024-01-15T10:00:00Z", "connected"),
+        ("2024-01-15T11:00:00Z", "disconnected"),
+        ("2024-01-15T09:00:00Z", "connecting"),
+    ] {
+        let id = app.ingest(BRIDGE, &event(ts, status)).await[0];
+        let row = app.wait_status(id, "processed").await;
+        assert_eq!(row.outcome.as_deref(), Some("recorded"));
+        assert_eq!(
+            row.integration_id,
+            Some(number),
+            "attached through the phone number"
+        );
+    }
+    let statuses = delivery::latest_connection_statuses(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), 1);
+    let s = &statuses[0];
+    assert_eq!(
+        (s.connection_key.as_str(), s.status.as_str()),
+        ("+351910000000", "disconnected"),
+        "an older report never wins"
+    );
+    assert_eq!(s.session_id.as_deref(), Some("session_x"));
+    assert_eq!(s.integration_id, Some(number));
+    app.stop().await;
+}
