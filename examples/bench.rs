@@ -113,6 +113,11 @@ async fn queue_bench() -> anyhow::Result<()> {
         let _ = rx.wait_for(|v| *v).await;
     }));
     let t1 = Instant::now();
+    // Wait on the in-process counter first (polling the table would load the server
+    // being measured), then for the last outcomes to be written.
+    while done.load(Ordering::Relaxed) < n && t1.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs").fetch_one(&pool).await?;
         if left == 0 {

@@ -275,17 +275,22 @@ pub struct MinuteBucket {
 /// Received / processed / failed per minute over the last `minutes` minutes, every
 /// minute present (zeros included), oldest first. Three index range scans.
 pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Vec<MinuteBucket>> {
+    // The window start is written out in each branch rather than shared through a CTE:
+    // a CTE joined in made the planner run the whole join around it (350 ms at 1M rows
+    // instead of 4 ms).
     Ok(sqlx::query_as(
-        "WITH span AS (SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS start),
-         r AS (SELECT date_trunc('minute', received_at) AS m, count(*) AS n FROM webhook_logs, span
-               WHERE received_at >= span.start GROUP BY 1),
-         p AS (SELECT date_trunc('minute', processed_at) AS m, count(*) AS n FROM webhook_logs, span
-               WHERE status = 'processed' AND processed_at >= span.start GROUP BY 1),
-         f AS (SELECT date_trunc('minute', updated_at) AS m, count(*) AS n FROM webhook_logs, span
-               WHERE updated_at >= span.start AND status IN ('failed', 'dead_letter') GROUP BY 1)
+        "WITH r AS (SELECT date_trunc('minute', received_at) AS m, count(*) AS n FROM webhook_logs
+               WHERE received_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1) GROUP BY 1),
+         p AS (SELECT date_trunc('minute', processed_at) AS m, count(*) AS n FROM webhook_logs
+               WHERE status = 'processed'
+                 AND processed_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1) GROUP BY 1),
+         f AS (SELECT date_trunc('minute', updated_at) AS m, count(*) AS n FROM webhook_logs
+               WHERE updated_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1)
+                 AND status IN ('failed', 'dead_letter') GROUP BY 1)
          SELECT g.m AS minute, coalesce(r.n, 0) AS received, coalesce(p.n, 0) AS processed,
                 coalesce(f.n, 0) AS failed
-         FROM span, generate_series(span.start, date_trunc('minute', now()), interval '1 minute') AS g(m)
+         FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1),
+                              date_trunc('minute', now()), interval '1 minute') AS g(m)
          LEFT JOIN r ON r.m = g.m LEFT JOIN p ON p.m = g.m LEFT JOIN f ON f.m = g.m
          ORDER BY g.m",
     )

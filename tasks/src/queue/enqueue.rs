@@ -127,6 +127,9 @@ impl Notifier {
     /// Starts the sending task on the current Tokio runtime; it ends when every clone
     /// of the notifier is dropped.
     pub fn spawn(pool: PgPool) -> Self {
+        // A NOTIFY-only transaction still gets an XID and, with synchronous commit, waits
+        // for a WAL flush: a hint need not.
+        let pool = super::async_commit_pool(&pool, 1);
         let wanted = Arc::new(Notify::new());
         let own = Arc::clone(&wanted);
         tokio::spawn(async move {

@@ -30,6 +30,25 @@ pub use handler::{JobContext, JobError};
 pub use record::{AttemptError, JobRecord, JobStatus, QueueStats, get_job, queue_stats};
 pub use worker::{WorkerOptions, Workers};
 
+/// A pool over the same database whose sessions commit with `synchronous_commit = off`,
+/// for the queue's own bookkeeping: claims, lease renewals, sweeps, outcome writes and
+/// NOTIFYs. Losing the last few milliseconds of those in a server crash only means a
+/// job runs again once its lease expires (at-least-once execution allows it) or a
+/// worker waits for its next poll; it saves a WAL flush on every claim, outcome batch
+/// and wake-up. Enqueues and the handlers' own writes (the caller's pool) stay fully
+/// synchronous.
+pub(crate) fn async_commit_pool(pool: &sqlx::PgPool, max_connections: u32) -> sqlx::PgPool {
+    let opts = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .test_before_acquire(true)
+        .connect_lazy_with(opts)
+}
+
 /// A job's id: the `queue_jobs` row id, kept when the job moves to the archive.
 pub type JobId = i64;
 

@@ -164,24 +164,6 @@ impl Runtime {
     }
 }
 
-/// The pool the runtime's own statements use: claims, lease renewals, sweeps and
-/// outcome writes commit with `synchronous_commit = off`. Losing the last few
-/// milliseconds of those in a server crash only means a job runs again once its lease
-/// expires, which at-least-once execution already allows; it saves a WAL flush per
-/// claim and per outcome batch. Enqueues and the handlers' own writes (the caller's
-/// pool) stay fully synchronous.
-fn bookkeeping_pool(pool: &PgPool) -> PgPool {
-    let opts = (*pool.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off")]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(6)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(true)
-        .connect_lazy_with(opts)
-}
-
 /// The worker runtime of one process.
 pub struct Workers {
     pool: PgPool,
@@ -263,7 +245,7 @@ impl Workers {
         let concurrency = opts.concurrency.max(1);
         let (outcomes, outcome_rx) = tokio::sync::mpsc::unbounded_channel();
         let rt = Arc::new(Runtime {
-            pool: bookkeeping_pool(&pool),
+            pool: super::async_commit_pool(&pool, 6),
             worker_id: format!("{}:{}", opts.worker_name, uuid::Uuid::new_v4().simple()),
             table: Arc::new(table),
             hooked: hooks.keys().map(|k| k.to_string()).collect(),
