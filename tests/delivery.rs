@@ -195,6 +195,37 @@ async fn retries_run_out_into_dead_letter() {
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
     assert_eq!(outbound(&app, id).await.status, "failed");
     assert!(row.reply_text.is_some(), "the reply is kept for a resend");
+
+    // The operator sees every attempt with the log, and /metrics counts them.
+    let (status, detail) = json(
+        app.http
+            .get(format!("{}/api/webhook-logs/{id}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{detail}");
+    let d = &detail["delivery"];
+    assert_eq!(d["kind"], "callback");
+    assert_eq!(d["status"], "failed");
+    let tries = d["attempts"].as_array().unwrap();
+    assert_eq!(tries.len(), 4);
+    assert!(tries.iter().all(|t| t["status_code"] == 500 && t["state"] == "failed"));
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hookq_delivery_attempts_recent{kind=\"callback\",result=\"500\"} 4"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

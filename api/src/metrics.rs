@@ -147,6 +147,7 @@ async fn render(
     let since = stats::db_now(pool).await? - chrono::Duration::minutes(WINDOW_MINUTES);
     let timing = stats::timing(pool, since).await?;
     let buckets = processing_buckets(pool, since).await?;
+    let deliveries = stats::delivery_results(pool, since).await?;
 
     let w = &mut out;
     writeln!(
@@ -251,6 +252,20 @@ async fn render(
         "hookq_attempts_recent {}",
         timing.mean_attempts.unwrap_or(0.0)
     )?;
+
+    writeln!(
+        w,
+        "# HELP hookq_delivery_attempts_recent Reply delivery attempts started in the last {WINDOW_MINUTES} minutes, by kind and result (HTTP status code, or failed/unknown/in_flight without one)."
+    )?;
+    writeln!(w, "# TYPE hookq_delivery_attempts_recent gauge")?;
+    for (kind, result, n) in &deliveries {
+        writeln!(
+            w,
+            "hookq_delivery_attempts_recent{{kind=\"{}\",result=\"{}\"}} {n}",
+            label(kind),
+            label(result)
+        )?;
+    }
 
     writeln!(
         w,

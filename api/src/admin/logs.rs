@@ -119,10 +119,74 @@ pub struct LogDetail {
     /// The processing job, with each failed run's error (absent once the archive has
     /// pruned it).
     pub job: Option<Job>,
+    /// The reply's delivery (`callback` / `graph_api` integrations), with every attempt.
+    pub delivery: Option<Delivery>,
+}
+
+/// Where a reply is on its way out.
+#[derive(Debug, Clone, Object)]
+pub struct Delivery {
+    /// `callback` or `graph_api`.
+    pub kind: String,
+    /// Stable for the log: receivers dedupe on it, resends reuse it.
+    pub webhook_id: String,
+    /// `pending`, `sending`, `retrying`, `delivered`, `failed` or `unknown`.
+    pub status: String,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The platform's id for the sent message, and what it later reported about it.
+    pub provider_message_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub provider_error: Option<String>,
+    pub attempts: Vec<DeliveryAttemptView>,
+}
+
+/// One request hookq made to deliver a reply.
+#[derive(Debug, Clone, Object)]
+pub struct DeliveryAttemptView {
+    pub attempt: i32,
+    /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
+    pub state: String,
+    pub url: String,
+    pub status_code: Option<i32>,
+    pub duration_ms: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    fn new(r: hookq_core::delivery::OutboundReply, attempts: Vec<hookq_core::delivery::DeliveryAttempt>) -> Self {
+        Delivery {
+            kind: r.kind,
+            webhook_id: r.webhook_id,
+            status: r.status,
+            last_error: r.last_error,
+            next_attempt_at: r.next_attempt_at,
+            delivered_at: r.delivered_at,
+            provider_message_id: r.provider_message_id,
+            provider_status: r.provider_status,
+            provider_error: r.provider_error,
+            attempts: attempts
+                .into_iter()
+                .map(|a| DeliveryAttemptView {
+                    attempt: a.attempt,
+                    state: a.state,
+                    url: a.url,
+                    status_code: a.status_code,
+                    duration_ms: a.duration_ms,
+                    error: a.error,
+                    started_at: a.started_at,
+                    finished_at: a.finished_at,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl LogDetail {
-    fn new(l: LogRow, job: Option<Job>) -> Self {
+    fn new(l: LogRow, job: Option<Job>, delivery: Option<Delivery>) -> Self {
         LogDetail {
             id: l.id,
             dedup_key: l.dedup_key,
@@ -156,6 +220,7 @@ impl LogDetail {
             correlation_id: l.correlation_id,
             updated_at: l.updated_at,
             job,
+            delivery,
         }
     }
 }
@@ -495,7 +560,14 @@ impl LogsApi {
             Some(job_id) => queue::get_job(&state.pool, job_id).await?.map(Job::from),
             None => None,
         };
-        Ok(Json(LogDetail::new(log, job)))
+        let delivery = match hookq_core::delivery::outbound_reply(&state.pool, log.id).await? {
+            Some(reply) => {
+                let attempts = hookq_core::delivery::delivery_attempts(&state.pool, log.id).await?;
+                Some(Delivery::new(reply, attempts))
+            }
+            None => None,
+        };
+        Ok(Json(LogDetail::new(log, job, delivery)))
     }
 
     /// Puts a `failed` or `dead_letter` log back to `pending` with a new job, in one

@@ -1,0 +1,2 @@
+-- /metrics reads delivery results over a recent window.
+CREATE INDEX delivery_attempts_started ON delivery_attempts (started_at);
