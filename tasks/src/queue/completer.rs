@@ -190,7 +190,8 @@ async fn write(
                 INSERT INTO queue_jobs_done (id, task_name, payload, status, priority, run_at, attempts,
                     max_attempts, unique_key, last_error, errors, result, created_at, started_at,
                     dead_letter_pending)
-                SELECT id, task_name, payload,
+                SELECT id, task_name,
+                    CASE WHEN new_error IS NULL THEN NULL ELSE payload END,
                     CASE WHEN new_error IS NULL THEN 'completed' ELSE 'dead' END::queue_job_status,
                     priority, run_at, attempts, max_attempts, unique_key,
                     coalesce(new_error, last_error),
