@@ -34,6 +34,14 @@ fn pause_after(failures: u32) -> Duration {
     Duration::from_millis(200 * u64::from(failures.clamp(1, 25)))
 }
 
+/// The longest a claim waits for more slots to free up while other jobs run.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+
+/// Free slots worth a claim of their own while other jobs still run.
+fn claim_threshold(concurrency: usize) -> usize {
+    (concurrency / 4).max(1)
+}
+
 /// Claims jobs while there are free slots and ready jobs, hands them to the apalis
 /// backend through `tx`, and otherwise waits for a NOTIFY, a finished job or the poll
 /// interval. Stops between claims (never during one, which could strand claimed rows)
@@ -57,6 +65,21 @@ pub(crate) async fn run(
             }
             continue;
         }
+        // While other jobs run, let a few slots free up before claiming, so a stream of
+        // short jobs costs one claim per batch rather than one per job. An idle worker
+        // (every slot free) claims at once, and the wait is bounded.
+        let threshold = claim_threshold(rt.opts.concurrency);
+        if free < threshold {
+            let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+            while rt.free_slots() < threshold {
+                tokio::select! {
+                    () = rt.slot_freed.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+        let free = rt.free_slots();
         match claim(&rt, &names, free).await {
             Ok(jobs) => {
                 failures = 0;
