@@ -3,7 +3,9 @@
 //! `bench queue` measures the queue alone against `DATABASE_URL`: no-op jobs enqueued in
 //! batches of 1,000 (`enqueue_batch_per_s`), that pre-filled queue drained by one worker
 //! process (`process_per_s`), and idle enqueue → completion committed latency
-//! (`p50_ms`, `p99_ms`). `bench cluster-start DIR` / `cluster-stop DIR` run a throwaway
+//! (`p50_ms`, `p99_ms`). `bench webhook-latency URL` posts one signed compact comment at
+//! a time to a running API with idle workers and times it from the request until its log
+//! is `processed` (`webhook_p50_ms`, `webhook_p99_ms`). `bench cluster-start DIR` / `cluster-stop DIR` run a throwaway
 //! durable PostgreSQL; `bench reset` empties the tables and loads the demo data.
 
 use std::{
@@ -55,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
             sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
         }
         Some("queue") => queue_bench().await?,
-        _ => anyhow::bail!("usage: bench queue | reset | cluster-start DIR | cluster-stop DIR"),
+        Some("webhook-latency") => webhook_latency(args.get(1).map(String::as_str).unwrap_or("http://127.0.0.1:8080")).await?,
+        _ => anyhow::bail!("usage: bench queue | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"),
     }
     Ok(())
 }
@@ -168,5 +171,57 @@ async fn queue_bench() -> anyhow::Result<()> {
         p(0.5),
         p(0.99)
     );
+    Ok(())
+}
+
+/// Idle webhook → `processed`: one signed compact comment at a time (the next one only
+/// after a pause once the last is done), timed from sending the request until the log's
+/// status reads `processed` in the database.
+async fn webhook_latency(url: &str) -> anyhow::Result<()> {
+    let samples = env_u64("LAT_SAMPLES", 300).min(200);
+    let secret = std::env::var("META_APP_SECRET")?;
+    let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 2).await?;
+    let http = reqwest::Client::new();
+    let run = std::process::id();
+    let mut lat = Vec::with_capacity(samples as usize);
+    for i in 0..samples {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let body = serde_json::json!({
+            "entry": [{"changes": [{"value": {
+                "post_id": "post_123", "item": "comment", "comment_id": format!("lat_{run}_{i}"),
+                "sender_id": "user_456", "sender_name": "Latency", "message": "How fast is this?",
+                "created_time": 1625097600}}]}],
+            "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"})
+        .to_string();
+        let sig = format!("sha256={}", hookq_core::signature::hmac_hex(secret.as_bytes(), body.as_bytes()));
+        let t = Instant::now();
+        let ack: serde_json::Value = http
+            .post(format!("{url}/webhooks/instagram"))
+            .header("Content-Type", "application/json")
+            .header("X-Hub-Signature-256", sig)
+            .body(body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = ack["ids"][0].as_i64().ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
+        loop {
+            let status: String = sqlx::query_scalar("SELECT status FROM webhook_logs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await?;
+            if status == "processed" {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("webhook latency sample {i} is still {status} after 30 s");
+            }
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    println!("webhook webhook_p50_ms={:.2} webhook_p99_ms={:.2}", p(0.5), p(0.99));
     Ok(())
 }

@@ -73,9 +73,17 @@ pub async fn serve_api(
     Ok(())
 }
 
+/// Connections of one worker process. A comment holds a connection only for its two
+/// statements (the start, and the reply with its commit), so a quarter of the jobs in
+/// flight covers them; more connections only add Postgres backends competing for the
+/// same cores and WAL flushes. Plus headroom for the lease, sweep and NOTIFY tasks.
+fn worker_pool_size(max_async_tasks: usize) -> u32 {
+    u32::try_from((max_async_tasks / 4).clamp(4, 16) + 4).unwrap_or(20)
+}
+
 /// One worker process (what the supervisor runs `TASKIQ_WORKERS` of).
 pub async fn worker_process(config: Config) -> Result<()> {
-    let pool = connect(&config, config.max_async_tasks as u32 + 4).await?;
+    let pool = connect(&config, worker_pool_size(config.max_async_tasks)).await?;
     hookq_tasks::worker::run(pool, &config, shutdown_signal()).await?;
     Ok(())
 }

@@ -8,7 +8,9 @@ pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod ratelimit;
 pub mod signed;
+pub mod slowloris;
 pub mod state;
 pub mod webhooks;
 
@@ -75,6 +77,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/dashboard", dashboard::routes())
         .nest("/", api)
         .around(metrics::count_webhooks)
+        .around(signed::limit_body)
+        .with(ratelimit::RateLimiter::new(state.config.rate_limits))
         .data(state)
         .data(ops)
         .catch_all_error(error::render_any)
@@ -86,7 +90,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?)
+    let acceptor = slowloris::GuardedAcceptor::new(
+        TcpAcceptor::from_tokio(listener)?,
+        state.config.header_read_timeout,
+    );
+    Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(30)))
         .await
 }

@@ -134,10 +134,20 @@ impl<'a, R: SignedRoute> ApiExtractor<'a> for SignedBody<R> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large().into());
         }
-        let bytes = body
-            .take()?
-            .into_bytes_limit(limit)
+        // A sender that dribbles its body (slow loris) is cut off at the deadline.
+        let read_timeout = state.config.body_read_timeout;
+        let bytes = tokio::time::timeout(read_timeout, body.take()?.into_bytes_limit(limit))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the body did not arrive within {} s (HOOKQ_BODY_READ_TIMEOUT)",
+                        read_timeout.as_secs_f64()
+                    ),
+                )
+            })?
             .map_err(|e| match e {
                 ReadBodyError::PayloadTooLarge => too_large(),
                 other => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", other.to_string()),
@@ -150,4 +160,54 @@ impl<'a, R: SignedRoute> ApiExtractor<'a> for SignedBody<R> {
             _route: PhantomData,
         })
     }
+}
+
+/// Middleware for every other route with a body (the admin API, the dashboard): the body
+/// is read up front under the same limit and deadline as a webhook's, so no route reads
+/// an unbounded body into memory (poem-openapi's JSON payloads have no limit of their
+/// own). The webhook routes read theirs in [`SignedBody`], after the signature header
+/// check.
+pub async fn limit_body<E: poem::Endpoint>(
+    next: E,
+    mut req: Request,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    if req.uri().path().starts_with("/webhooks/") {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
+    let Some(config) = req.data::<AppState>().map(|s| s.config.clone()) else {
+        return next.call(req).await.map(IntoResponse::into_response);
+    };
+    let limit = config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().into());
+    }
+    let body = req.take_body();
+    let bytes = tokio::time::timeout(config.body_read_timeout, body.into_bytes_limit(limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive in time (HOOKQ_BODY_READ_TIMEOUT)",
+            )
+        })?
+        .map_err(|e| match e {
+            ReadBodyError::PayloadTooLarge => too_large(),
+            other => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", other.to_string()),
+        })?;
+    req.set_body(bytes);
+    next.call(req).await.map(IntoResponse::into_response)
 }

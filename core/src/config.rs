@@ -101,6 +101,51 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub delivery_backoff: Vec<Duration>,
+    /// Per-source request limits by route group (`HOOKQ_RATE_LIMIT_*`); all off by default.
+    pub rate_limits: RateLimits,
+    /// `HOOKQ_HEADER_READ_TIMEOUT`: a request's headers must arrive within this long of
+    /// its first byte (or of the connection's opening), else the connection is dropped.
+    pub header_read_timeout: Duration,
+    /// `HOOKQ_BODY_READ_TIMEOUT`: a webhook body must arrive within this long (408).
+    pub body_read_timeout: Duration,
+}
+
+/// `N/s`, `N/min` or `N/h` requests per source (client address) for one route group;
+/// bursts up to `N` are allowed, then requests are refilled evenly over the period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+/// Rate limits by route group. `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateLimits {
+    /// `HOOKQ_RATE_LIMIT_WEBHOOKS`: `/webhooks/*`.
+    pub webhooks: Option<RateLimit>,
+    /// `HOOKQ_RATE_LIMIT_API`: `/api/*` and `/dashboard`.
+    pub api: Option<RateLimit>,
+    /// `HOOKQ_RATE_LIMIT_OTHER`: everything else (`/health`, `/metrics`, `/docs`, …).
+    pub other: Option<RateLimit>,
+}
+
+/// `100/s`, `6000/min`, `10000/h` (also `/second`, `/m`, `/minute`, `/hour`); `off`, `0`
+/// or empty for no limit.
+pub fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, String> {
+    let s = s.trim();
+    if matches!(s.to_ascii_lowercase().as_str(), "" | "0" | "off" | "none") {
+        return Ok(None);
+    }
+    let err = || format!("`{s}` is not a rate like 100/s, 6000/min or 10000/h (or `off`)");
+    let (n, unit) = s.split_once('/').ok_or_else(err)?;
+    let requests: u32 = n.trim().parse().map_err(|_| err())?;
+    let per = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(err()),
+    };
+    Ok((requests > 0).then_some(RateLimit { requests, per }))
 }
 
 /// A variable that is set but unusable. Start-up stops with this one line.
@@ -227,6 +272,17 @@ impl Config {
             log_format,
             max_body_bytes: parse_or(&get, "HOOKQ_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
             delivery_backoff,
+            rate_limits: RateLimits {
+                webhooks: rate(&get, "HOOKQ_RATE_LIMIT_WEBHOOKS")?,
+                api: rate(&get, "HOOKQ_RATE_LIMIT_API")?,
+                other: rate(&get, "HOOKQ_RATE_LIMIT_OTHER")?,
+            },
+            header_read_timeout: duration(
+                &get,
+                "HOOKQ_HEADER_READ_TIMEOUT",
+                Duration::from_secs(15),
+            )?,
+            body_read_timeout: duration(&get, "HOOKQ_BODY_READ_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 
@@ -264,6 +320,34 @@ fn parse_bool(
             var,
             format!("expected true/false, got `{other}`"),
         )),
+    }
+}
+
+fn rate(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<RateLimit>, ConfigError> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) => parse_rate_limit(&v).map_err(|r| ConfigError::invalid(var, r)),
+    }
+}
+
+/// One positive duration (`15s`, `500ms`, bare seconds).
+fn duration(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match parse_backoff(&v).map_err(|r| ConfigError::invalid(var, r))?[..] {
+            [d] if !d.is_zero() => Ok(d),
+            _ => Err(ConfigError::invalid(
+                var,
+                format!("`{v}`: expected one positive duration like 15s"),
+            )),
+        },
     }
 }
 
@@ -346,6 +430,35 @@ mod tests {
         assert_eq!(o.get_port(), 5433);
         assert_eq!(o.get_host(), "localhost");
         assert_eq!(o.get_database(), Some("hq"));
+    }
+
+    #[test]
+    fn rate_limits_and_read_timeouts() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.rate_limits, RateLimits::default());
+        assert_eq!(c.header_read_timeout, Duration::from_secs(15));
+        let c = cfg(&[
+            ("HOOKQ_RATE_LIMIT_WEBHOOKS", "100/s"),
+            ("HOOKQ_RATE_LIMIT_API", "600/min"),
+            ("HOOKQ_RATE_LIMIT_OTHER", "off"),
+            ("HOOKQ_HEADER_READ_TIMEOUT", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.rate_limits.webhooks,
+            Some(RateLimit {
+                requests: 100,
+                per: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(c.rate_limits.api.unwrap().per, Duration::from_secs(60));
+        assert_eq!(c.rate_limits.other, None);
+        assert_eq!(c.header_read_timeout, Duration::from_millis(500));
+        let e = cfg(&[("HOOKQ_RATE_LIMIT_API", "fast")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOOKQ_RATE_LIMIT_API:"), "{e}");
+        assert!(cfg(&[("HOOKQ_BODY_READ_TIMEOUT", "0")]).is_err());
     }
 
     #[test]

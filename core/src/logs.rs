@@ -4,8 +4,6 @@
 //! Each transition is one UPDATE whose WHERE clause names the states it may start from,
 //! so a stale or duplicate job run can never move a finished log backwards.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -75,14 +73,6 @@ impl LogRow {
     }
 }
 
-/// What ingest answers for one event of a body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub id: i64,
-    /// False when the dedup key was already known (or repeated earlier in the body).
-    pub new: bool,
-}
-
 fn handling_str(h: Handling) -> &'static str {
     match h {
         Handling::Reply => "reply",
@@ -91,121 +81,56 @@ fn handling_str(h: Handling) -> &'static str {
     }
 }
 
-/// Inserts the events in one statement. A known dedup key bumps `duplicate_count` and
-/// returns the existing id; keys repeated inside the body count as duplicates of their
-/// first occurrence. Results are in input order.
-pub async fn insert_events(
-    conn: &mut PgConnection,
-    events: &[ParsedEvent],
-    correlation_id: Option<&str>,
-) -> Result<Vec<Stored>> {
-    // First occurrence of each key is sent to the database; later ones map onto it.
-    let mut first: HashMap<&str, usize> = HashMap::with_capacity(events.len());
-    let mut unique: Vec<&ParsedEvent> = Vec::with_capacity(events.len());
-    let mut slot = Vec::with_capacity(events.len());
-    for e in events {
-        let idx = *first.entry(e.dedup_key.as_str()).or_insert_with(|| {
-            unique.push(e);
-            unique.len() - 1
-        });
-        slot.push(idx);
-    }
+/// One event flattened into its `webhook_logs` columns. Built by the request that
+/// received the event (so the JSON encoding of its payload is spread over the request
+/// tasks, not done by whoever writes the batch) and owned, so it can travel to the
+/// batching ingest writer in the tasks crate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewLog {
+    pub dedup_key: String,
+    pub source: &'static str,
+    pub event_type: String,
+    pub handling: &'static str,
+    pub account_id: Option<String>,
+    pub user_external_id: Option<String>,
+    pub persona_external_id: Option<String>,
+    pub post_external_id: Option<String>,
+    pub item_id: Option<String>,
+    pub sender_id: Option<String>,
+    pub sender_name: Option<String>,
+    pub message_text: Option<String>,
+    pub is_own: bool,
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// The event's payload as JSON text (stored as `jsonb`).
+    pub payload: String,
+}
 
-    let mut cols: Vec<Vec<Option<String>>> =
-        (0..12).map(|_| Vec::with_capacity(unique.len())).collect();
-    let mut is_own = Vec::with_capacity(unique.len());
-    let mut occurred = Vec::with_capacity(unique.len());
-    let mut payloads = Vec::with_capacity(unique.len());
-    for e in &unique {
-        let (account, user) = match &e.account {
+impl NewLog {
+    pub fn from_event(e: &ParsedEvent) -> Self {
+        let (account_id, user_external_id) = match &e.account {
             AccountRef::Account { account_id } => (Some(account_id.clone()), None),
             AccountRef::Compact { user_external_id } => (None, Some(user_external_id.clone())),
             AccountRef::None => (None, None),
         };
-        let vals = [
-            Some(e.dedup_key.clone()),
-            Some(e.source.as_str().to_string()),
-            Some(e.event_type.clone()),
-            Some(handling_str(e.handling).to_string()),
-            account,
-            user,
-            e.persona_external_id.clone(),
-            e.post_external_id.clone(),
-            e.item_id.clone(),
-            e.sender_id.clone(),
-            e.sender_name.clone(),
-            e.text.clone(),
-        ];
-        for (c, v) in cols.iter_mut().zip(vals) {
-            c.push(v);
+        NewLog {
+            dedup_key: e.dedup_key.clone(),
+            source: e.source.as_str(),
+            event_type: e.event_type.clone(),
+            handling: handling_str(e.handling),
+            account_id,
+            user_external_id,
+            persona_external_id: e.persona_external_id.clone(),
+            post_external_id: e.post_external_id.clone(),
+            item_id: e.item_id.clone(),
+            sender_id: e.sender_id.clone(),
+            sender_name: e.sender_name.clone(),
+            message_text: e.text.clone(),
+            is_own: e.is_own,
+            occurred_at: e.occurred_at,
+            // A `serde_json::Value` always serialises (its map keys are strings).
+            payload: e.payload.to_string(),
         }
-        is_own.push(e.is_own);
-        occurred.push(e.occurred_at);
-        payloads.push(e.payload.clone());
     }
-
-    // `xmax = 0` is true only for rows this statement inserted (not conflict-updated).
-    let rows: Vec<(i64, String, bool)> = sqlx::query_as(
-        r#"
-        INSERT INTO webhook_logs (dedup_key, source, event_type, handling, account_id,
-            user_external_id, persona_external_id, post_external_id, item_id, sender_id,
-            sender_name, message_text, is_own, occurred_at, payload, correlation_id)
-        SELECT * , $16 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-            $12::text[], $13::bool[], $14::timestamptz[], $15::jsonb[])
-        ON CONFLICT (dedup_key) DO UPDATE
-            SET duplicate_count = webhook_logs.duplicate_count + 1, updated_at = now()
-        RETURNING id, dedup_key, (xmax = 0) AS inserted
-        "#,
-    )
-    .bind(&cols[0])
-    .bind(&cols[1])
-    .bind(&cols[2])
-    .bind(&cols[3])
-    .bind(&cols[4])
-    .bind(&cols[5])
-    .bind(&cols[6])
-    .bind(&cols[7])
-    .bind(&cols[8])
-    .bind(&cols[9])
-    .bind(&cols[10])
-    .bind(&cols[11])
-    .bind(&is_own)
-    .bind(&occurred)
-    .bind(&payloads)
-    .bind(correlation_id)
-    .fetch_all(&mut *conn)
-    .await?;
-
-    // RETURNING order is not guaranteed: match rows back by key.
-    let by_key: HashMap<&str, (i64, bool)> = rows
-        .iter()
-        .map(|(id, key, inserted)| (key.as_str(), (*id, *inserted)))
-        .collect();
-    let mut seen = vec![false; unique.len()];
-    slot.into_iter()
-        .map(|i| {
-            let &(id, inserted) = by_key.get(unique[i].dedup_key.as_str()).ok_or_else(|| {
-                crate::error::Error::Invalid(format!("no row returned for {}", unique[i].dedup_key))
-            })?;
-            let new = inserted && !seen[i];
-            seen[i] = true;
-            Ok(Stored { id, new })
-        })
-        .collect()
-}
-
-/// Records which job processes each new log (same transaction as the insert).
-pub async fn set_job_ids(conn: &mut PgConnection, log_ids: &[i64], job_ids: &[i64]) -> Result<()> {
-    sqlx::query(
-        "UPDATE webhook_logs l SET job_id = t.job FROM unnest($1::bigint[], $2::bigint[]) AS t(id, job)
-         WHERE l.id = t.id",
-    )
-    .bind(log_ids)
-    .bind(job_ids)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<LogRow>> {
@@ -221,7 +146,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<LogRow>> {
 pub trait LogStore: Send + Sync {
     /// pending/failed/processing → processing, counting the run. `None` when the log is
     /// already finished (or gone): the job has nothing left to do.
-    async fn start(&self, id: i64, attempt: u32) -> Result<Option<LogRow>>;
+    async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>>;
     /// processing → processed.
     async fn finish(
         &self,
@@ -236,6 +161,14 @@ pub trait LogStore: Send + Sync {
     async fn dead_letter(&self, id: i64, error: &str) -> Result<bool>;
 }
 
+/// A log a run has just started, and the directory version the starting statement saw.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Started {
+    #[sqlx(flatten)]
+    pub log: LogRow,
+    pub directory_version: i64,
+}
+
 #[derive(Clone)]
 pub struct PgLogStore {
     pub pool: PgPool,
@@ -243,12 +176,20 @@ pub struct PgLogStore {
 
 #[async_trait::async_trait]
 impl LogStore for PgLogStore {
-    async fn start(&self, id: i64, attempt: u32) -> Result<Option<LogRow>> {
+    /// One statement, committed asynchronously (`synchronous_commit` is switched off
+    /// for its own implicit transaction only): the mark is bookkeeping, like the queue's
+    /// claim of the job that runs it. Should a crash lose it, the claim is lost with it
+    /// (WAL is replayed in order), the log is `pending` again and its job runs again;
+    /// everything that must survive (the reply, the outcome, a delivery attempt) is
+    /// committed synchronously later, which also flushes this mark to disk. It also reads
+    /// the directory's change counter, so a caching directory is checked at no cost.
+    async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>> {
         Ok(sqlx::query_as(
             "UPDATE webhook_logs SET status = 'processing', attempts = $2, started_at = now(),
                     next_retry_at = NULL, updated_at = now()
              WHERE id = $1 AND status IN ('pending', 'failed', 'processing')
-             RETURNING *",
+               AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+             RETURNING *, coalesce((SELECT version FROM directory_version), 0) AS directory_version",
         )
         .bind(id)
         .bind(attempt as i32)
@@ -322,6 +263,32 @@ pub async fn store_reply(
     .bind(integration_id)
     .bind(persona_id)
     .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// processing → processed with outcome `replied`, storing the reply in the same
+/// statement: a reply with `none` delivery costs one round trip and one (synchronous)
+/// commit. False when the log is no longer `processing`.
+pub async fn finish_with_reply(
+    pool: &PgPool,
+    id: i64,
+    reply: &str,
+    integration_id: Option<Uuid>,
+    persona_id: Option<Uuid>,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE webhook_logs SET status = 'processed', outcome = 'replied', skip_reason = NULL,
+                reply_text = $2, integration_id = COALESCE($3, integration_id),
+                persona_id = COALESCE($4, persona_id), error_message = NULL,
+                next_retry_at = NULL, processed_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(reply)
+    .bind(integration_id)
+    .bind(persona_id)
+    .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
 }

@@ -76,9 +76,12 @@ struct Resolved {
 /// Processes one log. On failure the log is already marked `failed` (with
 /// `next_retry_at`) or `dead_letter`, and the error is returned for the queue.
 pub async fn process_webhook(deps: &Deps, log_id: i64, attempt: Attempt) -> Result<Done> {
-    let Some(log) = deps.logs.start(log_id, attempt.number).await? else {
+    let Some(started) = deps.logs.start(log_id, attempt.number).await? else {
         return Ok(Done::AlreadyFinished);
     };
+    // Before any lookup: a cached directory drops what an admin write made stale.
+    deps.directory.observe_version(started.directory_version);
+    let log = started.log;
     match run(deps, &log).await {
         Ok(done) => Ok(done),
         Err(err) => {

@@ -20,6 +20,8 @@
 //! The limits (10 in flight, 100 a minute per endpoint) are counted in the database and
 //! checked under an advisory lock, so they hold across every worker process.
 
+mod finish;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -38,6 +40,8 @@ use hookq_core::{
     model::ReplyDelivery,
 };
 use sqlx::{PgConnection, PgPool};
+
+pub use finish::ReplyFinisher;
 
 use crate::{
     jobs::DeliverReply,
@@ -72,6 +76,8 @@ async fn enqueue_delivery(
 pub struct PgOutbox {
     pub pool: PgPool,
     pub notifier: Notifier,
+    /// Finishes `none`-delivery replies in batches.
+    pub finisher: ReplyFinisher,
     /// Queue attempts of each delivery job (`HOOKQ_MAX_ATTEMPTS`): they cover database
     /// trouble around an attempt, never a second send.
     pub max_attempts: u32,
@@ -80,6 +86,19 @@ pub struct PgOutbox {
 #[async_trait]
 impl ReplyOutbox for PgOutbox {
     async fn record_reply(&self, r: &ReplyRecord<'_>) -> Result<Recorded> {
+        if r.delivery == ReplyDelivery::None {
+            // Nothing to stage: storing the reply and finishing the log is one guarded
+            // row update, group-committed with other runs' (see [`ReplyFinisher`]).
+            let finished = self
+                .finisher
+                .finish(r.log_id, r.text, r.integration_id, r.persona_id)
+                .await?;
+            return Ok(if finished {
+                Recorded::Finished
+            } else {
+                Recorded::NotProcessing
+            });
+        }
         let mut tx = self.pool.begin().await?;
         if !logs::store_reply(&mut tx, r.log_id, r.text, r.integration_id, r.persona_id).await? {
             return Ok(Recorded::NotProcessing);

@@ -7,7 +7,7 @@ use hookq_core::{
     FailureKind,
     config::Config,
     delivery::PgDeliveryStore,
-    directory::PgDirectory,
+    directory::{CachedDirectory, PgDirectory},
     llm::LlmGenerator,
     logs::{self, PgLogStore},
     reply::{ReplyGenerator, TemplateRenderer},
@@ -16,13 +16,14 @@ use hookq_core::{
 use sqlx::PgPool;
 
 use crate::{
-    delivery::{Deliverer, PgOutbox},
+    delivery::{Deliverer, PgOutbox, ReplyFinisher},
     error::Error,
     jobs::{DeliverReply, ProcessWebhook},
     queue::{JobContext, JobError, Notifier, WorkerOptions, Workers},
 };
 
-/// The use case's dependencies, backed by Postgres. Replies are written by the LLM when
+/// The use case's dependencies, backed by Postgres (directory lookups cached per
+/// process). Replies are written by the LLM when
 /// `REPLY_LLM_URL` is set, else rendered from the persona template.
 pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, Error> {
     let generator: Arc<dyn ReplyGenerator> = match &config.llm {
@@ -30,12 +31,17 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
         None => Arc::new(TemplateRenderer),
     };
     Ok(Deps {
-        directory: Arc::new(PgDirectory { pool: pool.clone() }),
+        // Per-process cache, checked against the directory version each run reads as
+        // it starts: a comment's lookups cost no round trips once seen.
+        directory: Arc::new(CachedDirectory::new(Arc::new(PgDirectory {
+            pool: pool.clone(),
+        }))),
         logs: Arc::new(PgLogStore { pool: pool.clone() }),
         generator,
         outbox: Arc::new(PgOutbox {
             pool: pool.clone(),
             notifier,
+            finisher: ReplyFinisher::spawn(pool.clone()),
             max_attempts: config.max_attempts,
         }),
         reports: Arc::new(PgDeliveryStore { pool: pool.clone() }),

@@ -1,0 +1,554 @@
+//! Hostile input against a real server on loopback: every answer is a clear 4xx with the
+//! JSON error body (or a dropped connection), never a 5xx, never a crash, and memory stays
+//! bounded. Also: slow-loris clients are cut off, per-source rate limits answer 429 with
+//! `Retry-After`, and callbacks to loopback are refused unless allowed.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use hookq_core::demo::DEMO_IG_ACCOUNT;
+use hookq_testkit::fresh_db;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+/// Asserts a 4xx with `{"error", "detail"}`; returns (status, body).
+async fn assert_clear_4xx(resp: reqwest::Response, what: &str) -> (u16, Value) {
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (status, body) = json(resp).await;
+    assert!(
+        (400..500).contains(&status),
+        "{what}: expected a 4xx, got {status} {body}"
+    );
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content-type {ct}"
+    );
+    assert!(
+        body["error"].is_string() && body["detail"].is_string(),
+        "{what}: error body {body}"
+    );
+    (status, body)
+}
+
+async fn assert_alive(app: &TestApp) {
+    let resp = app
+        .http
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .expect("the server still answers");
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+fn nested(depth: usize) -> String {
+    format!(
+        "{{\"object\":\"instagram\",\"entry\":{}{}}}",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_a_clear_4xx() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let ig = "/webhooks/instagram";
+
+    // Deep nesting, signed: serde_json's recursion limit, not a stack overflow.
+    for depth in [200, 100_000] {
+        let (status, body) =
+            assert_clear_4xx(app.post_signed(ig, &nested(depth)).await, "deep nesting").await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let deep_obj = format!("{}1{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
+    assert_clear_4xx(app.post_signed(ig, &deep_obj).await, "deep objects").await;
+    // The same on the admin API's JSON bodies.
+    let resp = app
+        .http
+        .post(format!("{}/api/users", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(format!("{{\"external_id\":{}", nested(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_clear_4xx(resp, "deep nesting on the admin API").await;
+
+    // Invalid UTF-8 (inside a string and as raw bytes), signed.
+    for bytes in [
+        b"{\"object\":\"instagram\",\"entry\":[{\"id\":\"\xff\xfe\"}]}".to_vec(),
+        vec![0xc3, 0x28, 0xa0, 0xa1],
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}{ig}", app.base))
+            .header("X-Hub-Signature-256", meta_signature(&bytes))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let (status, _) = assert_clear_4xx(resp, "invalid UTF-8").await;
+        assert_eq!(status, 400);
+    }
+
+    // NaN, Infinity, trailing garbage, empty body, a JSON scalar, a lone surrogate.
+    for body in [
+        r#"{"object":"instagram","entry":[{"id":NaN}]}"#,
+        r#"{"object":"instagram","entry":[{"time":Infinity}]}"#,
+        r#"{"object":"instagram","entry":[]} trailing"#,
+        "",
+        "42",
+        r#"{"object":"instagram","entry":[{"id":"\ud800"}]}"#,
+        r#"{"object":"instagram","entry":[{"id":1e999999}]}"#,
+    ] {
+        assert_clear_4xx(app.post_signed(ig, body).await, body).await;
+    }
+
+    // Duplicate keys: one of the values wins; either way the answer is not a 5xx, and a
+    // stored event's payload is valid JSON.
+    let dup = compact("dup_keys", "hi").replacen(
+        "\"object\":\"instagram\"",
+        "\"object\":\"page\",\"object\":\"instagram\"",
+        1,
+    );
+    let (status, body) = json(app.post_signed(ig, &dup).await).await;
+    assert!(
+        status == 200 || (400..500).contains(&status),
+        "duplicate keys: {status} {body}"
+    );
+
+    // 10,000 batched entries: over the per-body event budget (1,000) → 413.
+    let entries: Vec<Value> = (0..10_000)
+        .map(|i| {
+            json!({"id": DEMO_IG_ACCOUNT, "time": 1, "changes": [{"field": "comments", "value": {
+                "id": format!("c{i}"), "text": "hi", "from": {"id": "u", "username": "u"},
+                "media": {"id": "m"}}}]})
+        })
+        .collect();
+    let big = json!({"object": "instagram", "entry": entries}).to_string();
+    assert!(big.len() < 4 << 20);
+    let (status, body) = assert_clear_4xx(app.post_signed(ig, &big).await, "10k entries").await;
+    assert_eq!(status, 413, "{body}");
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_logs WHERE dedup_key LIKE 'ig:comment:c%'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "nothing of a refused batch is stored");
+
+    // The same hostile bodies without a valid signature: 401, nothing parsed.
+    for body in [nested(100_000), "{\"x\":NaN}".to_string()] {
+        let resp = app
+            .http
+            .post(format!("{}{ig}", app.base))
+            .header("X-Hub-Signature-256", "sha256=00")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, _) = assert_clear_4xx(resp, "unsigned").await;
+        assert_eq!(status, 401);
+    }
+    // An absurd signature header and an absurd query string.
+    let resp = app
+        .http
+        .post(format!("{}{ig}", app.base))
+        .header(
+            "X-Hub-Signature-256",
+            format!("sha256={}", "ab".repeat(8000)),
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_clear_4xx(resp, "long signature").await;
+    let resp = app
+        .http
+        .get(format!(
+            "{}/api/webhook-logs?limit=-1&offset=99999999999999999999&since=yesterday",
+            app.base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_clear_4xx(resp, "bad query").await;
+    let resp = app
+        .http
+        .get(format!("{}/api/webhook-logs/{}", app.base, "9".repeat(40)))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_clear_4xx(resp, "id overflow").await;
+    assert_alive(&app).await;
+    app.stop().await;
+}
+
+/// Starts a real `hookq api` on a free port; returns it with its base URL.
+async fn real_api(
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, String, hookq_testkit::TestDb) {
+    let db = fresh_db().await;
+    hookq_core::demo::load(&db.pool).await.unwrap();
+    let mut env: HashMap<String, String> = base_env(&db.url);
+    env.insert("HOOKQ_BIND".into(), "127.0.0.1:0".into());
+    env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
+    env.extend(env_of(extra));
+    let mut child = hookq(&env)
+        .arg("api")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "API listening"
+            {
+                return v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        }
+        panic!("hookq api exited before listening");
+    })
+    .await
+    .expect("hookq api listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{addr}"), db)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// 100 MB streamed without Content-Length (chunked), to the signed route and to the
+/// admin API: cut at the limit (413 or a dropped connection), memory bounded.
+#[tokio::test]
+async fn a_100_mb_chunked_body_is_cut_at_the_limit_with_bounded_memory() {
+    let (mut child, base, _db) = real_api(&[]).await;
+    let pid = child.id().unwrap();
+    let http = reqwest::Client::new();
+    let before = rss_kib(pid);
+    let chunk = vec![b' '; 1 << 20];
+    let stream = |n: usize| {
+        let chunk = chunk.clone();
+        reqwest::Body::wrap_stream(futures::stream::iter(
+            (0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        ))
+    };
+    let mut peak = before;
+    for (path, auth) in [
+        ("/webhooks/instagram", false),
+        ("/webhooks/whatsapp", false),
+        ("/api/users", true),
+        ("/api/webhook-logs/retry", true),
+        ("/api/users", false),
+    ] {
+        let mut req = http
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .header("X-Hub-Signature-256", meta_signature(b"whatever"))
+            .timeout(Duration::from_secs(60))
+            .body(stream(100));
+        if auth {
+            req = req.bearer_auth(ADMIN_TOKEN);
+        }
+        let started = Instant::now();
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                assert!(
+                    (400..500).contains(&status),
+                    "{path}: 100 MB answered {status} {text}"
+                );
+                let v: Value =
+                    serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+                assert!(v["error"].is_string(), "{path}: {v}");
+                println!(
+                    "{path}: 100 MB chunked → {status} in {:?}",
+                    started.elapsed()
+                );
+            }
+            Err(e) => println!(
+                "{path}: 100 MB chunked → connection dropped ({e}) in {:?}",
+                started.elapsed()
+            ),
+        }
+        peak = peak.max(rss_kib(pid));
+    }
+    println!("hookq api RSS: {before} KiB before, {peak} KiB peak");
+    assert!(
+        peak < before + 64 * 1024,
+        "memory grew by {} KiB for 100 MB bodies",
+        peak - before
+    );
+    let resp = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the API is still running"
+    );
+    child.kill().await.unwrap();
+}
+
+/// Reads until the server closes the connection (or `secs` pass); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, secs: u64) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_loris_clients_are_cut_off() {
+    let app = spawn_app(Options {
+        worker: false,
+        env: env_of(&[
+            ("HOOKQ_HEADER_READ_TIMEOUT", "1s"),
+            ("HOOKQ_BODY_READ_TIMEOUT", "1s"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+
+    // 1. Connects and sends nothing.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, 10).await.is_some(),
+        "a silent connection is closed"
+    );
+    println!("silent connection closed after {:?}", started.elapsed());
+
+    // 2. Dribbles header bytes, one every 100 ms, for ever.
+    let started = Instant::now();
+    let mut dribbler = TcpStream::connect(&addr).await.unwrap();
+    dribbler
+        .write_all(b"POST /webhooks/instagram HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let closed = async {
+        loop {
+            if dribbler.write_all(b"X").await.is_err() {
+                return;
+            }
+            let mut b = [0u8; 1024];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(100), dribbler.read(&mut b)).await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the header dribbler is cut off");
+    println!("header dribbler cut off after {:?}", started.elapsed());
+
+    // 3. Complete headers, then a body dribbled one byte at a time: 408.
+    let started = Instant::now();
+    let mut slow_body = TcpStream::connect(&addr).await.unwrap();
+    slow_body
+        .write_all(
+            format!(
+                "POST /webhooks/instagram HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 X-Hub-Signature-256: {}\r\nContent-Length: 100000\r\n\r\n{{",
+                meta_signature(b"{}")
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = async {
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            let _ = slow_body.write_all(b" ").await;
+            match tokio::time::timeout(Duration::from_millis(100), slow_body.read(&mut b)).await {
+                Ok(Ok(0) | Err(_)) => return out,
+                Ok(Ok(n)) => {
+                    out.extend_from_slice(&b[..n]);
+                    if String::from_utf8_lossy(&out).contains("body_timeout") {
+                        return out;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    };
+    let out = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the body dribbler is cut off");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "slow body answered: {text}"
+    );
+    println!(
+        "body dribbler cut off after {:?} ({})",
+        started.elapsed(),
+        text.lines().next().unwrap_or("dropped")
+    );
+
+    // A normal client on a keep-alive connection is unaffected by the timeouts, even
+    // idle for longer than them between requests.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let resp = http
+            .post(format!("{}/webhooks/instagram", app.base))
+            .header(
+                "X-Hub-Signature-256",
+                meta_signature(compact("loris_ok", "hi").as_bytes()),
+            )
+            .body(compact("loris_ok", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_alive(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_noisy_source_is_rate_limited_with_retry_after() {
+    let app = spawn_app(Options {
+        worker: false,
+        env: env_of(&[("HOOKQ_RATE_LIMIT_WEBHOOKS", "3/min")]),
+        ..Options::default()
+    })
+    .await;
+    for i in 0..3 {
+        let resp = app.post_instagram(&compact(&format!("rl_{i}"), "hi")).await;
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let resp = app.post_instagram(&compact("rl_3", "hi")).await;
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = json(resp).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!((1..=20).contains(&retry_after), "Retry-After {retry_after}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE dedup_key = 'ig:comment:rl_3'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, 0, "a limited request is not stored");
+    // Other route groups have their own (here: no) limit.
+    assert_alive(&app).await;
+    let resp = app
+        .http
+        .get(format!("{}/api/webhook-logs", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    app.stop().await;
+}
+
+/// Set through the admin API: a loopback callback URL is refused at delivery time (the
+/// log dead-letters naming the variable) and nothing reaches the receiver.
+#[tokio::test]
+async fn callbacks_to_loopback_set_through_the_api_are_refused() {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let app = spawn_app(Options::default()).await;
+    let (_, list) = json(
+        app.http
+            .get(format!("{}/api/integrations?limit=100", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let integration = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["account_id"] == DEMO_IG_ACCOUNT)
+        .expect("the demo integration")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for url in [
+        format!("{}/hooks", server.uri()),
+        format!("http://localhost:{}/hooks", server.address().port()),
+    ] {
+        let resp = app
+            .http
+            .patch(format!("{}/api/integrations/{integration}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"reply_delivery": "callback", "callback_url": url, "callback_secret": CALLBACK_SECRET}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json(resp).await;
+        if status != 200 {
+            // Refused up front is fine too, as long as it is a clear 4xx.
+            assert!((400..500).contains(&status), "{body}");
+            continue;
+        }
+        let id = app
+            .ingest(
+                "/webhooks/instagram",
+                &compact(&format!("ssrf_{}", url.len()), "hello"),
+            )
+            .await[0];
+        let row = app.wait_finished(id).await;
+        assert_eq!(row.status, "dead_letter", "{url}");
+        let msg = row.error_message.unwrap_or_default();
+        assert!(
+            msg.contains("private or loopback") && msg.contains("HOOKQ_ALLOW_PRIVATE_CALLBACKS"),
+            "{msg}"
+        );
+    }
+    assert!(
+        server.received_requests().await.unwrap().is_empty(),
+        "nothing reached the loopback receiver"
+    );
+    app.stop().await;
+}
