@@ -17,7 +17,9 @@ use std::{
 };
 
 use hookq_core::devdb::{ClusterOptions, LocalCluster};
-use hookq_tasks::queue::{self, EnqueueOptions, Job, JobContext, JobError, Notifier, WorkerOptions, Workers};
+use hookq_tasks::queue::{
+    self, EnqueueOptions, Job, JobContext, JobError, Notifier, WorkerOptions, Workers,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -34,7 +36,10 @@ impl Job for Noop {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -52,13 +57,24 @@ async fn main() -> anyhow::Result<()> {
         Some("reset") => {
             let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
             hookq_core::db::migrate(&pool).await?;
-            sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE").execute(&pool).await?;
+            sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
+                .execute(&pool)
+                .await?;
             hookq_core::demo::load(&pool).await?;
             sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
         }
         Some("queue") => queue_bench().await?,
-        Some("webhook-latency") => webhook_latency(args.get(1).map(String::as_str).unwrap_or("http://127.0.0.1:8080")).await?,
-        _ => anyhow::bail!("usage: bench queue | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"),
+        Some("webhook-latency") => {
+            webhook_latency(
+                args.get(1)
+                    .map(String::as_str)
+                    .unwrap_or("http://127.0.0.1:8080"),
+            )
+            .await?
+        }
+        _ => anyhow::bail!(
+            "usage: bench queue | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
+        ),
     }
     Ok(())
 }
@@ -69,7 +85,9 @@ async fn queue_bench() -> anyhow::Result<()> {
     let samples = env_u64("LAT_SAMPLES", 300);
     let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 16).await?;
     hookq_core::db::migrate(&pool).await?;
-    sqlx::query("TRUNCATE queue_jobs, queue_jobs_done").execute(&pool).await?;
+    sqlx::query("TRUNCATE queue_jobs, queue_jobs_done")
+        .execute(&pool)
+        .await?;
     let pad = "x".repeat(280);
 
     // (a) batch enqueue: one transaction per 1,000 jobs.
@@ -77,7 +95,12 @@ async fn queue_bench() -> anyhow::Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
-        let jobs: Vec<Noop> = (0..k).map(|i| Noop { n: i, pad: pad.clone() }).collect();
+        let jobs: Vec<Noop> = (0..k)
+            .map(|i| Noop {
+                n: i,
+                pad: pad.clone(),
+            })
+            .collect();
         let mut tx = pool.begin().await?;
         queue::enqueue_many(&mut tx, &jobs, &EnqueueOptions::default()).await?;
         tx.commit().await?;
@@ -85,7 +108,9 @@ async fn queue_bench() -> anyhow::Result<()> {
     }
     let enqueue_batch_per_s = n as f64 / t0.elapsed().as_secs_f64();
     eprintln!("enqueued {n} in {:.2}s", t0.elapsed().as_secs_f64());
-    sqlx::query("VACUUM ANALYZE queue_jobs").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE queue_jobs")
+        .execute(&pool)
+        .await?;
 
     // (b) drain the pre-filled queue.
     let done = Arc::new(AtomicU64::new(0));
@@ -122,7 +147,9 @@ async fn queue_bench() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs").fetch_one(&pool).await?;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs")
+            .fetch_one(&pool)
+            .await?;
         if left == 0 {
             break;
         }
@@ -143,14 +170,23 @@ async fn queue_bench() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let t = Instant::now();
         let mut tx = pool.begin().await?;
-        let id = queue::enqueue(&mut tx, &Noop { n: i, pad: pad.clone() }, &EnqueueOptions::default()).await?;
+        let id = queue::enqueue(
+            &mut tx,
+            &Noop {
+                n: i,
+                pad: pad.clone(),
+            },
+            &EnqueueOptions::default(),
+        )
+        .await?;
         tx.commit().await?;
         notifier.kick();
         loop {
-            let finished: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_jobs_done WHERE id = $1)")
-                .bind(id)
-                .fetch_one(&pool)
-                .await?;
+            let finished: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_jobs_done WHERE id = $1)")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await?;
             if finished {
                 break;
             }
@@ -193,7 +229,10 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
                 "created_time": 1625097600}}]}],
             "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"})
         .to_string();
-        let sig = format!("sha256={}", hookq_core::signature::hmac_hex(secret.as_bytes(), body.as_bytes()));
+        let sig = format!(
+            "sha256={}",
+            hookq_core::signature::hmac_hex(secret.as_bytes(), body.as_bytes())
+        );
         let t = Instant::now();
         let ack: serde_json::Value = http
             .post(format!("{url}/webhooks/instagram"))
@@ -205,12 +244,15 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
             .error_for_status()?
             .json()
             .await?;
-        let id = ack["ids"][0].as_i64().ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
+        let id = ack["ids"][0]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
         loop {
-            let status: String = sqlx::query_scalar("SELECT status FROM webhook_logs WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await?;
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM webhook_logs WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await?;
             if status == "processed" {
                 break;
             }
@@ -222,6 +264,10 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
-    println!("webhook webhook_p50_ms={:.2} webhook_p99_ms={:.2}", p(0.5), p(0.99));
+    println!(
+        "webhook webhook_p50_ms={:.2} webhook_p99_ms={:.2}",
+        p(0.5),
+        p(0.99)
+    );
     Ok(())
 }

@@ -35,15 +35,20 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     if config.database.is_none() {
         let dir = data_dir.join("pg");
         println!("starting a private PostgreSQL in {} …", dir.display());
-        let cluster = tokio::task::spawn_blocking(move || LocalCluster::ensure(&dir, &ClusterOptions { durable: true }))
-            .await?
-            .context("cannot start the private PostgreSQL")?;
+        let cluster = tokio::task::spawn_blocking(move || {
+            LocalCluster::ensure(&dir, &ClusterOptions { durable: true })
+        })
+        .await?
+        .context("cannot start the private PostgreSQL")?;
         let mut admin = PgConnection::connect(&cluster.url("postgres")).await?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'hookq')")
-            .fetch_one(&mut admin)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'hookq')")
+                .fetch_one(&mut admin)
+                .await?;
         if !exists {
-            sqlx::query("CREATE DATABASE hookq").execute(&mut admin).await?;
+            sqlx::query("CREATE DATABASE hookq")
+                .execute(&mut admin)
+                .await?;
         }
         let url = cluster.url("hookq");
         child_env.push(("DATABASE_URL".into(), url.clone()));
@@ -67,12 +72,21 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     }
 
     let pool = runtime::connect(&config, 32).await?;
-    hookq_core::db::migrate(&pool).await.context("migration failed")?;
-    hookq_core::demo::load(&pool).await.context("loading demo data")?;
+    hookq_core::db::migrate(&pool)
+        .await
+        .context("migration failed")?;
+    hookq_core::demo::load(&pool)
+        .await
+        .context("loading demo data")?;
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
-        .with_context(|| format!("cannot listen on {} (set HOOKQ_BIND to another address)", config.bind))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set HOOKQ_BIND to another address)",
+                config.bind
+            )
+        })?;
     let addr = listener.local_addr()?;
     print_banner(&config, addr, &generated);
 
@@ -95,7 +109,11 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
 fn print_banner(config: &Config, addr: std::net::SocketAddr, generated: &[String]) {
     let base = format!("http://{addr}");
     let body = sample_body();
-    let secret = config.meta_app_secret.as_ref().map(|s| s.expose()).unwrap_or("");
+    let secret = config
+        .meta_app_secret
+        .as_ref()
+        .map(|s| s.expose())
+        .unwrap_or("");
     let sig = signature::hmac_hex(secret.as_bytes(), body.as_bytes());
     println!();
     println!("hookq dev is running ({} worker processes)", config.workers);
@@ -104,7 +122,10 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr, generated: &[String
     println!("  OpenAPI    {base}/openapi.json");
     println!("  health     {base}/health   ready {base}/ready");
     if !generated.is_empty() {
-        println!("  development secrets (not set in the environment): {}", generated.join(" "));
+        println!(
+            "  development secrets (not set in the environment): {}",
+            generated.join(" ")
+        );
     }
     println!();
     println!("Send the sample comment (signed with META_APP_SECRET):");

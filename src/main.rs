@@ -12,7 +12,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hookq", version, about = "Durable webhook intake and task queue on Postgres")]
+#[command(
+    name = "hookq",
+    version,
+    about = "Durable webhook intake and task queue on Postgres"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,9 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Command::Send(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             if let Err(e) = rt.block_on(send::run(args)) {
                 eprintln!("hookq send: {e:#}");
                 std::process::exit(1);
@@ -69,13 +75,17 @@ fn main() -> Result<()> {
         }
     };
     runtime::init_tracing(config.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async move {
         match cli.command {
             Command::Migrate => runtime::migrate(&config).await,
             Command::Api => runtime::api(config).await,
             Command::Worker { single: true } => runtime::worker_process(config).await,
-            Command::Worker { single: false } => runtime::supervise_workers(&config, Vec::new()).await,
+            Command::Worker { single: false } => {
+                runtime::supervise_workers(&config, Vec::new()).await
+            }
             Command::Dev { data_dir } => dev::run(config, data_dir).await,
             Command::Openapi | Command::Send(_) => unreachable!(),
         }

@@ -10,7 +10,9 @@ use sqlx::PgPool;
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -37,7 +39,9 @@ pub async fn connect(config: &Config, max_connections: u32) -> Result<PgPool> {
 
 pub async fn migrate(config: &Config) -> Result<()> {
     let pool = connect(config, 2).await?;
-    hookq_core::db::migrate(&pool).await.context("migration failed")?;
+    hookq_core::db::migrate(&pool)
+        .await
+        .context("migration failed")?;
     tracing::info!("migrations applied");
     Ok(())
 }
@@ -57,7 +61,9 @@ pub async fn serve_api(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     if config.admin_token.is_none() {
-        tracing::warn!("HOOKQ_ADMIN_TOKEN is not set: /api/* and /dashboard answer 401 to everyone");
+        tracing::warn!(
+            "HOOKQ_ADMIN_TOKEN is not set: /api/* and /dashboard answer 401 to everyone"
+        );
     }
     if config.meta_app_secret.is_none() {
         tracing::warn!("META_APP_SECRET is not set: Meta webhook routes answer 401");
@@ -94,11 +100,18 @@ pub async fn supervise_workers(config: &Config, env: Vec<(String, String)>) -> R
     config.require_database()?;
     let opts = supervisor_options(config, env)?;
     let report = supervisor::supervise(opts, shutdown_signal()).await?;
-    tracing::info!(restarts = report.restarts, killed = report.killed, "workers stopped");
+    tracing::info!(
+        restarts = report.restarts,
+        killed = report.killed,
+        "workers stopped"
+    );
     Ok(())
 }
 
-pub fn supervisor_options(config: &Config, env: Vec<(String, String)>) -> Result<supervisor::SupervisorOptions> {
+pub fn supervisor_options(
+    config: &Config,
+    env: Vec<(String, String)>,
+) -> Result<supervisor::SupervisorOptions> {
     Ok(supervisor::SupervisorOptions {
         program: std::env::current_exe().context("cannot find the hookq executable")?,
         args: vec![OsString::from("worker"), OsString::from("--single")],

@@ -117,12 +117,21 @@ fn sample_body(kind: Sample, seq: u64, run: &str) -> Body {
                 "text": format!("Hello {seq}")}}),
         ),
     };
-    Body { path: path.into(), bridge, bytes: v.to_string() }
+    Body {
+        path: path.into(),
+        bridge,
+        bytes: v.to_string(),
+    }
 }
 
 fn kind_for(sample: Sample, seq: u64) -> Sample {
     match sample {
-        Sample::Mixed => [Sample::Compact, Sample::Comment, Sample::Message, Sample::Bridge][(seq % 4) as usize],
+        Sample::Mixed => [
+            Sample::Compact,
+            Sample::Comment,
+            Sample::Message,
+            Sample::Bridge,
+        ][(seq % 4) as usize],
         other => other,
     }
 }
@@ -144,10 +153,18 @@ pub async fn run(args: SendArgs) -> Result<()> {
         bail!("--concurrency must be at least 1");
     }
     let config = Config::from_env()?;
-    let meta_secret = config.meta_app_secret.as_ref().map(|s| s.expose().to_string());
-    let bridge_secret = config.whatsapp_webhook_secret.as_ref().map(|s| s.expose().to_string());
+    let meta_secret = config
+        .meta_app_secret
+        .as_ref()
+        .map(|s| s.expose().to_string());
+    let bridge_secret = config
+        .whatsapp_webhook_secret
+        .as_ref()
+        .map(|s| s.expose().to_string());
     let template = match &args.file {
-        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?),
+        Some(f) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
+        }
         None => None,
     };
     let base = args.url.trim_end_matches('/').to_string();
@@ -178,7 +195,9 @@ pub async fn run(args: SendArgs) -> Result<()> {
                 Arc::new(Body {
                     path: args.path.clone(),
                     bridge: args.bridge,
-                    bytes: t.replace("{{seq}}", &seq.to_string()).replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
+                    bytes: t
+                        .replace("{{seq}}", &seq.to_string())
+                        .replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
                 })
             } else {
                 Arc::new(sample_body(kind_for(args.sample, seq), seq, &run_id))
@@ -205,12 +224,18 @@ pub async fn run(args: SendArgs) -> Result<()> {
                     .header("Content-Type", "application/json");
                 req = if body.bridge {
                     let key = bridge_secret.as_deref().unwrap_or("");
-                    req.header("X-Webhook-Signature", signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()))
+                    req.header(
+                        "X-Webhook-Signature",
+                        signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
+                    )
                 } else {
                     let key = meta_secret.as_deref().unwrap_or("");
                     req.header(
                         "X-Hub-Signature-256",
-                        format!("sha256={}", signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())),
+                        format!(
+                            "sha256={}",
+                            signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
+                        ),
                     )
                 };
                 let t0 = Instant::now();
@@ -256,7 +281,11 @@ pub async fn run(args: SendArgs) -> Result<()> {
         t.latencies_us[i] as f64 / 1000.0
     };
     let acked = t.by_status.get(&200).copied().unwrap_or(0);
-    let statuses: Vec<String> = t.by_status.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+    let statuses: Vec<String> = t
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{s}:{n}"))
+        .collect();
     println!(
         "sent {} in {:.2}s  acked(200) {}  accepted {}  duplicates {}  statuses [{}]  transport errors {}",
         args.count,
@@ -307,7 +336,11 @@ pub async fn run(args: SendArgs) -> Result<()> {
                 let v: serde_json::Value = client
                     .get(url)
                     .bearer_auth(token)
-                    .query(&[("status", status), ("since", since.as_str()), ("limit", "1")])
+                    .query(&[
+                        ("status", status),
+                        ("since", since.as_str()),
+                        ("limit", "1"),
+                    ])
                     .send()
                     .await?
                     .error_for_status()?
@@ -318,7 +351,8 @@ pub async fn run(args: SendArgs) -> Result<()> {
         };
         let wait_bar = ProgressBar::new(t.accepted);
         wait_bar.set_style(
-            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} processed").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} processed")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let (processed, dead) = loop {
             let processed = count("processed").await?;
@@ -329,7 +363,10 @@ pub async fn run(args: SendArgs) -> Result<()> {
             }
             if Instant::now() > deadline {
                 wait_bar.finish_and_clear();
-                bail!("timed out: {processed} processed, {dead} dead of {} accepted", t.accepted);
+                bail!(
+                    "timed out: {processed} processed, {dead} dead of {} accepted",
+                    t.accepted
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -340,7 +377,10 @@ pub async fn run(args: SendArgs) -> Result<()> {
             e2e.as_secs_f64(),
             processed as f64 / e2e.as_secs_f64()
         );
-        summary.push_str(&format!(" processed={processed} dead_letter={dead} e2e_per_s={:.0}", processed as f64 / e2e.as_secs_f64()));
+        summary.push_str(&format!(
+            " processed={processed} dead_letter={dead} e2e_per_s={:.0}",
+            processed as f64 / e2e.as_secs_f64()
+        ));
     }
     println!("{summary}");
     Ok(())

@@ -212,7 +212,11 @@ async fn retries_run_out_into_dead_letter() {
     assert_eq!(d["status"], "failed");
     let tries = d["attempts"].as_array().unwrap();
     assert_eq!(tries.len(), 4);
-    assert!(tries.iter().all(|t| t["status_code"] == 500 && t["state"] == "failed"));
+    assert!(
+        tries
+            .iter()
+            .all(|t| t["status_code"] == 500 && t["state"] == "failed")
+    );
     let metrics = app
         .http
         .get(format!("{}/metrics", app.base))

@@ -19,7 +19,13 @@ fn children(pid: u32) -> Vec<u32> {
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|s| s.parse().ok()).collect::<Vec<u32>>())
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect::<Vec<u32>>()
+        })
         .collect();
     all.sort();
     all
@@ -49,28 +55,46 @@ async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
         (c.len() == 2 && !c.contains(&first[0])).then_some(c)
     })
     .await;
-    assert!(replaced.contains(&first[1]), "the other worker kept running");
+    assert!(
+        replaced.contains(&first[1]),
+        "the other worker kept running"
+    );
 
     // The restarted set still processes work: ingest through the real transaction.
-    let ingestor = hookq_tasks::ingest::Ingestor::new(db.pool.clone(), hookq_tasks::queue::Notifier::spawn(db.pool.clone()));
-    let events = hookq_core::events::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();
+    let ingestor = hookq_tasks::ingest::Ingestor::new(
+        db.pool.clone(),
+        hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
+    );
+    let events =
+        hookq_core::events::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();
     let id = ingestor.ingest(&events, None).await.unwrap().ids[0];
-    wait_for(20, "the log to be processed by a worker process", || async {
-        let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
-        (row.status == "processed").then_some(())
-    })
+    wait_for(
+        20,
+        "the log to be processed by a worker process",
+        || async {
+            let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
+            (row.status == "processed").then_some(())
+        },
+    )
     .await;
 
     signal(sup_pid, Signal::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(30), sup.wait()).await.expect("exits within 30 s").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), sup.wait())
+        .await
+        .expect("exits within 30 s")
+        .unwrap();
     assert!(status.success(), "supervisor exit: {status:?}");
     for pid in replaced {
-        assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "worker {pid} still alive");
+        assert!(
+            kill(Pid::from_raw(pid as i32), None).is_err(),
+            "worker {pid} still alive"
+        );
     }
-    let processing: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE status = 'processing'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let processing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE status = 'processing'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(processing, 0);
 }
 
@@ -88,16 +112,42 @@ async fn read_banner(stdout: tokio::process::ChildStdout) -> (String, String, St
     .await
     .expect("banner within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let sig = line.split("X-Hub-Signature-256: ").nth(1).unwrap().split('\'').next().unwrap().to_string();
-    let body = line.split("--data-binary '").nth(1).unwrap().trim_end_matches('\'').to_string();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let sig = line
+        .split("X-Hub-Signature-256: ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = line
+        .split("--data-binary '")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
     (url, sig, body)
 }
 
 /// Runs `hookq dev ARGS`, sends its printed curl, and waits for the reply on `db_url`
 /// (or on the private cluster under `data_dir`), then stops it with SIGTERM.
-async fn dev_round_trip(env: &HashMap<String, String>, args: &[&str], db_url: Option<&str>, data_dir: Option<&std::path::Path>) {
-    let mut child = hookq(env).arg("dev").args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+async fn dev_round_trip(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    db_url: Option<&str>,
+    data_dir: Option<&std::path::Path>,
+) {
+    let mut child = hookq(env)
+        .arg("dev")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let (url, sig, body) = read_banner(child.stdout.take().unwrap()).await;
     let resp = reqwest::Client::new()
         .post(&url)
@@ -128,7 +178,10 @@ async fn dev_round_trip(env: &HashMap<String, String>, args: &[&str], db_url: Op
     assert!(row.reply_text.is_some());
     pool.close().await;
     signal(child.id().unwrap(), Signal::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("dev exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("dev exits")
+        .unwrap();
     assert!(status.success(), "hookq dev exit: {status:?}");
 }
 
@@ -153,6 +206,9 @@ async fn dev_without_a_database_runs_its_own_postgres() {
     env.insert("TASKIQ_WORKERS".to_string(), "1".to_string());
     let data_dir = dir.display().to_string();
     dev_round_trip(&env, &["--data-dir", &data_dir], None, Some(&dir)).await;
-    assert!(!dir.join("pg/data/postmaster.pid").exists(), "the private PostgreSQL was stopped");
+    assert!(
+        !dir.join("pg/data/postmaster.pid").exists(),
+        "the private PostgreSQL was stopped"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

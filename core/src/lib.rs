@@ -4,8 +4,8 @@
 pub mod admin;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod delivery;
+pub mod demo;
 pub mod devdb;
 pub mod directory;
 pub mod error;

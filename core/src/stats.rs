@@ -402,7 +402,10 @@ pub async fn delete_processed_before(
 /// Delivery attempts started since `since`, by kind and result (the HTTP status code,
 /// or the attempt's state when there was no answer: `failed` for a network error or
 /// timeout, `unknown` when cut off by a crash, `in_flight`).
-pub async fn delivery_results(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<(String, String, i64)>> {
+pub async fn delivery_results(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, String, i64)>> {
     Ok(sqlx::query_as(
         "SELECT kind, coalesce(status_code::text, state) AS result, count(*)
          FROM delivery_attempts WHERE started_at >= $1

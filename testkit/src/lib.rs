@@ -77,17 +77,20 @@ async fn template(admin: &mut PgConnection, admin_url: &str) -> String {
     let sum: u64 = hookq_core::db::MIGRATOR
         .iter()
         .flat_map(|m| m.checksum.iter().copied().chain(m.version.to_le_bytes()))
-        .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        .fold(0xcbf29ce484222325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
     let name = format!("hookq_tmpl_{sum:016x}");
     sqlx::query("SELECT pg_advisory_lock(727274)")
         .execute(&mut *admin)
         .await
         .expect("advisory lock");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut *admin)
-        .await
-        .expect("template lookup");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut *admin)
+            .await
+            .expect("template lookup");
     if !exists {
         let building = format!("{name}_building");
         sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {building}")))
@@ -102,13 +105,17 @@ async fn template(admin: &mut PgConnection, admin_url: &str) -> String {
             let pool = PgPool::connect(&with_db(admin_url, &building))
                 .await
                 .expect("connect template");
-            hookq_core::db::migrate(&pool).await.expect("migrate template");
+            hookq_core::db::migrate(&pool)
+                .await
+                .expect("migrate template");
             pool.close().await;
         }
-        sqlx::query(AssertSqlSafe(format!("ALTER DATABASE {building} RENAME TO {name}")))
-            .execute(&mut *admin)
-            .await
-            .expect("rename template");
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE {building} RENAME TO {name}"
+        )))
+        .execute(&mut *admin)
+        .await
+        .expect("rename template");
     }
     sqlx::query("SELECT pg_advisory_unlock(727274)")
         .execute(&mut *admin)
@@ -129,9 +136,11 @@ pub async fn fresh_db() -> TestDb {
     // to the template is not, so retry that briefly.
     let mut tries = 0;
     loop {
-        match sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {tmpl}")))
-            .execute(&mut admin)
-            .await
+        match sqlx::query(AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {tmpl}"
+        )))
+        .execute(&mut admin)
+        .await
         {
             Ok(_) => break,
             Err(e) if tries < 50 => {

@@ -157,7 +157,10 @@ pub struct DeliveryAttemptView {
 }
 
 impl Delivery {
-    fn new(r: hookq_core::delivery::OutboundReply, attempts: Vec<hookq_core::delivery::DeliveryAttempt>) -> Self {
+    fn new(
+        r: hookq_core::delivery::OutboundReply,
+        attempts: Vec<hookq_core::delivery::DeliveryAttempt>,
+    ) -> Self {
         Delivery {
             kind: r.kind,
             webhook_id: r.webhook_id,
