@@ -282,7 +282,8 @@ async fn resources_crud_with_conflicts_references_and_write_only_secrets() {
             json!({"reply_delivery": "none", "callback_url": null}),
         )
         .await;
-    assert_eq!((s, v["callback_url"].is_null()), (200, true), "{v}");
+    // An unset optional field is left out of answers, never `null` (the schema's promise).
+    assert_eq!((s, v.get("callback_url")), (200, None), "{v}");
 
     // Posts: unique per integration.
     let (s, post) = a
@@ -295,7 +296,7 @@ async fn resources_crud_with_conflicts_references_and_write_only_secrets() {
         (
             s,
             post["replies_enabled"].as_bool(),
-            post["persona_id"].is_null()
+            post.get("persona_id").is_none()
         ),
         (201, Some(true), true),
         "{post}"
@@ -543,4 +544,80 @@ async fn openapi_declares_the_bearer_scheme_on_admin_routes() {
         v["paths"]["/webhooks/instagram"]["post"]["security"].is_null(),
         "webhooks are signed, not bearer"
     );
+}
+
+/// Every `null` anywhere in `v`, by JSON pointer.
+fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Null => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nulls(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(fields) => {
+            for (k, item) in fields {
+                nulls(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Answers match the OpenAPI document: unset optional fields are absent, never `null`
+/// (scripts/schemathesis checks the same against the schema); error answers keep their
+/// own code and detail; a value PostgreSQL cannot store (a NUL character) is a 422, not
+/// a 503 that invites retrying forever.
+#[tokio::test]
+async fn answers_omit_unset_fields_and_errors_keep_their_code() {
+    let app = spawn_app(Options::default()).await;
+    let a = Admin { app: &app };
+    let id = app
+        .ingest("/webhooks/instagram", &compact("c_nulls", "hello"))
+        .await[0];
+    app.wait_status(id, "processed").await;
+    for path in [
+        "/api/users".to_string(),
+        "/api/integrations".to_string(),
+        "/api/persona-templates".to_string(),
+        "/api/personas".to_string(),
+        "/api/posts".to_string(),
+        "/api/webhook-logs".to_string(),
+        "/api/webhook-logs/stats".to_string(),
+        format!("/api/webhook-logs/{id}"),
+    ] {
+        let (s, v) = a.get(&path).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        let mut found = Vec::new();
+        nulls(&v, "", &mut found);
+        assert!(found.is_empty(), "{path} answered null at {found:?}: {v}");
+    }
+    let (_, log) = a.get(&format!("/api/webhook-logs/{id}")).await;
+    assert!(log.get("next_retry_at").is_none(), "{log}");
+
+    let (s, v) = a
+        .get("/api/users/00000000-0000-0000-0000-000000000000")
+        .await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("not_found")), "{v}");
+    let (s, v) = a
+        .post("/api/users", json!({"external_id": "user_123"}))
+        .await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("conflict")), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("user_123"), "{v}");
+    let (s, v) = a
+        .post(
+            "/api/persona-templates",
+            json!({"name": "nul", "reply_template": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!((s, v["error"].as_str()), (422, Some("invalid")), "{v}");
+    let (s, v) = a.get("/api/webhook-logs?event_type=%00").await;
+    assert_eq!((s, v["error"].as_str()), (422, Some("invalid")), "{v}");
+    let (s, v) = json(app.post_instagram(r#"{"object": "nothing"}"#).await).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (422, Some("unknown_event_shape")),
+        "{v}"
+    );
+    app.stop().await;
 }

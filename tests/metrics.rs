@@ -1,14 +1,19 @@
-//! `/metrics`, retention, and what a real `hookq api` process writes to its log
-//! (issue 5).
+//! `/metrics`, retention, and what real `hookq api` and `hookq worker` processes write
+//! to their logs (issue 5).
 
 mod common;
 
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
+use hookq_core::demo::DEMO_IG_ACCOUNT;
 use hookq_testkit::wait_for;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
 
 #[tokio::test]
 async fn metrics_expose_webhooks_jobs_queue_and_pool() {
@@ -325,4 +330,111 @@ async fn api_process_logs_are_json_and_never_hold_secrets() {
         out.contains("\"correlation_id\""),
         "the request's correlation id is logged:\n{out}"
     );
+}
+
+/// A real `hookq worker --single` with JSON logs (issue 5): the lines it writes while
+/// processing a webhook's job and delivering its reply are in `process_webhook` and
+/// `deliver_reply` spans that carry the log id, the job id and the correlation id the
+/// API stored with the log, so a request can be followed from intake to delivery.
+#[tokio::test]
+async fn worker_logs_carry_the_requests_correlation_id() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/reply"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let app = spawn_app(Options {
+        worker: false,
+        env: delivery_env(),
+        ..Options::default()
+    })
+    .await;
+    set_delivery(
+        app.pool(),
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some(&format!("{}/hooks/reply", server.uri())),
+    )
+    .await;
+    let id = app
+        .ingest("/webhooks/instagram", &fixture("compact_comment.json"))
+        .await[0];
+    let stored = hookq_core::logs::get(app.pool(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    let correlation = stored
+        .correlation_id
+        .expect("the API stores the request's correlation id");
+    let job_id = stored.job_id.expect("the log's job");
+
+    let mut env = base_env(&app.db.url);
+    env.extend(delivery_env());
+    env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
+    let mut child = hookq(&env)
+        .env("RUST_LOG", "info,hookq_tasks=debug,hookq_core=debug")
+        .args(["worker", "--single"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read while the worker writes, so a full pipe can never stall it.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut out = String::new();
+        stderr.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    // Processed is set by the delivery job once the callback answered.
+    let row = app.wait_status(id, "processed").await;
+    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert_eq!(wait_requests(&server, 1).await.len(), 1);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    // The line's span of that name, when it was written inside one for this log.
+    let span_of = |line: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name && s["log_id"] == id)
+            .cloned()
+    };
+    for (name, message) in [
+        ("process_webhook", "webhook processed"),
+        ("deliver_reply", "delivering reply"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message && span_of(l, name).is_some())
+            .unwrap_or_else(|| panic!("no {message:?} line in a {name} span for log {id}:\n{out}"));
+        let span = span_of(line, name).unwrap();
+        assert_eq!(
+            span["correlation_id"], correlation,
+            "the {name} span carries the request's correlation id: {line}"
+        );
+        if name == "process_webhook" {
+            assert_eq!(span["job_id"], job_id, "{line}");
+        }
+    }
+    app.stop().await;
 }

@@ -97,15 +97,38 @@ impl From<hookq_core::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_reference", d)
             }
             Invalid(d) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", d),
+            Database(db) if is_data_exception(&db) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!(
+                    "a value was refused by the database: {}",
+                    db.as_database_error()
+                        .map_or_else(String::new, |d| d.message().to_owned())
+                ),
+            ),
             e @ (Database(_) | Upstream { .. }) => hookq_tasks::Error::Core(e).into(),
         }
     }
 }
 
+/// SQLSTATE class 22, "data exception": the database refused a value the request carried
+/// (a NUL character in a string, a number out of range). Retrying cannot help, so the
+/// admin routes answer 422, not 503.
+fn is_data_exception(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code.starts_with("22"))
+}
+
 /// Turns any error poem or poem-openapi raised into the JSON body, keeping its status.
+/// An error answer a handler returned as one of its documented responses
+/// ([`WebhookError`], `AdminError`) already is that body, and goes out unchanged.
 pub async fn render_any(err: poem::Error) -> Response {
     if let Some(api) = err.downcast_ref::<ApiError>() {
         return api.as_response();
+    }
+    if err.is_from_response() {
+        return err.into_response();
     }
     let status = err.status();
     let code = match status {

@@ -66,6 +66,19 @@ pub enum Done {
     AlreadyFinished,
 }
 
+impl Done {
+    /// A short name for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Done::Replied { .. } => "replied",
+            Done::Delivering { .. } => "delivering",
+            Done::Skipped(_) => "skipped",
+            Done::Recorded => "recorded",
+            Done::AlreadyFinished => "already_finished",
+        }
+    }
+}
+
 /// The data an event resolved to.
 struct Resolved {
     integration: Option<Integration>,
@@ -75,10 +88,15 @@ struct Resolved {
 
 /// Processes one log. On failure the log is already marked `failed` (with
 /// `next_retry_at`) or `dead_letter`, and the error is returned for the queue.
+///
+/// Records the log's `correlation_id` (the id of the request that stored it) on the
+/// caller's current span once the start transition has returned the row; a span
+/// declaring that field (the worker's `process_webhook`) carries it on every line below.
 pub async fn process_webhook(deps: &Deps, log_id: i64, attempt: Attempt) -> Result<Done> {
     let Some(started) = deps.logs.start(log_id, attempt.number).await? else {
         return Ok(Done::AlreadyFinished);
     };
+    tracing::Span::current().record("correlation_id", started.log.correlation_id.as_deref());
     // Before any lookup: a cached directory drops what an admin write made stale.
     deps.directory.observe_version(started.directory_version);
     let log = started.log;

@@ -40,6 +40,7 @@ use hookq_core::{
     model::ReplyDelivery,
 };
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 pub use finish::ReplyFinisher;
 
@@ -173,8 +174,19 @@ impl Deliverer {
 
     /// The job handler. Errors are the database's (retried by the queue); delivery
     /// failures are recorded on the reply and the log, not returned.
+    ///
+    /// Traced in a `deliver_reply` span with `log_id`, `job_id` and `correlation_id` (the
+    /// id of the request that stored the log, recorded once the log is read), as the
+    /// `process_webhook` run that staged the reply is.
     pub async fn deliver(&self, job: DeliverReply, ctx: JobContext) -> Result<(), JobError> {
+        let span = tracing::info_span!(
+            "deliver_reply",
+            log_id = job.log_id,
+            job_id = ctx.job_id(),
+            correlation_id = tracing::field::Empty,
+        );
         self.run(job.log_id, ctx.job_id())
+            .instrument(span)
             .await
             .map_err(|e| match e.kind() {
                 FailureKind::Permanent => JobError::Permanent(e.to_string()),
@@ -186,7 +198,16 @@ impl Deliverer {
     }
 
     async fn run(&self, log_id: i64, job_id: JobId) -> Result<()> {
-        let Some(reply) = store::outbound_reply(&self.pool, log_id).await? else {
+        // Both reads at once: the log (for the target, and the correlation id every line
+        // below carries) is needed on the common path anyway.
+        let (reply, log) = tokio::try_join!(
+            store::outbound_reply(&self.pool, log_id),
+            logs::get(&self.pool, log_id)
+        )?;
+        if let Some(log) = &log {
+            tracing::Span::current().record("correlation_id", log.correlation_id.as_deref());
+        }
+        let Some(reply) = reply else {
             return Ok(());
         };
         match reply.state() {
@@ -194,7 +215,7 @@ impl Deliverer {
             Some(ReplyState::Sending) => return self.sending_found(&reply, job_id).await,
             _ => return Ok(()),
         }
-        let Some(log) = logs::get(&self.pool, log_id).await? else {
+        let Some(log) = log else {
             return Ok(());
         };
         let integration = match reply.integration_id {

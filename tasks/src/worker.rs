@@ -14,6 +14,7 @@ use hookq_core::{
     usecase::{self, Attempt, Deps},
 };
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{
     delivery::{Deliverer, PgOutbox, ReplyFinisher},
@@ -93,7 +94,26 @@ pub async fn run(
 }
 
 /// The job handler: translates between the queue's attempt bookkeeping and the use case.
+///
+/// The run is traced in a `process_webhook` span with `log_id`, `job_id` and
+/// `correlation_id`: the use case records the last from the row its start transition
+/// returns (no extra read), so every line the run writes names the request that stored
+/// the event, as the API's "webhook stored" line does.
 pub async fn process_webhook(
+    deps: &Deps,
+    job: ProcessWebhook,
+    ctx: JobContext,
+) -> Result<(), JobError> {
+    let span = tracing::info_span!(
+        "process_webhook",
+        log_id = job.log_id,
+        job_id = ctx.job_id(),
+        correlation_id = tracing::field::Empty,
+    );
+    run_process_webhook(deps, job, ctx).instrument(span).await
+}
+
+async fn run_process_webhook(
     deps: &Deps,
     job: ProcessWebhook,
     ctx: JobContext,
@@ -102,14 +122,25 @@ pub async fn process_webhook(
         number: ctx.attempt(),
         retry_in: ctx.planned_retry_delay(),
     };
-    match usecase::process_webhook(deps, job.log_id, attempt).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(match e.kind() {
-            FailureKind::Permanent => JobError::Permanent(e.to_string()),
-            FailureKind::Transient { retry_after } => JobError::Retry {
-                error: e.to_string(),
-                after: retry_after.or(attempt.retry_in),
-            },
-        }),
+    let e = match usecase::process_webhook(deps, job.log_id, attempt).await {
+        Ok(done) => {
+            tracing::debug!(outcome = done.as_str(), "webhook processed");
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    // As the use case decided: a permanent failure, or any failure of the last attempt,
+    // dead-letters the log; the queue's own line about the failed job has no log context.
+    if e.is_permanent() || attempt.retry_in.is_none() {
+        tracing::warn!(error = %e, attempts = attempt.number, "webhook processing failed: dead-lettered");
+    } else {
+        tracing::info!(error = %e, attempts = attempt.number, "webhook processing failed: will retry");
     }
+    Err(match e.kind() {
+        FailureKind::Permanent => JobError::Permanent(e.to_string()),
+        FailureKind::Transient { retry_after } => JobError::Retry {
+            error: e.to_string(),
+            after: retry_after.or(attempt.retry_in),
+        },
+    })
 }

@@ -29,6 +29,7 @@ pub struct LogsApi;
 
 /// A log in a list: everything but the payload.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LogItem {
     pub id: i64,
     pub source: String,
@@ -82,6 +83,7 @@ impl From<LogSummary> for LogItem {
 /// One log, whole: the payload as received, what the pipeline made of it, and its job
 /// with every failed attempt.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LogDetail {
     pub id: i64,
     pub dedup_key: String,
@@ -125,6 +127,7 @@ pub struct LogDetail {
 
 /// Where a reply is on its way out.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Delivery {
     /// `callback` or `graph_api`.
     pub kind: String,
@@ -144,6 +147,7 @@ pub struct Delivery {
 
 /// One request hookq made to deliver a reply.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct DeliveryAttemptView {
     pub attempt: i32,
     /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
@@ -284,6 +288,7 @@ fn fold_by(groups: &[GroupCount], key: impl Fn(&GroupCount) -> &str) -> Vec<Name
 
 /// Receipt-to-processed time of the logs processed in the window.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ProcessingTime {
     pub window_minutes: u32,
     pub processed: i64,
@@ -297,6 +302,7 @@ pub struct ProcessingTime {
 
 /// The queue's backlog.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct QueueState {
     /// Jobs ready to run and not yet claimed.
     pub depth: i64,
@@ -319,6 +325,7 @@ pub struct Throughput {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LogStats {
     /// Every log kept.
     pub total: i64,
@@ -367,6 +374,7 @@ pub struct Retried {
 /// One push of the live feed: logs created or changed since the last push, oldest
 /// change first, and (every two seconds) the counts by status.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LiveUpdate {
     pub logs: Vec<LogItem>,
     pub counts: Option<StatusCounts>,

@@ -4,6 +4,11 @@
 //! Handlers stay thin: they turn HTTP shapes into calls on `hookq_core::admin`,
 //! `hookq_core::stats` and the queue, and errors into statuses through
 //! [`crate::error`].
+//!
+//! Answers leave an unset optional field out (`#[oai(skip_serializing_if_is_none)]` on
+//! every answer object), never `null`, which is what the OpenAPI document promises
+//! (such fields are optional, not nullable). Requests are the other way round: a
+//! `PATCH` field that takes `null` to clear it is declared `nullable`.
 
 pub mod logs;
 pub mod resources;

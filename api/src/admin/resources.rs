@@ -90,6 +90,7 @@ pub struct UserPatch {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Integration {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -154,17 +155,20 @@ pub struct IntegrationPatch {
     pub user_id: Option<Uuid>,
     pub platform: Option<String>,
     pub account_id: Option<String>,
-    #[oai(write_only)]
+    #[oai(write_only, nullable)]
     pub access_token: MaybeUndefined<String>,
     pub reply_delivery: Option<String>,
+    #[oai(nullable)]
     pub callback_url: MaybeUndefined<String>,
-    #[oai(write_only)]
+    #[oai(write_only, nullable)]
     pub callback_secret: MaybeUndefined<String>,
+    #[oai(nullable)]
     pub default_persona_id: MaybeUndefined<Uuid>,
     pub delivery_enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PersonaTemplate {
     pub id: Uuid,
     pub name: String,
@@ -200,6 +204,7 @@ pub struct NewPersonaTemplate {
 pub struct PersonaTemplatePatch {
     pub name: Option<String>,
     pub reply_template: Option<String>,
+    #[oai(nullable)]
     pub system_prompt: MaybeUndefined<String>,
 }
 
@@ -252,6 +257,7 @@ pub struct PersonaPatch {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Post {
     pub id: Uuid,
     /// The media id payloads name; unique per integration.
@@ -298,6 +304,7 @@ pub struct NewPost {
 pub struct PostPatch {
     pub external_id: Option<String>,
     pub integration_id: Option<Uuid>,
+    #[oai(nullable)]
     pub persona_id: MaybeUndefined<Uuid>,
     pub caption: Option<String>,
     pub replies_enabled: Option<bool>,

@@ -19,6 +19,7 @@ pub struct JobAttempt {
 
 /// A job as the queue holds it.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Job {
     pub id: i64,
     pub task_name: String,
