@@ -81,7 +81,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn queue_bench() -> anyhow::Result<()> {
     let n = env_u64("N", 20_000);
-    let concurrency = env_u64("C", 64) as usize;
+    // 512 jobs in flight: what Graphile's harness holds (32 running + a local queue of 500).
+    let concurrency = env_u64("C", 512) as usize;
     let samples = env_u64("LAT_SAMPLES", 300);
     let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 16).await?;
     hookq_core::db::migrate(&pool).await?;
@@ -114,7 +115,7 @@ async fn queue_bench() -> anyhow::Result<()> {
 
     // (b) drain the pre-filled queue.
     let done = Arc::new(AtomicU64::new(0));
-    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<i64>();
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(i64, Instant)>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Workers::new(
         pool.clone(),
@@ -131,7 +132,7 @@ async fn queue_bench() -> anyhow::Result<()> {
             let lat_tx = lat_tx.clone();
             async move {
                 done.fetch_add(1, Ordering::Relaxed);
-                let _ = lat_tx.send(ctx.job_id());
+                let _ = lat_tx.send((ctx.job_id(), Instant::now()));
                 Ok::<(), JobError>(())
             }
         });
@@ -166,6 +167,9 @@ async fn queue_bench() -> anyhow::Result<()> {
     // is committed (visible in the archive).
     let notifier = Notifier::spawn(pool.clone());
     let mut lat = Vec::with_capacity(samples as usize);
+    // Where the time goes, per sample: the enqueue's durable commit, then the handler's
+    // start (NOTIFY → claim), then the completion's commit.
+    let (mut commit_ms, mut start_ms) = (Vec::new(), Vec::new());
     for i in 0..samples {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let t = Instant::now();
@@ -180,6 +184,7 @@ async fn queue_bench() -> anyhow::Result<()> {
         )
         .await?;
         tx.commit().await?;
+        commit_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         notifier.kick();
         loop {
             let finished: bool =
@@ -195,7 +200,21 @@ async fn queue_bench() -> anyhow::Result<()> {
             }
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        while let Ok((job, started)) = lat_rx.try_recv() {
+            if job == id {
+                start_ms.push(started.duration_since(t).as_secs_f64() * 1000.0);
+            }
+        }
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "queue_latency_breakdown enqueue_commit_p50_ms={:.2} handler_start_p50_ms={:.2}",
+        median(&mut commit_ms),
+        median(&mut start_ms)
+    );
     lat.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
     let _ = stop_tx.send(true);
