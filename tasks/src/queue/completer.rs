@@ -93,7 +93,11 @@ pub(crate) async fn run(
         }
         let mut failures = 0u32;
         loop {
-            match write(&rt.pool, &rt.worker_id, &rt.hooked, &batch).await {
+            let written = {
+                let _rows = rt.row_writes.lock().await;
+                write(&rt.pool, &rt.worker_id, &rt.hooked, &batch).await
+            };
+            match written {
                 Ok(written) => {
                     if written.dead {
                         rt.dead_letters.notify_one();

@@ -234,6 +234,7 @@ pub(crate) async fn extend_leases(rt: Arc<Runtime>, stop: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
+        let _rows = rt.row_writes.lock().await;
         let extended = sqlx::query(
             "UPDATE queue_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
              FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt)

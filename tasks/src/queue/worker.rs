@@ -102,6 +102,10 @@ pub(crate) struct Runtime {
     pub(crate) dead_letters: Notify,
     /// Fires `shutdown_timeout` after shutdown began: in-flight runs are cut off.
     pub(crate) hard_stop: CancellationToken,
+    /// Held while renewing leases or writing outcomes: both update the same held rows,
+    /// and two statements locking them in different (hash-join) orders deadlock, which
+    /// costs a second of `deadlock_timeout` and a retry.
+    pub(crate) row_writes: tokio::sync::Mutex<()>,
     outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
 }
 
@@ -263,6 +267,7 @@ impl Workers {
             wake: Notify::new(),
             dead_letters: Notify::new(),
             hard_stop: CancellationToken::new(),
+            row_writes: tokio::sync::Mutex::new(()),
             outcomes,
         });
         if rt.table.is_empty() {
