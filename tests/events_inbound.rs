@@ -1,6 +1,7 @@
 //! Every inbound event type (issue 4), from a realistic payload through the real API and
-//! worker, to the status and outcome the contract gives it; batches that mix types; and
-//! connection statuses kept per connection.
+//! worker, to the status and outcome the contract gives it; batches that mix types;
+//! connection statuses kept per connection; and a NUL in a message on every route, kept
+//! as U+FFFD.
 
 mod common;
 
@@ -386,5 +387,78 @@ async fn connection_status_keeps_the_newest_report_per_connection() {
     );
     assert_eq!(s.session_id.as_deref(), Some("session_x"));
     assert_eq!(s.integration_id, Some(number));
+    app.stop().await;
+}
+
+/// A NUL (`\u0000`) in a message, on every route and shape, is kept as U+FFFD: the event
+/// is stored, its text and sender name carry the replacement character, and it is
+/// answered like any other message. Before, PostgreSQL refused it and the sender got 503.
+#[tokio::test]
+async fn a_nul_in_a_message_is_replaced_on_every_route() {
+    let app = app_with_every_account().await;
+    // (route, fixture, its text as JSON source, its sender name if the event has one)
+    let cases = [
+        (
+            IG,
+            "ig_messaging_message.json",
+            "Hi! Is the blue jacket still available in M?",
+            None,
+        ),
+        (
+            IG,
+            "ig_comments.json",
+            r"Does this come in blue? \ud83d\ude0d",
+            None,
+        ),
+        (
+            WA,
+            "whatsapp_messages_text.json",
+            r"Ol\u00e1! Do you have the jacket in blue?",
+            Some("Rita Almeida"),
+        ),
+        (
+            BRIDGE,
+            "bridge_message_received.json",
+            "Hello, can you help me?",
+            None,
+        ),
+    ];
+    // What a JSON string source decodes to, each NUL as U+FFFD.
+    let stored = |source: &str| {
+        serde_json::from_str::<String>(&format!("\"{source}\""))
+            .unwrap()
+            .replace('\0', "\u{FFFD}")
+    };
+    for (route, file, text, name) in cases {
+        // A NUL escape after the text's first word, and inside the sender's name.
+        let with_nul = text.replacen(' ', r"\u0000 ", 1);
+        let mut body = fixture(file);
+        assert!(body.contains(text), "{file}: text not found");
+        body = body.replacen(text, &with_nul, 1);
+        if let Some(name) = name {
+            body = body.replacen(name, &name.replace(' ', r"\u0000"), 1);
+        }
+
+        let ids = app.ingest(route, &body).await;
+        assert_eq!(ids.len(), 1, "{file}");
+        let row = app.wait_finished(ids[0]).await;
+        assert_eq!(row.status, "processed", "{file}: {:?}", row.error_message);
+        assert_eq!(row.outcome.as_deref(), Some("replied"), "{file}");
+        assert_eq!(
+            row.message_text.as_deref(),
+            Some(stored(&with_nul).as_str()),
+            "{file}"
+        );
+        assert!(row.message_text.unwrap().contains('\u{FFFD}'), "{file}");
+        if let Some(name) = name {
+            let sender_name: Option<String> =
+                sqlx::query_scalar("SELECT sender_name FROM webhook_logs WHERE id = $1")
+                    .bind(ids[0])
+                    .fetch_one(app.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(sender_name, Some(name.replace(' ', "\u{FFFD}")), "{file}");
+        }
+    }
     app.stop().await;
 }

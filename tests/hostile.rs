@@ -1,7 +1,9 @@
 //! Hostile input against a real server on loopback: every answer is a clear 4xx with the
 //! JSON error body (or a dropped connection), never a 5xx, never a crash, and memory stays
 //! bounded. Also: slow-loris clients are cut off, per-source rate limits answer 429 with
-//! `Retry-After`, and callbacks to loopback are refused unless allowed.
+//! `Retry-After`, and callbacks to loopback are refused unless allowed. A NUL (`\u0000`)
+//! in a signed body is stored as U+FFFD and processed, and a value the database still
+//! refuses fails only its own request (422), never the others of its ingest batch.
 
 mod common;
 
@@ -550,5 +552,238 @@ async fn callbacks_to_loopback_set_through_the_api_are_refused() {
         server.received_requests().await.unwrap().is_empty(),
         "nothing reached the loopback receiver"
     );
+    app.stop().await;
+}
+
+// ---- NUL characters (`\u0000`) and values the database refuses ----
+//
+// PostgreSQL's `text` and `jsonb` refuse NUL, and ingest writes many concurrent requests
+// in one statement: before the fix, one signed body with a NUL was answered 503, and so
+// was every request that shared its batch.
+
+const REPLACEMENT: &str = "\u{FFFD}";
+
+/// Makes every ingest statement hold its transaction `secs` longer, so requests sent
+/// meanwhile queue behind it and are written together as one batch.
+async fn slow_ingest(pool: &sqlx::PgPool, secs: f64) {
+    sqlx::query("CREATE TABLE slow_ingest AS SELECT $1::float8 AS secs")
+        .bind(secs)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE FUNCTION slow_ingest() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep((SELECT secs FROM slow_ingest)); RETURN NULL; END $$",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER slow_ingest AFTER INSERT ON webhook_logs
+         FOR EACH STATEMENT EXECUTE FUNCTION slow_ingest()",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Posts `bodies` so that they share one ingest batch: two opener requests take the
+/// writer's two commit slots (held open by [`slow_ingest`]), and the burst, sent while
+/// they commit, gathers behind them. Returns each body's (status, answer).
+async fn post_as_one_batch(app: &TestApp, tag: &str, bodies: &[String]) -> Vec<(u16, Value)> {
+    let opener = |i: u64| async move {
+        tokio::time::sleep(Duration::from_millis(50 * i)).await;
+        let (status, body) = json(
+            app.post_instagram(&compact(&format!("{tag}_opener_{i}"), "hi"))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 200, "opener {i}: {body}");
+    };
+    let burst = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        futures::future::join_all(
+            bodies
+                .iter()
+                .map(|b| async move { json(app.post_instagram(b).await).await }),
+        )
+        .await
+    };
+    let ((), (), answers) = tokio::join!(opener(0), opener(1), burst);
+    answers
+}
+
+#[tokio::test]
+async fn a_nul_in_a_signed_payload_is_stored_as_the_replacement_character_and_processed() {
+    let app = spawn_app(Options::default()).await;
+    // serde_json writes each '\0' as the escape `\u0000`; "literal" holds the six
+    // characters `\u0000` (written `\\u0000` in JSON), which are not a NUL and stay as is.
+    let body = serde_json::json!({
+        "entry": [{"changes": [{"value": {
+            "post_id": "post_123", "item": "comment", "comment_id": "nul\0comment",
+            "sender_id": "user_456", "sender_name": "Ana\0Silva",
+            "message": "Great post\0 love it", "created_time": 1625097600,
+            "note\0key": "kept", "literal": "\\u0000"}}]}],
+        "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"
+    })
+    .to_string();
+    assert!(body.contains(r#"Great post\u0000 love it"#), "{body}");
+    assert!(body.contains(r#""literal":"\\u0000""#), "{body}");
+
+    let (status, ack) = json(app.post_instagram(&body).await).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["accepted"], 1, "{ack}");
+    let id = ack["ids"][0].as_i64().unwrap();
+    let row = app.wait_finished(id).await;
+    assert_eq!(row.status, "processed", "{:?}", row.error_message);
+    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert!(row.reply_text.as_deref().is_some_and(|r| !r.is_empty()));
+
+    // Every parsed text field and the stored payload carry U+FFFD where the NUL was.
+    let r = REPLACEMENT;
+    assert_eq!(row.dedup_key, format!("ig:comment:nul{r}comment"));
+    assert_eq!(
+        row.message_text.as_deref(),
+        Some(format!("Great post{r} love it").as_str())
+    );
+    let (item, sender_name, payload): (String, String, Value) =
+        sqlx::query_as("SELECT item_id, sender_name, payload FROM webhook_logs WHERE id = $1")
+            .bind(id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(item, format!("nul{r}comment"));
+    assert_eq!(sender_name, format!("Ana{r}Silva"));
+    let value = &payload["entry"][0]["changes"][0]["value"];
+    assert_eq!(value["message"], format!("Great post{r} love it"));
+    assert_eq!(value[format!("note{r}key").as_str()], "kept");
+    assert_eq!(
+        value["literal"], "\\u0000",
+        "an escaped backslash is not a NUL"
+    );
+
+    // The same bytes again are a duplicate of the stored event.
+    let (status, ack) = json(app.post_instagram(&body).await).await;
+    assert_eq!((status, ack["status"].as_str()), (200, Some("duplicate")));
+    assert_eq!(ack["ids"][0], id);
+    app.stop().await;
+}
+
+/// NUL payloads (and timestamps before 4714 BC, which `timestamptz` refuses as well) sent
+/// together with ordinary ones: every request is stored and answered 200.
+#[tokio::test]
+async fn a_nul_payload_does_not_poison_the_requests_that_share_its_batch() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    slow_ingest(app.pool(), 0.3).await;
+    let bodies: Vec<String> = (0..24)
+        .map(|i| {
+            let text = if i % 4 == 1 { "bad\0byte" } else { "fine" };
+            let body = compact(&format!("batch_nul_{i}"), text);
+            if i % 4 == 3 {
+                // Epoch milliseconds of about 29,700 BC: read as no timestamp.
+                body.replace("1625097600", "-1000000000000000")
+            } else {
+                body
+            }
+        })
+        .collect();
+    let answers = post_as_one_batch(&app, "nul", &bodies).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "request {i}: {body}");
+        assert_eq!(body["accepted"], 1, "request {i}: {body}");
+    }
+    let texts: Vec<(String, String)> = sqlx::query_as(
+        "SELECT dedup_key, message_text FROM webhook_logs WHERE dedup_key LIKE 'ig:comment:batch_nul_%'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(texts.len(), 24);
+    let replaced = texts
+        .iter()
+        .filter(|(_, t)| *t == format!("bad{REPLACEMENT}byte"))
+        .count();
+    assert_eq!(replaced, 6, "{texts:?}");
+    let undated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_logs WHERE dedup_key LIKE 'ig:comment:batch_nul_%' AND occurred_at IS NULL",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(undated, 6);
+    // Rows one statement wrote share its transaction id: the NUL events were written in
+    // the same batch as others, and that batch committed.
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_logs n JOIN webhook_logs o ON o.xmin = n.xmin
+         WHERE n.message_text = $1 AND o.message_text = 'fine'",
+    )
+    .bind(format!("bad{REPLACEMENT}byte"))
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(shared > 0, "the NUL events did not share a batch");
+    assert_alive(&app).await;
+    app.stop().await;
+}
+
+/// If the database still refuses a value of a batch (here a constraint that fails with
+/// a data exception on one message text, which no check before the batch can foresee),
+/// the writer falls back to one statement per request: only that request fails, with a
+/// 422, and everything else in its batch is stored.
+#[tokio::test]
+async fn a_value_the_database_refuses_fails_only_its_own_request() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    sqlx::query(
+        "ALTER TABLE webhook_logs ADD CONSTRAINT poison
+         CHECK (message_text IS DISTINCT FROM 'poison' OR message_text::int > 0) NOT VALID",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    slow_ingest(app.pool(), 0.1).await;
+    let poisoned = |i: usize| i % 5 == 2;
+    let bodies: Vec<String> = (0..15)
+        .map(|i| {
+            let text = if poisoned(i) { "poison" } else { "fine" };
+            compact(&format!("refused_req_{i}"), text)
+        })
+        .collect();
+    let answers = post_as_one_batch(&app, "refused", &bodies).await;
+    for (i, (status, body)) in answers.into_iter().enumerate() {
+        if poisoned(i) {
+            assert_eq!(status, 422, "request {i}: {body}");
+            assert_eq!(body["error"], "invalid", "{body}");
+            let detail = body["detail"].as_str().unwrap();
+            assert!(detail.contains("refused by the database"), "{detail}");
+        } else {
+            assert_eq!(status, 200, "request {i}: {body}");
+            assert_eq!(body["accepted"], 1, "request {i}: {body}");
+        }
+    }
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT message_text FROM webhook_logs WHERE dedup_key LIKE 'ig:comment:refused_req_%'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 12);
+    assert!(stored.iter().all(|t| t == "fine"));
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(jobs, 14, "one job per stored log, openers included");
+    // The same refused body sent alone is refused alone, the same way.
+    let (status, body) = json(app.post_instagram(&bodies[2]).await).await;
+    assert_eq!(status, 422, "{body}");
+    assert_alive(&app).await;
     app.stop().await;
 }

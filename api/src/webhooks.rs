@@ -1,4 +1,11 @@
 //! The webhook routes: Meta's verification handshake and signed event intake.
+//!
+//! A body reaches these handlers only once [`SignedBody`] has checked its signature on
+//! the raw bytes; the parsers then work on the decoded value (and replace any NUL in it
+//! with U+FFFD, so such an event is stored rather than refused: see
+//! [`storable`](hookq_core::events::storable)). An event the ingest seam still finds
+//! unstorable is that request's own `422`, never a `503` for it or for the requests that
+//! shared its batch.
 
 use hookq_core::{
     events::{ParsedEvent, parse_instagram, parse_whatsapp},
@@ -114,7 +121,14 @@ async fn ingest(state: &AppState, events: &[ParsedEvent]) -> Result<Json<IngestA
         .ingestor
         .ingest(events, Some(&correlation))
         .await
-        .map_err(ApiError::from)?;
+        .map_err(|e| match hookq_tasks::ingest::refusal(&e) {
+            // The content itself was refused: retrying the same body cannot help.
+            Some(detail) => {
+                tracing::warn!(correlation_id = %correlation, %detail, "webhook refused");
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
+            }
+            None => ApiError::from(e),
+        })?;
     tracing::info!(
         correlation_id = %correlation,
         accepted = done.accepted,

@@ -1,7 +1,10 @@
 //! Any bytes into the Instagram/Facebook parser: an error or events, never a panic, and
-//! every event's payload is an object with a bounded dedup key.
+//! every event's payload is an object with a bounded dedup key; nothing in an event is
+//! a value PostgreSQL would refuse (a NUL anywhere, a timestamp out of range): one such
+//! value would fail its whole ingest batch.
 #![no_main]
 
+use hookq_core::events::storable;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +14,13 @@ fuzz_target!(|data: &[u8]| {
         for e in events {
             assert!(e.payload.is_object());
             assert!(!e.dedup_key.is_empty() && e.dedup_key.len() <= 600);
+            // Every string of the event (ids, names, text, payload keys and values).
+            let all = serde_json::to_string(&e).unwrap();
+            assert!(!storable::has_nul_escape(&all), "{all}");
+            assert!(
+                e.occurred_at
+                    .is_none_or(|t| storable::timestamp_storable(&t))
+            );
         }
     }
 });

@@ -7,12 +7,22 @@
 //! statement (group commit). A commit with `synchronous_commit = on` costs a WAL flush
 //! whatever its size, so sharing it is what lets intake scale past one fsync per
 //! request; each request is still answered only after the commit that holds its events.
+//!
+//! Sharing a statement means sharing its fate, so a value PostgreSQL refuses (a *data
+//! exception*, SQLSTATE class 22: a NUL in a string, a timestamp out of range) must never
+//! reach a batch: [`Ingestor::ingest`] checks every row first and refuses only the
+//! request that carries it ([`refusal`] tells the HTTP layer to answer 422, not 503).
+//! Should the database still refuse a value of a batch, the writer writes that batch's
+//! requests one by one, so again only the offending request fails.
 
 mod writer;
 
 use std::time::Duration;
 
-use hookq_core::{events::ParsedEvent, logs::NewLog};
+use hookq_core::{
+    events::{ParsedEvent, storable},
+    logs::NewLog,
+};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,8 +94,15 @@ impl Ingestor {
     /// Semantics are those of one transaction per call, whatever batch the call shares:
     /// a dedup key already stored, repeated earlier in `events`, or stored by a call
     /// ahead of this one in the same batch is a duplicate (its existing id is answered,
-    /// nothing is enqueued). A failed batch fails every call in it, and nothing of it is
-    /// stored.
+    /// nothing is enqueued). A batch that fails for the database's sake (down, restarting)
+    /// fails every call in it, and nothing of it is stored; a value the database refuses
+    /// fails only the call that carries it (see [`refusal`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Core`] with [`Invalid`](hookq_core::Error::Invalid) when an event holds a
+    /// value PostgreSQL cannot store (nothing of the call is stored); the database's error
+    /// when the write failed.
     pub async fn ingest(
         &self,
         events: &[ParsedEvent],
@@ -98,9 +115,21 @@ impl Ingestor {
                 ids: Vec::new(),
             });
         }
+        let logs: Vec<NewLog> = events.iter().map(NewLog::from_event).collect();
+        // Checked here, before the request joins a batch, so its fate stays its own.
+        if let Some((i, why)) = logs
+            .iter()
+            .enumerate()
+            .find_map(|(i, log)| unstorable(log).map(|why| (i, why)))
+        {
+            tracing::warn!(event = i, reason = %why, "ingest refused an unstorable event");
+            return Err(Error::Core(hookq_core::Error::Invalid(format!(
+                "event {i} of the body cannot be stored: {why}"
+            ))));
+        }
         let (reply, answer) = oneshot::channel();
         let request = writer::Request {
-            logs: events.iter().map(NewLog::from_event).collect(),
+            logs,
             correlation_id: correlation_id.map(str::to_owned),
             reply,
         };
@@ -111,5 +140,118 @@ impl Ingestor {
         // A dropped reply means the writer died mid-batch: the batch's fate is unknown
         // to us, so the sender is told to retry (a retry of a stored event is a duplicate).
         answer.await.map_err(|_| Error::IngestStopped)?
+    }
+}
+
+/// Why PostgreSQL would refuse `log` with a data exception, if it would. The parsers
+/// already make all of this impossible (see [`storable`]), so this only fires for a
+/// caller that builds events some other way; it is what keeps that caller's mistake out
+/// of a shared batch.
+fn unstorable(log: &NewLog) -> Option<String> {
+    // The payload is JSON text, where a NUL is an escape: `has_nul_escape` below.
+    let texts: [(&str, Option<&str>); 12] = [
+        ("dedup_key", Some(&log.dedup_key)),
+        ("source", Some(log.source)),
+        ("event_type", Some(&log.event_type)),
+        ("handling", Some(log.handling)),
+        ("account_id", log.account_id.as_deref()),
+        ("user_external_id", log.user_external_id.as_deref()),
+        ("persona_external_id", log.persona_external_id.as_deref()),
+        ("post_external_id", log.post_external_id.as_deref()),
+        ("item_id", log.item_id.as_deref()),
+        ("sender_id", log.sender_id.as_deref()),
+        ("sender_name", log.sender_name.as_deref()),
+        ("message_text", log.message_text.as_deref()),
+    ];
+    if let Some((field, _)) = texts
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
+    {
+        return Some(format!(
+            "{field} contains a NUL character (U+0000), which PostgreSQL cannot store"
+        ));
+    }
+    if storable::has_nul_escape(&log.payload) {
+        return Some(
+            r"the payload contains a NUL character (\u0000), which PostgreSQL cannot store".into(),
+        );
+    }
+    if let Some(t) = log.occurred_at
+        && !storable::timestamp_storable(&t)
+    {
+        return Some(format!(
+            "occurred_at {t} is outside PostgreSQL's range (4714 BC to 294276 AD)"
+        ));
+    }
+    None
+}
+
+/// When `e` means the request's own content was refused (an event [`Ingestor::ingest`]
+/// found unstorable, or a value the database refused with a data exception), what to tell
+/// the sender: trying again cannot help, so the HTTP layer answers 422 rather than 503.
+/// `None` for every other failure (the database down, the writer gone).
+pub fn refusal(e: &Error) -> Option<String> {
+    match e {
+        Error::Core(hookq_core::Error::Invalid(detail)) => Some(detail.clone()),
+        Error::Database(db) => writer::refused_value(db)
+            .map(|why| format!("a value of the body was refused by the database: {why}")),
+        Error::Shared(e) => refusal(e),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hookq_core::events::parse_instagram;
+    use hookq_testkit::fresh_db;
+
+    use super::*;
+
+    fn events(comment_id: &str) -> Vec<ParsedEvent> {
+        let body = serde_json::json!({
+            "object": "instagram", "user_id": "user_123",
+            "entry": [{"changes": [{"value": {"item": "comment", "comment_id": comment_id,
+                "post_id": "post_123", "message": "hi", "created_time": 1625097600}}]}]
+        });
+        parse_instagram(body.to_string().as_bytes()).unwrap()
+    }
+
+    /// An unstorable event is refused before it joins a batch: a clear refusal for its
+    /// caller, nothing of its request stored, and no effect on anyone else.
+    #[tokio::test]
+    async fn an_unstorable_event_is_refused_before_it_joins_a_batch() {
+        let db = fresh_db().await;
+        let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()));
+        let mut cases: Vec<(&str, Vec<ParsedEvent>)> = Vec::new();
+        let mut text = events("u1");
+        text.extend(events("u1_ok"));
+        text[0].text = Some("a\0b".into());
+        cases.push(("message_text", text));
+        let mut key = events("u2");
+        key[0].payload = serde_json::json!({"k\0": 1});
+        cases.push(("payload", key));
+        let mut time = events("u3");
+        time[0].occurred_at = chrono::DateTime::from_timestamp(-300_000_000_000, 0);
+        cases.push(("occurred_at", time));
+        let good = events("u4");
+        let (refused, stored) = tokio::join!(
+            futures::future::join_all(
+                cases
+                    .iter()
+                    .map(|(_, events)| ingestor.ingest(events, None))
+            ),
+            ingestor.ingest(&good, None),
+        );
+        for ((field, _), result) in cases.iter().zip(refused) {
+            let e = result.unwrap_err();
+            let detail = refusal(&e).unwrap_or_else(|| panic!("{field}: not a refusal: {e}"));
+            assert!(detail.contains(field), "{detail}");
+        }
+        assert_eq!(stored.unwrap().accepted, 1);
+        let keys: Vec<String> = sqlx::query_scalar("SELECT dedup_key FROM webhook_logs")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(keys, ["ig:comment:u4"]);
     }
 }

@@ -7,8 +7,12 @@
 //!
 //! Parsing never touches the database or HTTP: it is a pure function over bytes, so the
 //! controller, the fuzz targets and the load generator share it.
+//!
+//! Every event it returns is storable as is: a NUL (`\u0000`) anywhere in the body becomes
+//! U+FFFD, and a timestamp PostgreSQL cannot hold becomes none ([`storable`]).
 
 mod parse;
+pub mod storable;
 
 pub use parse::{parse_instagram, parse_whatsapp};
 

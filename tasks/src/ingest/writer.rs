@@ -7,7 +7,16 @@
 //! new one and the log's `job_id`, committed with the session's synchronous commit.
 //! Only when that statement has returned (so the commit is durable) is each request
 //! answered, and the workers kicked once for the whole batch. A failed statement stores
-//! nothing and fails every request of the batch with its error.
+//! nothing and fails every request of the batch with its error: the database was down
+//! or restarting, and every sender should retry.
+//!
+//! Except when the failure is one value's: a *data exception* (SQLSTATE class 22, e.g. a
+//! NUL in a string) or a value the driver could not encode belongs to one request, which
+//! must not take the others down with it. Such rows are refused before they are queued
+//! (see [`Ingestor::ingest`](super::Ingestor::ingest)), but should one slip through, the
+//! batch is written again one request at a time, in batch order and with the same
+//! statement: the offending request alone gets the error, and every other is stored and
+//! answered as its own transaction would have been.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -188,28 +197,101 @@ impl Batch {
 
 /// Writes one batch and answers its requests.
 async fn flush(pool: &PgPool, notifier: &Notifier, requests: Vec<Request>) {
-    let plan = Plan::new(&requests);
-    let answers = match plan.write(pool).await {
-        Ok(rows) => plan.answers(&rows),
-        Err(e) => Err(e),
+    let answers = write_batch(pool, &requests).await;
+    if answers
+        .iter()
+        .any(|a| a.as_ref().is_ok_and(|a| a.accepted > 0))
+    {
+        notifier.kick();
+    }
+    for (request, answer) in requests.into_iter().zip(answers) {
+        // A caller that went away (client disconnected) needs no answer.
+        let _ = request.reply.send(answer);
+    }
+}
+
+/// Each request's answer, in order: the batch as one statement, or, when one value of it
+/// was refused, one statement per request.
+async fn write_batch(pool: &PgPool, requests: &[Request]) -> Vec<Result<Ingested, Error>> {
+    let plan = Plan::new(requests);
+    let e = match plan.run(pool).await {
+        Ok(answers) => return answers.into_iter().map(Ok).collect(),
+        Err(e) => e,
     };
-    match answers {
-        Ok(answers) => {
-            if answers.iter().any(|a| a.accepted > 0) {
-                notifier.kick();
-            }
-            for (request, answer) in requests.into_iter().zip(answers) {
-                // A caller that went away (client disconnected) needs no answer.
-                let _ = request.reply.send(Ok(answer));
-            }
+    match &e {
+        Error::Database(db) if requests.len() > 1 && refused_value(db).is_some() => {
+            tracing::warn!(
+                error = %e,
+                requests = requests.len(),
+                "ingest batch refused a value; writing its requests one by one"
+            );
+            one_by_one(pool, requests).await
         }
-        Err(e) => {
-            tracing::warn!(error = %e, requests = requests.len(), "ingest batch failed; nothing of it is stored");
+        _ => {
+            if refused_value_of(&e).is_some() {
+                // A batch of one: its request alone is refused, as in the fallback.
+                tracing::warn!(error = %e, "ingest request refused by the database");
+            } else {
+                tracing::warn!(error = %e, requests = requests.len(), "ingest batch failed; nothing of it is stored");
+            }
             let shared = Arc::new(e);
-            for request in requests {
-                let _ = request.reply.send(Err(Error::Shared(Arc::clone(&shared))));
+            requests
+                .iter()
+                .map(|_| Err(Error::Shared(Arc::clone(&shared))))
+                .collect()
+        }
+    }
+}
+
+/// The fallback for a batch the database refused a value of: each request on its own,
+/// in batch order, so duplicates across them resolve as they would have in the batch (the
+/// first request to name a key stores it, later ones bump its `duplicate_count`). A
+/// request whose value is refused again gets that error alone. Any other failure (the
+/// database went away meanwhile) ends the fallback: it and every request not yet written
+/// get that error, rather than each waiting out its own connection timeout.
+async fn one_by_one(pool: &PgPool, requests: &[Request]) -> Vec<Result<Ingested, Error>> {
+    let mut answers = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let plan = Plan::new(std::slice::from_ref(request));
+        match plan.run(pool).await {
+            Ok(mut one) => answers.push(Ok(one.remove(0))),
+            Err(e) if refused_value_of(&e).is_some() => {
+                tracing::warn!(error = %e, "ingest request refused by the database; the rest of its batch is unaffected");
+                answers.push(Err(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, requests = requests.len() - i, "ingest failed while writing a batch one by one; the rest of it is not stored");
+                let shared = Arc::new(e);
+                answers.extend(
+                    requests[i..]
+                        .iter()
+                        .map(|_| Err(Error::Shared(Arc::clone(&shared)))),
+                );
+                break;
             }
         }
+    }
+    answers
+}
+
+/// What the database (or the driver, encoding it) refused of one row's values, if that
+/// is why `e` happened: SQLSTATE class 22, "data exception" (`22021` a NUL in `text`,
+/// `22P05` one in `jsonb`, `22008` a timestamp out of range...), or an encode error.
+/// Either belongs to the row, not to the batch, and retrying the same row cannot help.
+pub(super) fn refused_value(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
+            Some(d.message().to_owned())
+        }
+        sqlx::Error::Encode(e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+fn refused_value_of(e: &Error) -> Option<String> {
+    match e {
+        Error::Database(db) => refused_value(db),
+        _ => None,
     }
 }
 
@@ -259,6 +341,12 @@ impl<'a> Plan<'a> {
             extra,
             slots,
         }
+    }
+
+    /// Writes the plan and returns each request's answer.
+    async fn run(&self, pool: &PgPool) -> Result<Vec<Ingested>, Error> {
+        let rows = self.write(pool).await?;
+        self.answers(&rows)
     }
 
     async fn write(&self, pool: &PgPool) -> Result<Vec<(i64, String, bool)>, Error> {
@@ -337,9 +425,12 @@ impl<'a> Plan<'a> {
             .unique
             .iter()
             .map(|(l, _)| {
+                // Cannot happen (ON CONFLICT DO UPDATE returns every row); should it, the
+                // exchange with the database is what went wrong, so the sender is told to
+                // retry (`Invalid` would mean the request's content was refused).
                 by_key.get(l.dedup_key.as_str()).copied().ok_or_else(|| {
-                    Error::Core(hookq_core::Error::Invalid(format!(
-                        "no row returned for {}",
+                    Error::Database(sqlx::Error::Protocol(format!(
+                        "the ingest statement returned no row for {}",
                         l.dedup_key
                     )))
                 })
@@ -478,6 +569,122 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(jobs, 4);
+    }
+
+    fn code_of(e: &Error) -> String {
+        let Error::Database(sqlx::Error::Database(d)) = e else {
+            panic!("expected a database error, got {e:?}");
+        };
+        d.code().unwrap_or_default().into_owned()
+    }
+
+    async fn counts(pool: &PgPool) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM webhook_logs), (SELECT count(*) FROM queue_jobs)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// Rows the database refuses, built by hand: `Ingestor::ingest` would refuse them
+    /// before they joined a batch, so only the writer's fallback stands between them and
+    /// the rest of the batch here.
+    #[tokio::test]
+    async fn a_refused_value_fails_only_its_request_and_the_rest_of_the_batch_is_stored() {
+        let db = fresh_db().await;
+        let notifier = Notifier::spawn(db.pool.clone());
+        let (a, a_rx) = request(&["v1", "v2"]);
+        let (mut nul_text, nul_text_rx) = request(&["v3"]);
+        nul_text.logs[0].sender_name = Some("Ana\0".into());
+        let (b, b_rx) = request(&["v2", "v4"]);
+        let (mut nul_json, nul_json_rx) = request(&["v5"]);
+        nul_json.logs[0].payload = r#"{"text": "a\u0000b"}"#.into();
+        let (mut ancient, ancient_rx) = request(&["v1", "v6"]);
+        // About 7500 BC: chrono holds it, `timestamptz` does not.
+        ancient.logs[1].occurred_at = DateTime::from_timestamp(-300_000_000_000, 0);
+        let (c, c_rx) = request(&["v1"]);
+        flush(
+            &db.pool,
+            &notifier,
+            vec![a, nul_text, b, nul_json, ancient, c],
+        )
+        .await;
+
+        // Each refused request gets its own data exception (answered 422 by the API).
+        for (rx, code) in [
+            (nul_text_rx, "22021"),
+            (nul_json_rx, "22P05"),
+            (ancient_rx, "22008"),
+        ] {
+            let e = rx.await.unwrap().unwrap_err();
+            assert_eq!(code_of(&e), code, "{e}");
+            assert!(super::super::refusal(&e).is_some(), "{e}");
+        }
+        // Everyone else is stored and answered as one transaction per request in batch
+        // order would have been: `a` stores v1 and v2, `b` repeats v2, `c` repeats v1.
+        let (a, b, c) = (
+            a_rx.await.unwrap().unwrap(),
+            b_rx.await.unwrap().unwrap(),
+            c_rx.await.unwrap().unwrap(),
+        );
+        let (v1, v2, v4) = (
+            id_of(&db.pool, "v1").await,
+            id_of(&db.pool, "v2").await,
+            id_of(&db.pool, "v4").await,
+        );
+        assert_eq!((a.ids, a.accepted, a.duplicates), (vec![v1.0, v2.0], 2, 0));
+        assert_eq!((b.ids, b.accepted, b.duplicates), (vec![v2.0, v4.0], 1, 1));
+        assert_eq!((c.ids, c.accepted, c.duplicates), (vec![v1.0], 0, 1));
+        // The refused `ancient` request stored nothing, its valid v1 included: a request
+        // is still all or nothing.
+        assert_eq!((v1.1, v2.1, v4.1), (1, 1, 0));
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT dedup_key FROM webhook_logs ORDER BY dedup_key")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(stored, ["v1", "v2", "v4"]);
+        assert_eq!(counts(&db.pool).await, (3, 3), "one job per stored log");
+    }
+
+    /// A data exception no check can foresee (here a constraint that casts `message_text`
+    /// to a number) is caught the same way.
+    #[tokio::test]
+    async fn any_data_exception_is_confined_to_its_request() {
+        let db = fresh_db().await;
+        let notifier = Notifier::spawn(db.pool.clone());
+        sqlx::query(
+            "ALTER TABLE webhook_logs ADD CONSTRAINT numbers_only
+             CHECK (message_text IS NULL OR message_text::int >= 0) NOT VALID",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let numbered = |keys: &[&str]| {
+            let (mut r, rx) = request(keys);
+            for log in &mut r.logs {
+                log.message_text = Some("42".into());
+            }
+            (r, rx)
+        };
+        let (a, a_rx) = numbered(&["d1"]);
+        let (bad, bad_rx) = request(&["d2"]); // "hi" is not a number: 22P02
+        let (c, c_rx) = numbered(&["d3", "d1"]);
+        flush(&db.pool, &notifier, vec![a, bad, c]).await;
+        let e = bad_rx.await.unwrap().unwrap_err();
+        assert_eq!(code_of(&e), "22P02", "{e}");
+        assert_eq!(a_rx.await.unwrap().unwrap().accepted, 1);
+        let c = c_rx.await.unwrap().unwrap();
+        assert_eq!((c.accepted, c.duplicates), (1, 1));
+        assert_eq!(counts(&db.pool).await, (2, 2));
+
+        // Alone in its batch, the refused request gets the same answer.
+        let (bad, bad_rx) = request(&["d4"]);
+        flush(&db.pool, &notifier, vec![bad]).await;
+        let e = bad_rx.await.unwrap().unwrap_err();
+        assert!(super::super::refusal(&e).is_some(), "{e}");
+        assert_eq!(counts(&db.pool).await, (2, 2));
     }
 
     #[tokio::test]

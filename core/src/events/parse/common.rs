@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::events::{AccountRef, Handling, MAX_EVENTS_PER_BODY, ParseError, ParsedEvent, Source};
+use crate::events::{
+    AccountRef, Handling, MAX_EVENTS_PER_BODY, ParseError, ParsedEvent, Source, storable,
+};
 
 /// Envelope bytes one body may copy into its events' payloads. Every payload repeats its
 /// envelope (top-level, entry and value fields), so 1,000 items sharing one entry with
@@ -29,8 +31,20 @@ pub(super) fn shape(detail: impl Into<String>) -> ParseError {
 
 /// Parses the body into its top-level object. serde_json's recursion limit (128) turns
 /// deep nesting into an error instead of a stack overflow, and it rejects invalid UTF-8.
+///
+/// Every NUL in a string or key is replaced by U+FFFD here, before anything reads the
+/// value, so no field of any event can carry one into PostgreSQL (which refuses it and
+/// would fail the whole ingest batch); see [`storable`](crate::events::storable). The
+/// signature was checked on the raw bytes before this runs.
 pub(super) fn decode(body: &[u8]) -> Result<Object, ParseError> {
-    match serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))? {
+    let mut root: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    // Only worth a walk when the text holds an escape at all: a NUL can only arrive as
+    // `\u0000` (JSON forbids a raw control character in a string).
+    if body.contains(&b'\\') {
+        storable::replace_nul(&mut root);
+    }
+    match root {
         Value::Object(root) => Ok(root),
         other => Err(shape(format!(
             "expected a JSON object, got {}",
@@ -120,8 +134,13 @@ pub(super) fn unknown(name: &str) -> String {
 }
 
 /// Epoch seconds or milliseconds (number or numeric string), RFC 3339, or Graph's
-/// `2024-01-15T10:30:00+0000`. Anything unreadable is simply no timestamp.
+/// `2024-01-15T10:30:00+0000`. Anything unreadable is simply no timestamp, and so is one
+/// `timestamptz` cannot hold (before 4714 BC), which PostgreSQL would refuse.
 pub(super) fn timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    any_timestamp(v).filter(storable::timestamp_storable)
+}
+
+fn any_timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
     match v? {
         Value::Number(n) => epoch(n.as_f64()?),
         Value::String(s) => {
