@@ -746,3 +746,36 @@ async fn endpoint_limits_defer_claims() {
     assert_eq!(claim(0, Limits::default()).await, Claim::NotDue);
     app.stop().await;
 }
+
+/// A generator's NUL (in a reply, or quoted from its error answer) never reaches a
+/// `text` column as such: the run stores U+FFFD instead of failing on every retry.
+#[tokio::test]
+async fn nul_characters_from_the_llm_are_stored_as_replacement_characters() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad\u{0}request"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"choices": [{"message": {"content": "Thanks\u{0}!"}}]}),
+        ))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = chat_app(&server, &[]).await;
+    let refused = app
+        .ingest("/webhooks/instagram", &compact("llm_nul_1", "hello"))
+        .await[0];
+    let row = app.wait_status(refused, "dead_letter").await;
+    let error = row.error_message.unwrap();
+    assert!(error.contains("bad\u{FFFD}request"), "{error}");
+    let replied = app
+        .ingest("/webhooks/instagram", &compact("llm_nul_2", "hello"))
+        .await[0];
+    let row = app.wait_status(replied, "processed").await;
+    assert_eq!(row.reply_text.as_deref(), Some("Thanks\u{FFFD}!"));
+    app.stop().await;
+}

@@ -497,3 +497,106 @@ async fn docs_and_health_are_served() {
     assert_eq!((s, v["status"].as_str()), (200, Some("ready")));
     app.stop().await;
 }
+
+/// A `process_webhook` job that dies without its run recording anything (here: its
+/// worker vanished on the last attempt, so the sweep buries it) dead-letters its log
+/// through the queue's dead-letter hook: found by the log id in the payload, or by job
+/// id when the payload is too broken to name it; never a log that an operator retry has
+/// since attached to another job.
+#[tokio::test]
+async fn a_dead_job_dead_letters_only_the_log_it_still_owns() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let pool = app.pool().clone();
+    let mut logs = Vec::new();
+    for i in 0..3 {
+        let ids = app
+            .ingest("/webhooks/instagram", &compact(&format!("dead_{i}"), "hi"))
+            .await;
+        logs.push(ids[0]);
+    }
+    let job_of = |log: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT job_id FROM webhook_logs WHERE id = $1")
+                .bind(log)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (intact, broken, moved_on) = (logs[0], logs[1], logs[2]);
+    let jobs = [
+        job_of(intact).await,
+        job_of(broken).await,
+        job_of(moved_on).await,
+    ];
+    // Each job was claimed for its last attempt by a worker that is gone.
+    sqlx::query(
+        "UPDATE queue_jobs SET status = 'running', locked_by = 'gone', attempts = max_attempts,
+                lease_expires_at = now() - interval '1 minute'
+         WHERE id = ANY($1)",
+    )
+    .bind(&jobs[..])
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE queue_jobs SET payload = '{\"log_id\": \"not a number\"}' WHERE id = $1")
+        .bind(jobs[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    // An operator retry attached this log to a new job meanwhile.
+    sqlx::query("UPDATE webhook_logs SET job_id = job_id + 1000000 WHERE id = $1")
+        .bind(moved_on)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn({
+        let (pool, config) = (pool.clone(), app.config.clone());
+        async move {
+            let mut rx = rx;
+            hookq_tasks::worker::run(pool, &config, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+        }
+    });
+    for log in [intact, broken] {
+        let row = app.wait_status(log, "dead_letter").await;
+        assert!(row.error_message.is_some_and(|m| !m.is_empty()));
+    }
+    // Every hook has run once no dead job is left pending its hook.
+    hookq_testkit::wait_for(20, "the dead-letter hooks to run", || {
+        let pool = pool.clone();
+        async move {
+            let hooked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM queue_jobs_done
+                 WHERE id = ANY($1) AND status = 'dead' AND NOT dead_letter_pending",
+            )
+            .bind(&jobs[..])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (hooked == 3).then_some(())
+        }
+    })
+    .await;
+    let row = hookq_core::logs::get(&pool, moved_on)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.status, "pending",
+        "a log owned by another job is left alone"
+    );
+    let _ = stop.send(true);
+    worker.await.unwrap();
+    app.stop().await;
+}

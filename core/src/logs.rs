@@ -176,25 +176,8 @@ pub struct PgLogStore {
 
 #[async_trait::async_trait]
 impl LogStore for PgLogStore {
-    /// One statement, committed asynchronously (`synchronous_commit` is switched off
-    /// for its own implicit transaction only): the mark is bookkeeping, like the queue's
-    /// claim of the job that runs it. Should a crash lose it, the claim is lost with it
-    /// (WAL is replayed in order), the log is `pending` again and its job runs again;
-    /// everything that must survive (the reply, the outcome, a delivery attempt) is
-    /// committed synchronously later, which also flushes this mark to disk. It also reads
-    /// the directory's change counter, so a caching directory is checked at no cost.
     async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>> {
-        Ok(sqlx::query_as(
-            "UPDATE webhook_logs SET status = 'processing', attempts = $2, started_at = now(),
-                    next_retry_at = NULL, updated_at = now()
-             WHERE id = $1 AND status IN ('pending', 'failed', 'processing')
-               AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-             RETURNING *, coalesce((SELECT version FROM directory_version), 0) AS directory_version",
-        )
-        .bind(id)
-        .bind(attempt as i32)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(start_many(&self.pool, &[id], &[attempt]).await?.pop())
     }
 
     async fn finish(
@@ -240,6 +223,49 @@ impl LogStore for PgLogStore {
             .await?;
         Ok(r.rows_affected() > 0)
     }
+}
+
+/// [`LogStore::start`] for many runs in one statement: the logs that moved to
+/// `processing`, in `ids` order (ids must be distinct; a log that was not startable is
+/// left out).
+///
+/// Committed asynchronously (`synchronous_commit` is switched off for its own implicit
+/// transaction only): the mark is bookkeeping, like the queue's claim of the job that
+/// runs it. Should a crash lose it, the claim is lost with it (WAL is replayed in
+/// order), the log is `pending` again and its job runs again; everything that must
+/// survive (the reply, the outcome, a delivery attempt) is committed synchronously later,
+/// which also flushes this mark to disk. It also reads the directory's change counter,
+/// so a caching directory is checked at no cost.
+pub async fn start_many(
+    pool: &PgPool,
+    ids: &[i64],
+    attempts: &[u32],
+) -> std::result::Result<Vec<Started>, sqlx::Error> {
+    let attempts: Vec<i32> = attempts
+        .iter()
+        .map(|a| i32::try_from(*a).unwrap_or(i32::MAX))
+        .collect();
+    // Planner-proof on purpose. Finding the rows by `id = ANY` (no join) and guarding the
+    // status with an expression no index matches leaves the primary key as the only way
+    // in: statistics taken while the table had no pending logs (just after a quiet spell)
+    // otherwise make "scan every pending log through the status index, per batch" look
+    // cheapest, and a backlog turns that quadratic. The btree visits the ids in order,
+    // so concurrent batches lock rows in the same order and never deadlock.
+    let mut started: Vec<Started> = sqlx::query_as(
+        "UPDATE webhook_logs l SET status = 'processing', started_at = now(), next_retry_at = NULL,
+                updated_at = now(), attempts = ($2::int[])[array_position($1::bigint[], l.id)]
+         WHERE l.id = ANY($1::bigint[])
+           AND (l.status IN ('pending', 'failed', 'processing')) IS TRUE
+           AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+         RETURNING l.*, coalesce((SELECT version FROM directory_version), 0) AS directory_version",
+    )
+    .bind(ids)
+    .bind(&attempts)
+    .fetch_all(pool)
+    .await?;
+    let position = |id: i64| ids.iter().position(|&i| i == id).unwrap_or(usize::MAX);
+    started.sort_by_key(|s| position(s.log.id));
+    Ok(started)
 }
 
 /// Keeps the generated reply on a `processing` log (inside the caller's transaction,
@@ -308,13 +334,27 @@ pub async fn finish_replied(conn: &mut PgConnection, id: i64) -> Result<bool> {
 }
 
 /// Dead-letters the log a job was processing, whatever killed the job (poison payload,
-/// panic, lease lost on the last attempt). Found by `job_id`.
-pub async fn dead_letter_by_job(pool: &PgPool, job_id: i64, error: &str) -> Result<bool> {
-    let r = sqlx::query(dead_letter_sql!("job_id"))
-        .bind(job_id)
-        .bind(error)
-        .execute(pool)
-        .await?;
+/// panic, lease lost on the last attempt), if the log still belongs to that job (an
+/// operator retry attaches it to a new one). `log_id` is the log the job's payload
+/// names: found by primary key; `None` (a payload too broken to decode) falls back to a
+/// scan by `job_id`, which no index serves: see migration 0009.
+pub async fn dead_letter_by_job(
+    pool: &PgPool,
+    job_id: i64,
+    log_id: Option<i64>,
+    error: &str,
+) -> Result<bool> {
+    let r = match log_id {
+        Some(log_id) => sqlx::query(concat!(dead_letter_sql!("id"), " AND job_id = $3"))
+            .bind(log_id)
+            .bind(error)
+            .bind(job_id),
+        None => sqlx::query(dead_letter_sql!("job_id"))
+            .bind(job_id)
+            .bind(error),
+    }
+    .execute(pool)
+    .await?;
     Ok(r.rows_affected() > 0)
 }
 

@@ -18,7 +18,7 @@ use crate::{
     delivery::{self, DeliveryReports, Recorded, ReplyOutbox, ReplyRecord},
     directory::Directory,
     error::{Error, FailureKind, Result},
-    events::Handling,
+    events::{Handling, storable},
     logs::{LogRow, LogStore},
     model::{
         Integration, Outcome, Persona, PersonaTemplate, Post, ReplyDelivery, SkipReason, User,
@@ -110,7 +110,9 @@ pub async fn process_webhook(deps: &Deps, log_id: i64, attempt: Attempt) -> Resu
 }
 
 async fn record_failure(deps: &Deps, log_id: i64, err: &Error, attempt: Attempt) -> Result<()> {
-    let msg = err.to_string();
+    // Messages may quote a provider's or generator's text, NULs included.
+    let mut msg = err.to_string();
+    storable::replace_nul_in(&mut msg);
     match (err.kind(), attempt.retry_in) {
         (FailureKind::Transient { retry_after }, Some(planned)) => {
             let delay = retry_after.unwrap_or(planned);
@@ -218,7 +220,7 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
 
     // A reply stored by an earlier run is reused, so a reply is generated once per log
     // whatever crashes (and an operator resend delivers the very same text).
-    let reply = match &log.reply_text {
+    let mut reply = match &log.reply_text {
         Some(text) => text.clone(),
         None => {
             deps.generator
@@ -237,6 +239,8 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
                 .await?
         }
     };
+    // A generator's text may hold NULs, which no `text` column stores.
+    storable::replace_nul_in(&mut reply);
     let delivery = r
         .integration
         .as_ref()

@@ -3,8 +3,10 @@
 
 pub mod delivery;
 pub mod error;
+pub mod group;
 pub mod ingest;
 pub mod jobs;
+pub mod logstore;
 pub mod queue;
 pub mod retention;
 pub mod supervisor;

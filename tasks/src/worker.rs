@@ -9,7 +9,7 @@ use hookq_core::{
     delivery::PgDeliveryStore,
     directory::{CachedDirectory, PgDirectory},
     llm::LlmGenerator,
-    logs::{self, PgLogStore},
+    logs,
     reply::{ReplyGenerator, TemplateRenderer},
     usecase::{self, Attempt, Deps},
 };
@@ -20,6 +20,7 @@ use crate::{
     delivery::{Deliverer, PgOutbox, ReplyFinisher},
     error::Error,
     jobs::{DeliverReply, ProcessWebhook},
+    logstore::GroupedLogStore,
     queue::{JobContext, JobError, Notifier, WorkerOptions, Workers},
 };
 
@@ -37,7 +38,8 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
         directory: Arc::new(CachedDirectory::new(Arc::new(PgDirectory {
             pool: pool.clone(),
         }))),
-        logs: Arc::new(PgLogStore { pool: pool.clone() }),
+        // Starts are group-written: every run begins with one.
+        logs: Arc::new(GroupedLogStore::spawn(pool.clone())),
         generator,
         outbox: Arc::new(PgOutbox {
             pool: pool.clone(),
@@ -71,10 +73,14 @@ pub async fn run(
         async move { process_webhook(&deps, job, ctx).await }
     });
     let dead_pool = pool.clone();
-    workers.on_dead_letter::<ProcessWebhook, _, _>(move |job_id, _payload, error| {
+    workers.on_dead_letter::<ProcessWebhook, _, _>(move |job_id, payload, error| {
         let pool = dead_pool.clone();
         async move {
-            if let Err(e) = logs::dead_letter_by_job(&pool, job_id, &error).await {
+            let log_id = serde_json::from_value::<ProcessWebhook>(payload)
+                .ok()
+                .map(|job| job.log_id);
+            let marked = logs::dead_letter_by_job(&pool, job_id, log_id, &error).await;
+            if let Err(e) = marked {
                 tracing::error!(job_id, error = %e, "could not dead-letter the log of a dead job");
             }
         }

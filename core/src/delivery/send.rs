@@ -28,6 +28,7 @@ use super::{OutboundReply, REQUEST_TIMEOUT, guard};
 use crate::{
     config::Secret,
     error::{Error, Result},
+    events::storable,
     logs::LogRow,
     model::{Integration, ReplyDelivery},
     signature,
@@ -431,7 +432,10 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
         }
     }
     buf.truncate(limit);
-    String::from_utf8_lossy(&buf).into_owned()
+    // What is kept of it (an error snippet, an id) goes to `text` columns: no NULs.
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    storable::replace_nul_in(&mut text);
+    text
 }
 
 fn message_id(body: &str) -> Option<String> {
@@ -439,7 +443,12 @@ fn message_id(body: &str) -> Option<String> {
     ["/message_id", "/messages/0/id", "/id", "/data/message_id"]
         .iter()
         .find_map(|p| match v.pointer(p)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::String(s) if !s.is_empty() => {
+                // A JSON `\u0000` decodes to a NUL.
+                let mut id = s.clone();
+                storable::replace_nul_in(&mut id);
+                Some(id)
+            }
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         })

@@ -43,7 +43,7 @@ const PG_END_UNIX_SECS: i64 = 9_224_318_016_000;
 /// NUL keep their names, and the map keeps its order.
 pub fn replace_nul(v: &mut Value) -> usize {
     match v {
-        Value::String(s) => usize::from(replace_in(s)),
+        Value::String(s) => usize::from(replace_nul_in(s)),
         Value::Array(items) => items.iter_mut().map(replace_nul).sum(),
         Value::Object(map) => {
             let mut changed = map.values_mut().map(replace_nul).sum();
@@ -56,7 +56,10 @@ pub fn replace_nul(v: &mut Value) -> usize {
     }
 }
 
-fn replace_in(s: &mut String) -> bool {
+/// Replaces every NUL in `s` with [`NUL_REPLACEMENT`]; true when it changed something.
+/// For text from outside that reaches a `text` column on the worker side: a generated
+/// reply, a provider's answer, an error message quoting either.
+pub fn replace_nul_in(s: &mut String) -> bool {
     if s.contains('\0') {
         *s = s.replace('\0', "\u{FFFD}");
         true
@@ -76,7 +79,7 @@ fn rename_keys(map: &mut Map<String, Value>) -> usize {
         .collect();
     let mut renamed = 0;
     for (mut key, value) in entries {
-        if replace_in(&mut key) {
+        if replace_nul_in(&mut key) {
             renamed += 1;
             while taken.contains(&key) {
                 key.push(NUL_REPLACEMENT);

@@ -8,12 +8,13 @@
 //! log moved, exactly as with its own statement; a failed batch fails every caller (the
 //! runs are retried), and nothing of it is stored.
 
-use std::{collections::HashSet, sync::Arc};
+use std::collections::HashSet;
 
 use hookq_core::error::{Error, Result};
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
+
+use crate::group::GroupWriter;
 
 /// Rows per statement at most.
 const MAX_BATCH: usize = 256;
@@ -25,21 +26,23 @@ struct Finish {
     reply: String,
     integration_id: Option<Uuid>,
     persona_id: Option<Uuid>,
-    done: oneshot::Sender<std::result::Result<bool, Arc<sqlx::Error>>>,
 }
 
 /// Cheap to clone; its writer task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct ReplyFinisher {
-    tx: mpsc::Sender<Finish>,
+    writer: GroupWriter<Finish, bool>,
 }
 
 impl ReplyFinisher {
     /// Starts the writer on the current Tokio runtime.
     pub fn spawn(pool: PgPool) -> Self {
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, pool));
-        ReplyFinisher { tx }
+        ReplyFinisher {
+            writer: GroupWriter::spawn(MAX_BATCH, IN_FLIGHT, move |batch| {
+                let pool = pool.clone();
+                async move { flush(&pool, batch).await }
+            }),
+        }
     }
 
     /// processing → processed (`replied`) with the reply stored, committed before this
@@ -51,79 +54,43 @@ impl ReplyFinisher {
         integration_id: Option<Uuid>,
         persona_id: Option<Uuid>,
     ) -> Result<bool> {
-        let (done, answer) = oneshot::channel();
-        let gone = || Error::Upstream {
-            message: "the reply writer has stopped".into(),
-            retry_after: None,
+        let item = Finish {
+            log_id,
+            reply: reply.to_owned(),
+            integration_id,
+            persona_id,
         };
-        self.tx
-            .send(Finish {
-                log_id,
-                reply: reply.to_owned(),
-                integration_id,
-                persona_id,
-                done,
-            })
-            .await
-            .map_err(|_| gone())?;
-        answer
-            .await
-            .map_err(|_| gone())?
-            .map_err(|e| Error::Upstream {
-                // Transient like any database failure: the run is retried.
+        match self.writer.submit(item).await {
+            Some(Ok(moved)) => Ok(moved),
+            // Transient like any database failure: the run is retried.
+            Some(Err(e)) => Err(Error::Upstream {
                 message: format!("database: {e}"),
                 retry_after: None,
-            })
-    }
-}
-
-async fn run(mut rx: mpsc::Receiver<Finish>, pool: PgPool) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        // Flush at once when a slot is free; while every slot is busy, gather.
-        let permit: Option<OwnedSemaphorePermit> = loop {
-            if batch.len() >= MAX_BATCH {
-                break Arc::clone(&slots).acquire_owned().await.ok();
-            }
-            tokio::select! {
-                biased;
-                p = Arc::clone(&slots).acquire_owned() => break p.ok(),
-                next = rx.recv() => match next {
-                    Some(f) => batch.push(f),
-                    None => break Arc::clone(&slots).acquire_owned().await.ok(),
-                },
-            }
-        };
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
-            }
+            }),
+            None => Err(Error::Upstream {
+                message: "the reply writer has stopped".into(),
+                retry_after: None,
+            }),
         }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            flush(&pool, batch).await;
-            drop(permit);
-        });
     }
 }
 
-async fn flush(pool: &PgPool, mut batch: Vec<Finish>) {
-    // Lock rows in id order, so concurrent batches never deadlock.
-    batch.sort_by_key(|f| f.log_id);
+/// One guarded UPDATE for the batch; an answer per item, in order.
+async fn flush(pool: &PgPool, batch: Vec<Finish>) -> std::result::Result<Vec<bool>, sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|f| f.log_id).collect();
     let replies: Vec<&str> = batch.iter().map(|f| f.reply.as_str()).collect();
     let integrations: Vec<Option<Uuid>> = batch.iter().map(|f| f.integration_id).collect();
     let personas: Vec<Option<Uuid>> = batch.iter().map(|f| f.persona_id).collect();
-    let result: std::result::Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
+    // The primary key is the only way in, whatever the statistics say (see
+    // `hookq_core::logs::start_many`), and it visits the ids in order: concurrent
+    // batches lock rows in the same order and never deadlock.
+    let moved: Vec<i64> = sqlx::query_scalar(
         "UPDATE webhook_logs l SET status = 'processed', outcome = 'replied', skip_reason = NULL,
-                reply_text = t.reply, integration_id = COALESCE(t.integration_id, l.integration_id),
-                persona_id = COALESCE(t.persona_id, l.persona_id), error_message = NULL,
-                next_retry_at = NULL, processed_at = now(), updated_at = now()
-         FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::uuid[])
-              AS t(id, reply, integration_id, persona_id)
-         WHERE l.id = t.id AND l.status = 'processing'
+                reply_text = ($2::text[])[array_position($1::bigint[], l.id)],
+                integration_id = COALESCE(($3::uuid[])[array_position($1::bigint[], l.id)], l.integration_id),
+                persona_id = COALESCE(($4::uuid[])[array_position($1::bigint[], l.id)], l.persona_id),
+                error_message = NULL, next_retry_at = NULL, processed_at = now(), updated_at = now()
+         WHERE l.id = ANY($1::bigint[]) AND (l.status = 'processing') IS TRUE
          RETURNING l.id",
     )
     .bind(&ids)
@@ -131,22 +98,9 @@ async fn flush(pool: &PgPool, mut batch: Vec<Finish>) {
     .bind(&integrations)
     .bind(&personas)
     .fetch_all(pool)
-    .await;
-    match result {
-        Ok(moved) => {
-            let mut moved: HashSet<i64> = moved.into_iter().collect();
-            for f in batch {
-                // Two runs of one log in a batch: the first moved it, as with two
-                // statements; the second finds it no longer processing.
-                let _ = f.done.send(Ok(moved.remove(&f.log_id)));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, rows = batch.len(), "finishing a batch of replies failed; the runs will be retried");
-            let e = Arc::new(e);
-            for f in batch {
-                let _ = f.done.send(Err(Arc::clone(&e)));
-            }
-        }
-    }
+    .await?;
+    let mut moved: HashSet<i64> = moved.into_iter().collect();
+    // Two runs of one log in a batch: the first moved it, as with two statements; the
+    // second finds it no longer processing.
+    Ok(batch.iter().map(|f| moved.remove(&f.log_id)).collect())
 }

@@ -44,10 +44,17 @@ pub use worker::{WorkerOptions, Workers};
 /// planner then loops over the rows found by the lease index and rescans the whole
 /// array for each, which is quadratic in the batch (2,691 completions took 1.8 s in the
 /// benchmark, 2.5 ms as a hash join). None of these statements wants a nested loop.
+///
+/// And with `plan_cache_mode = force_generic_plan`: the same few statements run on every
+/// connection, and PostgreSQL otherwise plans each one afresh for its first five runs
+/// per connection (and on, where a custom plan looks cheaper); that planning measured
+/// 0.26 ms per claim and 0.48 ms per outcome batch on the idle path.
 pub(crate) fn async_commit_pool(pool: &sqlx::PgPool, max_connections: u32) -> sqlx::PgPool {
-    let opts = (*pool.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off"), ("enable_nestloop", "off")]);
+    let opts = (*pool.connect_options()).clone().options([
+        ("synchronous_commit", "off"),
+        ("enable_nestloop", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]);
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
