@@ -242,6 +242,8 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let run = std::process::id();
     let mut lat = Vec::with_capacity(samples as usize);
+    // Until the 200 (the durable commit of the log and its job), per sample.
+    let mut acked = Vec::with_capacity(samples as usize);
     for i in 0..samples {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let body = serde_json::json!({
@@ -266,6 +268,7 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
             .error_for_status()?
             .json()
             .await?;
+        acked.push(t.elapsed().as_secs_f64() * 1000.0);
         let id = ack["ids"][0]
             .as_i64()
             .ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
@@ -284,6 +287,11 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    acked.sort_by(|a, b| a.total_cmp(b));
+    eprintln!(
+        "webhook_latency_breakdown ack_p50_ms={:.2}",
+        acked[acked.len() / 2]
+    );
     lat.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
     println!(

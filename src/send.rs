@@ -18,7 +18,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use futures::{StreamExt, stream};
 use hookq_core::{config::Config, signature};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
@@ -136,6 +135,23 @@ fn kind_for(sample: Sample, seq: u64) -> Sample {
     }
 }
 
+/// A body ready to send: its URL and signature header computed ahead.
+struct Signed {
+    url: String,
+    header: &'static str,
+    value: String,
+    body: Arc<Body>,
+}
+
+/// The part of the server's answer the summary counts.
+#[derive(serde::Deserialize)]
+struct Ack {
+    #[serde(default)]
+    accepted: u64,
+    #[serde(default)]
+    duplicates: u64,
+}
+
 #[derive(Default)]
 struct Tally {
     by_status: BTreeMap<u16, u64>,
@@ -179,12 +195,11 @@ pub async fn run(args: SendArgs) -> Result<()> {
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sent  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let sent_ok = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let wall_start = chrono::Utc::now() - chrono::Duration::seconds(1);
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
 
-    let bodies = {
+    // Every body is made and signed before the clock starts: the figure is the server's.
+    let bodies: Arc<Vec<Signed>> = {
         let mut rng = rand::rng();
         let mut made: Vec<Arc<Body>> = Vec::with_capacity(args.count as usize);
         for seq in 0..args.count {
@@ -204,71 +219,97 @@ pub async fn run(args: SendArgs) -> Result<()> {
             };
             made.push(body);
         }
-        made
+        Arc::new(
+            made.into_iter()
+                .map(|body| {
+                    let (header, value) = if body.bridge {
+                        let key = bridge_secret.as_deref().unwrap_or("");
+                        (
+                            "X-Webhook-Signature",
+                            signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
+                        )
+                    } else {
+                        let key = meta_secret.as_deref().unwrap_or("");
+                        (
+                            "X-Hub-Signature-256",
+                            format!(
+                                "sha256={}",
+                                signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
+                            ),
+                        )
+                    };
+                    Signed {
+                        url: format!("{base}{}", body.path),
+                        header,
+                        value,
+                        body,
+                    }
+                })
+                .collect(),
+        )
     };
 
-    let results = stream::iter(bodies.into_iter().enumerate())
-        .map(|(i, body)| {
-            let client = client.clone();
-            let base = base.clone();
-            let meta_secret = meta_secret.clone();
-            let bridge_secret = bridge_secret.clone();
-            let bar = bar.clone();
-            let sent_ok = sent_ok.clone();
-            async move {
-                if let Some(iv) = interval {
-                    tokio::time::sleep_until((started + iv * i as u32).into()).await;
-                }
-                let mut req = client
-                    .post(format!("{base}{}", body.path))
-                    .header("Content-Type", "application/json");
-                req = if body.bridge {
-                    let key = bridge_secret.as_deref().unwrap_or("");
-                    req.header(
-                        "X-Webhook-Signature",
-                        signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
-                    )
-                } else {
-                    let key = meta_secret.as_deref().unwrap_or("");
-                    req.header(
-                        "X-Hub-Signature-256",
-                        format!(
-                            "sha256={}",
-                            signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
-                        ),
-                    )
-                };
-                let t0 = Instant::now();
-                let res = req.body(body.bytes.clone()).send().await;
-                let out = match res {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let ack: Option<serde_json::Value> = r.json().await.ok();
-                        Ok((status, ack, t0.elapsed()))
+    // One task per connection, each taking the next body: the requests are spread over
+    // the runtime's threads (a single stream of futures would build and read every
+    // request on one thread and make the load generator the bottleneck).
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let senders: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (client, bodies, next, bar) = (
+                client.clone(),
+                Arc::clone(&bodies),
+                Arc::clone(&next),
+                bar.clone(),
+            );
+            tokio::spawn(async move {
+                let mut t = Tally::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(b) = bodies.get(i as usize) else {
+                        break;
+                    };
+                    if let Some(iv) = interval {
+                        tokio::time::sleep_until((started + iv * i as u32).into()).await;
                     }
-                    Err(e) => Err(e),
-                };
-                sent_ok.fetch_add(1, Ordering::Relaxed);
-                bar.inc(1);
-                out
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .fold(Tally::default(), |mut t, r| async move {
-            match r {
-                Ok((status, ack, lat)) => {
-                    *t.by_status.entry(status).or_default() += 1;
-                    t.latencies_us.push(lat.as_micros() as u64);
-                    if let Some(a) = ack {
-                        t.accepted += a["accepted"].as_u64().unwrap_or(0);
-                        t.duplicates += a["duplicates"].as_u64().unwrap_or(0);
+                    let t0 = Instant::now();
+                    let res = client
+                        .post(&b.url)
+                        .header("Content-Type", "application/json")
+                        .header(b.header, &b.value)
+                        .body(b.body.bytes.clone())
+                        .send()
+                        .await;
+                    match res {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let ack: Option<Ack> = r.json().await.ok();
+                            *t.by_status.entry(status).or_default() += 1;
+                            t.latencies_us.push(t0.elapsed().as_micros() as u64);
+                            if let Some(a) = ack {
+                                t.accepted += a.accepted;
+                                t.duplicates += a.duplicates;
+                            }
+                        }
+                        Err(_) => t.errors += 1,
                     }
+                    bar.inc(1);
                 }
-                Err(_) => t.errors += 1,
-            }
-            t
+                t
+            })
         })
-        .await;
+        .collect();
+    let mut results = Tally::default();
+    for sender in senders {
+        let t = sender.await.context("a sender task failed")?;
+        for (status, n) in t.by_status {
+            *results.by_status.entry(status).or_default() += n;
+        }
+        results.errors += t.errors;
+        results.accepted += t.accepted;
+        results.duplicates += t.duplicates;
+        results.latencies_us.extend(t.latencies_us);
+    }
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     let mut t = results;

@@ -212,3 +212,64 @@ async fn dev_without_a_database_runs_its_own_postgres() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `hookq send` (the load generator) against a running instance: every body signed so
+/// the server acknowledges it, duplicates counted as the server reports them, and
+/// `--wait-processed` waits until every accepted event is finished.
+#[tokio::test]
+async fn send_delivers_signed_webhooks_and_waits_until_they_are_processed() {
+    let app = spawn_app(Options::default()).await;
+    let out = hookq(&base_env(&app.db.url))
+        .args([
+            "send",
+            "--url",
+            &app.base,
+            "--count",
+            "80",
+            "--concurrency",
+            "8",
+            "--duplicate-ratio",
+            "0.25",
+            "--sample",
+            "mixed",
+            "--wait-processed",
+            "--wait-timeout",
+            "60",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+    };
+    assert_eq!(field("acked"), 80, "{line}");
+    assert_eq!(field("errors"), 0, "{line}");
+    let (accepted, duplicates) = (field("accepted"), field("duplicates"));
+    assert_eq!(accepted + duplicates, 80, "{line}");
+    assert!(
+        duplicates > 0,
+        "a quarter of the bodies repeat an earlier one: {line}"
+    );
+    assert_eq!(
+        field("processed") + field("dead_letter"),
+        accepted,
+        "{line}"
+    );
+    let (logs, repeats): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(duplicate_count), 0) FROM webhook_logs")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!((logs as u64, repeats as u64), (accepted, duplicates));
+    app.stop().await;
+}
