@@ -58,6 +58,23 @@ impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
         self.tx.send(Request { item, done }).await.ok()?;
         answer.await.ok()
     }
+
+    /// [`submit`](Self::submit) for the use case: a database error, or a writer that
+    /// has stopped, is a transient failure (the run is retried).
+    pub async fn write(&self, item: I) -> hookq_core::error::Result<O> {
+        use hookq_core::error::Error;
+        match self.submit(item).await {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(Error::Upstream {
+                message: format!("database: {e}"),
+                retry_after: None,
+            }),
+            None => Err(Error::Upstream {
+                message: "a batching writer has stopped".into(),
+                retry_after: None,
+            }),
+        }
+    }
 }
 
 async fn run<I, O, F, Fut>(

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use hookq_core::{
-    error::{Error, Result},
+    error::Result,
     logs::{self, LogStore, PgLogStore, Started},
     model::{Outcome, SkipReason},
 };
@@ -73,18 +73,7 @@ async fn start_batch(
 #[async_trait::async_trait]
 impl LogStore for GroupedLogStore {
     async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>> {
-        match self.starts.submit((id, attempt)).await {
-            Some(Ok(started)) => Ok(started),
-            // Transient like any database failure: the run is retried.
-            Some(Err(e)) => Err(Error::Upstream {
-                message: format!("database: {e}"),
-                retry_after: None,
-            }),
-            None => Err(Error::Upstream {
-                message: "the log writer has stopped".into(),
-                retry_after: None,
-            }),
-        }
+        self.starts.write((id, attempt)).await
     }
 
     async fn finish(

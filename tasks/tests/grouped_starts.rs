@@ -4,42 +4,19 @@
 
 use std::sync::Arc;
 
-use hookq_core::{
-    events::{AccountRef, Handling, ParsedEvent, Source},
-    logs::LogStore,
-};
+use hookq_core::{events::ParsedEvent, logs::LogStore};
 use hookq_tasks::{ingest::Ingestor, logstore::GroupedLogStore, queue::Notifier};
-use hookq_testkit::fresh_db;
+use hookq_testkit::{comment_event, fresh_db};
 use tokio::sync::Barrier;
-
-fn event(key: &str) -> ParsedEvent {
-    ParsedEvent {
-        dedup_key: key.to_owned(),
-        source: Source::Instagram,
-        platform: Source::Instagram,
-        event_type: "comment".into(),
-        handling: Handling::Reply,
-        account: AccountRef::Compact {
-            user_external_id: "user_123".into(),
-        },
-        persona_external_id: Some("persona_123".into()),
-        post_external_id: Some("post_123".into()),
-        item_id: Some(key.to_owned()),
-        sender_id: Some("user_456".into()),
-        sender_name: Some("Test User".into()),
-        text: Some("hello".into()),
-        is_own: false,
-        occurred_at: None,
-        payload: serde_json::json!({ "key": key }),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_each_get_their_own_log() {
     const LOGS: usize = 200;
     let db = fresh_db().await;
     let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()));
-    let events: Vec<ParsedEvent> = (0..LOGS).map(|i| event(&format!("start-{i}"))).collect();
+    let events: Vec<ParsedEvent> = (0..LOGS)
+        .map(|i| comment_event(&format!("start-{i}")))
+        .collect();
     let ids = ingestor.ingest(&events, None).await.unwrap().ids;
     // One log is already finished: its start must answer None.
     let finished = ids[LOGS - 1];

@@ -3,32 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use hookq_core::events::{AccountRef, Handling, ParsedEvent, Source};
 use hookq_tasks::{ingest::Ingestor, queue::Notifier};
-use hookq_testkit::fresh_db;
+use hookq_testkit::{comment_event, fresh_db};
 use tokio::sync::Barrier;
-
-fn event(key: &str) -> ParsedEvent {
-    ParsedEvent {
-        dedup_key: key.to_owned(),
-        source: Source::Instagram,
-        platform: Source::Instagram,
-        event_type: "comment".into(),
-        handling: Handling::Reply,
-        account: AccountRef::Compact {
-            user_external_id: "user_123".into(),
-        },
-        persona_external_id: Some("persona_123".into()),
-        post_external_id: Some("post_123".into()),
-        item_id: Some(key.to_owned()),
-        sender_id: Some("user_456".into()),
-        sender_name: Some("Test User".into()),
-        text: Some("hello".into()),
-        is_own: false,
-        occurred_at: None,
-        payload: serde_json::json!({ "key": key }),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_callers_are_all_stored_with_their_jobs_in_shared_commits() {
@@ -43,8 +20,8 @@ async fn many_concurrent_callers_are_all_stored_with_their_jobs_in_shared_commit
         tasks.push(tokio::spawn(async move {
             // Every caller has its own event, and one of ten keys shared with others.
             let events = vec![
-                event(&format!("own-{i}")),
-                event(&format!("shared-{}", i % 10)),
+                comment_event(&format!("own-{i}")),
+                comment_event(&format!("shared-{}", i % 10)),
             ];
             start.wait().await;
             let corr = format!("caller-{i}");

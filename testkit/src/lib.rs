@@ -174,3 +174,28 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A compact Instagram comment for the demo user and persona, keyed (dedup key, item
+/// id and payload) by `key`: what the ingest and worker tests store.
+pub fn comment_event(key: &str) -> hookq_core::events::ParsedEvent {
+    use hookq_core::events::{AccountRef, Handling, ParsedEvent, Source};
+    ParsedEvent {
+        dedup_key: key.to_owned(),
+        source: Source::Instagram,
+        platform: Source::Instagram,
+        event_type: "comment".into(),
+        handling: Handling::Reply,
+        account: AccountRef::Compact {
+            user_external_id: "user_123".into(),
+        },
+        persona_external_id: Some("persona_123".into()),
+        post_external_id: Some("post_123".into()),
+        item_id: Some(key.to_owned()),
+        sender_id: Some("user_456".into()),
+        sender_name: Some("Test User".into()),
+        text: Some("hello".into()),
+        is_own: false,
+        occurred_at: None,
+        payload: serde_json::json!({ "key": key }),
+    }
+}

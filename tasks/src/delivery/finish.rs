@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use hookq_core::error::{Error, Result};
+use hookq_core::error::Result;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -60,18 +60,7 @@ impl ReplyFinisher {
             integration_id,
             persona_id,
         };
-        match self.writer.submit(item).await {
-            Some(Ok(moved)) => Ok(moved),
-            // Transient like any database failure: the run is retried.
-            Some(Err(e)) => Err(Error::Upstream {
-                message: format!("database: {e}"),
-                retry_after: None,
-            }),
-            None => Err(Error::Upstream {
-                message: "the reply writer has stopped".into(),
-                retry_after: None,
-            }),
-        }
+        self.writer.write(item).await
     }
 }
 
