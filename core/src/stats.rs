@@ -180,7 +180,7 @@ pub struct GroupCount {
 }
 
 /// Every log counted by status, event type and source: one index-only scan of
-/// `webhook_logs_status` (which includes both). Stats, metrics and the dashboard fold it.
+/// `webhook_logs_status_event_source`. Stats, metrics and the dashboard fold it.
 pub async fn group_counts(pool: &PgPool) -> Result<Vec<GroupCount>> {
     Ok(sqlx::query_as(
         "SELECT status, event_type, source, count(*) AS count FROM webhook_logs
