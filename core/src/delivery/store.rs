@@ -321,15 +321,15 @@ pub struct FailedAttempt<'a> {
     pub log_message: &'a str,
 }
 
-/// A transient failure with tries left: attempt `failed`, reply `sending` → `retrying`
-/// until `next_at`, log → `failed` with `next_retry_at`. The caller enqueues the next
-/// job (run at `next_at`) in the same transaction.
-pub async fn record_retry(
+/// Closes the claimed attempt as `failed` and moves the reply `sending` → `retrying`
+/// (until `next_at`) or, without a next try, → `failed`. False when the attempt was no
+/// longer open (another run closed it).
+async fn fail_attempt(
     conn: &mut PgConnection,
     reply: &OutboundReply,
     claimed: &Claimed,
     failed: &FailedAttempt<'_>,
-    next_at: DateTime<Utc>,
+    next_at: Option<DateTime<Utc>>,
 ) -> Result<bool> {
     if !close_attempt(
         conn,
@@ -344,15 +344,36 @@ pub async fn record_retry(
         return Ok(false);
     }
     sqlx::query(
-        "UPDATE outbound_replies SET status = 'retrying', next_attempt_at = $2, last_error = $3,
+        "UPDATE outbound_replies SET status = $4, next_attempt_at = $2, last_error = $3,
                 updated_at = now()
          WHERE id = $1 AND status = 'sending'",
     )
     .bind(reply.id)
     .bind(next_at)
     .bind(failed.error)
+    .bind(if next_at.is_some() {
+        "retrying"
+    } else {
+        "failed"
+    })
     .execute(&mut *conn)
     .await?;
+    Ok(true)
+}
+
+/// A transient failure with tries left: attempt `failed`, reply `sending` → `retrying`
+/// until `next_at`, log → `failed` with `next_retry_at`. The caller enqueues the next
+/// job (run at `next_at`) in the same transaction.
+pub async fn record_retry(
+    conn: &mut PgConnection,
+    reply: &OutboundReply,
+    claimed: &Claimed,
+    failed: &FailedAttempt<'_>,
+    next_at: DateTime<Utc>,
+) -> Result<bool> {
+    if !fail_attempt(conn, reply, claimed, failed, Some(next_at)).await? {
+        return Ok(false);
+    }
     sqlx::query(LOG_RETRYING)
         .bind(reply.log_id)
         .bind(failed.log_message)
@@ -372,27 +393,9 @@ pub async fn record_failure(
     failed: &FailedAttempt<'_>,
     disable: bool,
 ) -> Result<bool> {
-    if !close_attempt(
-        conn,
-        claimed.attempt_id,
-        "failed",
-        failed.status_code,
-        Some(failed.duration),
-        Some(failed.error),
-    )
-    .await?
-    {
+    if !fail_attempt(conn, reply, claimed, failed, None).await? {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE outbound_replies SET status = 'failed', next_attempt_at = NULL, last_error = $2,
-                updated_at = now()
-         WHERE id = $1 AND status = 'sending'",
-    )
-    .bind(reply.id)
-    .bind(failed.error)
-    .execute(&mut *conn)
-    .await?;
     if disable && let Some(integration) = reply.integration_id {
         sqlx::query(
             "UPDATE integrations SET delivery_enabled = false, updated_at = now()
