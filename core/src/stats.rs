@@ -119,7 +119,7 @@ pub async fn list(
 /// columns that aggregate has (`status`, `event_type`, `source`): then a list's total
 /// costs nothing more than the (cached) aggregate instead of a count over the table.
 pub fn total_from_groups(filter: &LogFilter, groups: &[GroupCount]) -> Option<i64> {
-    if filter.integration_id.is_some() || filter.since.is_some() || filter.until.is_some() {
+    if !countable_from_groups(filter) {
         return None;
     }
     Some(
@@ -136,6 +136,12 @@ pub fn total_from_groups(filter: &LogFilter, groups: &[GroupCount]) -> Option<i6
             .map(|g| g.count)
             .sum(),
     )
+}
+
+/// Whether the counts by (status, event type, source) can answer this filter's total;
+/// when they cannot, fetching them would be a full count for nothing.
+pub fn countable_from_groups(filter: &LogFilter) -> bool {
+    filter.integration_id.is_none() && filter.since.is_none() && filter.until.is_none()
 }
 
 /// How many logs match.

@@ -435,11 +435,16 @@ impl LogsApi {
         let (limit, offset) = paging(limit.0, offset.0);
         let pool = &state.pool;
         let items = stats::list(pool, &filter, limit.into(), offset.into()).await?;
-        let groups = ops
-            .counts
-            .get(async || stats::group_counts(pool).await)
-            .await?;
-        let total = match stats::total_from_groups(&filter, &groups) {
+        let cached = if stats::countable_from_groups(&filter) {
+            let groups = ops
+                .counts
+                .get(async || stats::group_counts(pool).await)
+                .await?;
+            stats::total_from_groups(&filter, &groups)
+        } else {
+            None
+        };
+        let total = match cached {
             Some(total) => total,
             None => stats::count(pool, &filter).await?,
         };
