@@ -21,67 +21,12 @@ use common::*;
 use futures::StreamExt;
 use hookq_core::delivery::OUTCOME_UNKNOWN;
 use hookq_testkit::{TestDb, fresh_db, wait_for};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
 // ---- processes ----
-
-/// Children of `pid`, from /proc.
-fn children(pid: u32) -> Vec<u32> {
-    let mut all: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|s| s.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
-}
-
-/// A real `hookq api` on a free loopback port: (process, base URL).
-async fn start_api(env: &HashMap<String, String>) -> (tokio::process::Child, String) {
-    let mut env = env.clone();
-    env.insert("HOOKQ_BIND".into(), "127.0.0.1:0".into());
-    env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
-    env.insert("RUST_LOG".into(), "warn,hookq=info".into());
-    let mut child = hookq(&env)
-        .arg("api")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "API listening"
-            {
-                return v["fields"]["addr"].as_str().unwrap().to_string();
-            }
-        }
-        panic!("hookq api exited before listening");
-    })
-    .await
-    .expect("hookq api listening within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
-}
 
 /// A real `hookq worker` supervisor with `workers` processes, once they are all up.
 async fn start_workers(
@@ -359,7 +304,7 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
         .await;
         servers.push(s);
     }
-    let (mut api, base) = start_api(&env).await;
+    let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
 
     let mut bodies = Vec::new();
@@ -574,7 +519,7 @@ async fn postgres_stopped_for_10s_answers_503_and_loses_nothing() {
         return;
     };
     let (db, env) = setup(&[]).await;
-    let (mut api, base) = start_api(&env).await;
+    let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -668,7 +613,7 @@ async fn postgres_stopped_for_10s_answers_503_and_loses_nothing() {
 #[ignore = "fault test: kills the API process"]
 async fn an_api_killed_under_load_stored_every_event_it_acknowledged() {
     let (db, env) = setup(&[]).await;
-    let (mut api, base) = start_api(&env).await;
+    let (mut api, base) = api_process(&env).await;
     let api_pid = api.id().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -892,7 +837,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
 #[ignore = "fault test: signals real processes"]
 async fn sigterm_under_load_exits_0_within_30s_and_leaves_nothing_processing() {
     let (db, env) = setup(&[]).await;
-    let (mut api, base) = start_api(&env).await;
+    let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
     let workers = children(sup_pid);
     let stop = Arc::new(AtomicBool::new(false));
@@ -966,10 +911,7 @@ async fn sigterm_under_load_exits_0_within_30s_and_leaves_nothing_processing() {
     assert!(api_status.success(), "API exit {api_status:?}");
     assert!(sup_status.success(), "supervisor exit {sup_status:?}");
     for pid in workers {
-        assert!(
-            kill(Pid::from_raw(pid as i32), None).is_err(),
-            "worker {pid} still alive"
-        );
+        assert!(!alive(pid), "worker {pid} still alive");
     }
     assert_eq!(rows.len(), acked_ids.len(), "acknowledged events lost");
     assert_eq!(processing, 0, "logs left processing");

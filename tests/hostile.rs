@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -18,7 +17,7 @@ use hookq_core::demo::DEMO_IG_ACCOUNT;
 use hookq_testkit::fresh_db;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -205,36 +204,16 @@ async fn malformed_bodies_get_a_clear_4xx() {
     app.stop().await;
 }
 
-/// Starts a real `hookq api` on a free port; returns it with its base URL.
+/// A real `hookq api` on a fresh database with demo data: (process, base URL, database).
 async fn real_api(
     extra: &[(&str, &str)],
 ) -> (tokio::process::Child, String, hookq_testkit::TestDb) {
     let db = fresh_db().await;
     hookq_core::demo::load(&db.pool).await.unwrap();
     let mut env: HashMap<String, String> = base_env(&db.url);
-    env.insert("HOOKQ_BIND".into(), "127.0.0.1:0".into());
-    env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
     env.extend(env_of(extra));
-    let mut child = hookq(&env)
-        .arg("api")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "API listening"
-            {
-                return v["fields"]["addr"].as_str().unwrap().to_string();
-            }
-        }
-        panic!("hookq api exited before listening");
-    })
-    .await
-    .expect("hookq api listening within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"), db)
+    let (child, base) = api_process(&env).await;
+    (child, base, db)
 }
 
 fn rss_kib(pid: u32) -> u64 {

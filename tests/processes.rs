@@ -7,33 +7,8 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use hookq_testkit::{fresh_db, wait_for};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// Children of `pid`, from /proc (each thread lists the children it spawned).
-fn children(pid: u32) -> Vec<u32> {
-    let mut all: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|s| s.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-fn signal(pid: u32, sig: Signal) {
-    kill(Pid::from_raw(pid as i32), sig).unwrap();
-}
 
 #[tokio::test]
 async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
@@ -85,10 +60,7 @@ async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
         .unwrap();
     assert!(status.success(), "supervisor exit: {status:?}");
     for pid in replaced {
-        assert!(
-            kill(Pid::from_raw(pid as i32), None).is_err(),
-            "worker {pid} still alive"
-        );
+        assert!(!alive(pid), "worker {pid} still alive");
     }
     let processing: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE status = 'processing'")

@@ -4,6 +4,9 @@
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use hookq_core::{config::Config, signature};
 use hookq_testkit::{TestDb, fresh_db, wait_for};
 use serde_json::Value;
@@ -203,6 +206,66 @@ pub fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+/// A real `hookq api` on a free loopback port, once it says it listens: (process, base
+/// URL). Its JSON log is read for the bound address, then drained so it never blocks.
+pub async fn api_process(env: &HashMap<String, String>) -> (tokio::process::Child, String) {
+    let mut env = env.clone();
+    env.insert("HOOKQ_BIND".into(), "127.0.0.1:0".into());
+    env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
+    env.entry("RUST_LOG".into())
+        .or_insert_with(|| "warn,hookq=info".into());
+    let mut child = hookq(&env)
+        .arg("api")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "API listening"
+            {
+                return v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        }
+        panic!("hookq api exited before listening");
+    })
+    .await
+    .expect("hookq api listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{addr}"))
+}
+
+/// Children of `pid`, from /proc (each thread lists the children it spawned).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut all: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Sends `sig` to `pid`; a process already gone is not an error here (the tests check
+/// what they expect of the processes afterwards).
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Whether a process with this pid exists (signal 0).
+pub fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
 // ---- Delivery and event-routing helpers (issue 4) ----
