@@ -290,11 +290,7 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
     .await;
     let mut servers = Vec::new();
     for k in 0..receivers {
-        let s = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&s)
-            .await;
+        let s = answering(ResponseTemplate::new(200)).await;
         callback_post(
             &db.pool,
             &format!("chaos_acct_{k}"),

@@ -172,11 +172,7 @@ async fn transient_failures_are_retried_on_the_schedule_with_the_same_webhook_id
 
 #[tokio::test]
 async fn retries_run_out_into_dead_letter() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(500).set_body_string("boom")).await;
     let app = callback_app(&server).await;
     let id = app
         .ingest("/webhooks/instagram", &compact("exhaust_1", "Hello"))
@@ -235,11 +231,7 @@ async fn retries_run_out_into_dead_letter() {
 
 #[tokio::test]
 async fn a_400_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(400).set_body_string("bad payload"))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(400).set_body_string("bad payload")).await;
     let app = callback_app(&server).await;
     let id = app
         .ingest("/webhooks/instagram", &compact("perm_1", "Hello"))
@@ -258,11 +250,7 @@ async fn a_400_is_permanent() {
 
 #[tokio::test]
 async fn a_410_disables_the_integrations_delivery_until_re_enabled() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(410))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(410)).await;
     let app = callback_app(&server).await;
     let first = app
         .ingest("/webhooks/instagram", &compact("gone_1", "Hello"))
@@ -328,11 +316,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn callbacks_to_private_addresses_are_refused_unless_allowed() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(200)).await;
     let app = spawn_app(Options {
         env: env_of(&[("HOOKQ_DELIVERY_BACKOFF", "50ms")]),
         ..Options::default()
@@ -448,14 +432,11 @@ async fn delivery_reports_update_the_outbound_reply_they_name() {
             "contacts": [{"input": "351912345678", "wa_id": "351912345678"}], "messages": [{"id": "wamid.REPLY1"}]})))
         .mount(&graph)
         .await;
-    let callback = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"message_id": "wamid.out_001"})),
-        )
-        .mount(&callback)
-        .await;
+    let callback = answering(
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"message_id": "wamid.out_001"})),
+    )
+    .await;
     let mut env = delivery_env();
     env.insert("META_GRAPH_URL".into(), graph.uri());
     let app = spawn_app(Options {
@@ -631,14 +612,11 @@ async fn llm_failures_are_retried_unless_the_request_is_invalid() {
     );
     app.stop().await;
 
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(serde_json::json!({"error": {"message": "model not found"}})),
-        )
-        .mount(&server)
-        .await;
+    let server = answering(
+        ResponseTemplate::new(400)
+            .set_body_json(serde_json::json!({"error": {"message": "model not found"}})),
+    )
+    .await;
     let app = chat_app(&server, &[]).await;
     let id = app
         .ingest("/webhooks/instagram", &compact("llm_bad", "Hello?"))

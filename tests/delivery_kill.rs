@@ -15,7 +15,7 @@ use hookq_tasks::{
     queue::{self, EnqueueOptions},
 };
 use hookq_testkit::wait_for;
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::{Mock, ResponseTemplate, matchers::method};
 
 fn worker(app: &TestApp) -> tokio::process::Child {
     let mut env = base_env(&app.db.url);
@@ -33,11 +33,7 @@ fn worker(app: &TestApp) -> tokio::process::Child {
 async fn a_worker_killed_mid_request_never_sends_twice() {
     // The receiver takes the request and never answers in time: the worker is killed
     // while waiting for the response.
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(200).set_delay(Duration::from_secs(600))).await;
     let app = spawn_app(Options {
         env: delivery_env(),
         worker: false,
@@ -136,11 +132,7 @@ async fn a_worker_killed_mid_request_never_sends_twice() {
 #[tokio::test]
 #[ignore = "fault test: run by scripts/test"]
 async fn a_reply_recorded_before_a_crash_is_still_delivered_once() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = answering(ResponseTemplate::new(200)).await;
     let app = spawn_app(Options {
         env: delivery_env(),
         worker: false,
