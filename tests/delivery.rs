@@ -106,18 +106,7 @@ async fn callback_is_signed_and_delivered_once() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_on_the_schedule_with_the_same_webhook_id() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = answering_after(ResponseTemplate::new(503), 2, ResponseTemplate::new(200)).await;
     let app = callback_app(&server).await;
     let id = app
         .ingest(
@@ -286,18 +275,12 @@ async fn a_410_disables_the_integrations_delivery_until_re_enabled() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = answering_after(
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        1,
+        ResponseTemplate::new(200),
+    )
+    .await;
     let app = callback_app(&server).await;
     let id = app
         .ingest("/webhooks/instagram", &compact("ra_1", "Hello"))
@@ -587,20 +570,14 @@ async fn the_llm_writes_the_reply_from_prompt_comment_and_caption() {
 
 #[tokio::test]
 async fn llm_failures_are_retried_unless_the_request_is_invalid() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
+    let server = answering_after(
+        ResponseTemplate::new(503),
+        1,
+        ResponseTemplate::new(200).set_body_json(
             serde_json::json!({"choices": [{"message": {"content": "Second time lucky"}}]}),
-        ))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
     let app = chat_app(&server, &[]).await;
     let id = app
         .ingest("/webhooks/instagram", &compact("llm_retry", "Hello?"))
@@ -729,20 +706,14 @@ async fn endpoint_limits_defer_claims() {
 /// `text` column as such: the run stores U+FFFD instead of failing on every retry.
 #[tokio::test]
 async fn nul_characters_from_the_llm_are_stored_as_replacement_characters() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(400).set_body_string("bad\u{0}request"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
+    let server = answering_after(
+        ResponseTemplate::new(400).set_body_string("bad\u{0}request"),
+        1,
+        ResponseTemplate::new(200).set_body_json(
             serde_json::json!({"choices": [{"message": {"content": "Thanks\u{0}!"}}]}),
-        ))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
     let app = chat_app(&server, &[]).await;
     let refused = app
         .ingest("/webhooks/instagram", &compact("llm_nul_1", "hello"))

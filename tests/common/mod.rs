@@ -273,6 +273,23 @@ pub async fn answering(answer: wiremock::ResponseTemplate) -> wiremock::MockServ
     server
 }
 
+/// A loopback HTTP peer answering the first `n` POSTs with `first`, every later one with
+/// `then`.
+pub async fn answering_after(
+    first: wiremock::ResponseTemplate,
+    n: u64,
+    then: wiremock::ResponseTemplate,
+) -> wiremock::MockServer {
+    let server = answering(then).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(first)
+        .up_to_n_times(n)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// Whether a process with this pid exists (signal 0).
 pub fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
