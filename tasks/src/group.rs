@@ -10,25 +10,48 @@
 //!
 //! Each caller still gets its own answer (the flush returns one per item, in order), and
 //! a failed statement fails every caller of that batch, with nothing of it stored.
+//! Intake's group commit ([`crate::ingest`]) is one of these too, with items weighed by
+//! their events and a short linger while another batch commits.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    time::Instant,
+};
 
-/// What a caller gets: its own answer, or the batch's database error.
-pub type Answer<O> = std::result::Result<O, Arc<sqlx::Error>>;
+/// What a caller gets: its own answer, or the batch's error.
+pub type Answer<O, E = sqlx::Error> = std::result::Result<O, Arc<E>>;
 
-struct Request<I, O> {
+/// How a writer groups items.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// A batch is written once its items weigh this much; an item that would push it over
+    /// starts the next batch (one heavier than this is written alone).
+    pub max_batch: usize,
+    /// Batches written at once (each on its own connection), so that one fills while
+    /// another waits for its commit.
+    pub in_flight: usize,
+    /// While another batch is being written, a new one waits up to this long for more
+    /// items before it is written. An idle writer writes at once, so a lone item never
+    /// waits for company.
+    pub linger: Duration,
+    /// Items waiting for the writer before callers are held back.
+    pub capacity: usize,
+}
+
+struct Request<I, O, E> {
     item: I,
-    done: oneshot::Sender<Answer<O>>,
+    done: oneshot::Sender<Answer<O, E>>,
 }
 
-/// Cheap to clone; its task ends when the last clone is dropped.
-pub struct GroupWriter<I, O> {
-    tx: mpsc::Sender<Request<I, O>>,
+/// Cheap to clone; its task ends when the last clone is dropped, after writing what it
+/// holds.
+pub struct GroupWriter<I, O, E = sqlx::Error> {
+    tx: mpsc::Sender<Request<I, O, E>>,
 }
 
-impl<I, O> Clone for GroupWriter<I, O> {
+impl<I, O, E> Clone for GroupWriter<I, O, E> {
     fn clone(&self) -> Self {
         GroupWriter {
             tx: self.tx.clone(),
@@ -36,27 +59,48 @@ impl<I, O> Clone for GroupWriter<I, O> {
     }
 }
 
+impl<I, O, E> GroupWriter<I, O, E>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    /// [`spawn`](Self::spawn) with every option, and `weight` saying what an item counts
+    /// for against [`GroupOptions::max_batch`] (an ingest request weighs its events).
+    pub fn with_options<F, Fut>(opts: GroupOptions, weight: fn(&I) -> usize, flush: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Vec<O>, E>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(opts.capacity.max(1));
+        tokio::spawn(run(rx, opts, weight, Arc::new(flush)));
+        GroupWriter { tx }
+    }
+
+    /// Queues `item` and waits for its batch to be written. `None` when the writer has
+    /// stopped (its runtime is shutting down) or died mid-batch.
+    pub async fn submit(&self, item: I) -> Option<Answer<O, E>> {
+        let (done, answer) = oneshot::channel();
+        self.tx.send(Request { item, done }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
 impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
-    /// Starts the writer on the current Tokio runtime. `flush` writes one batch and
-    /// returns one answer per item, in the items' order. At most `in_flight` batches
-    /// are written at once (one fills while another waits for its commit), each of at
-    /// most `max_batch` items.
+    /// Starts the writer on the current Tokio runtime: items of weight one, no lingering.
+    /// `flush` writes one batch and returns one answer per item, in the items' order.
     pub fn spawn<F, Fut>(max_batch: usize, in_flight: usize, flush: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, max_batch.max(1), in_flight.max(1), Arc::new(flush)));
-        GroupWriter { tx }
-    }
-
-    /// Queues `item` and waits for its batch to be written. `None` when the writer has
-    /// stopped (its runtime is shutting down).
-    pub async fn submit(&self, item: I) -> Option<Answer<O>> {
-        let (done, answer) = oneshot::channel();
-        self.tx.send(Request { item, done }).await.ok()?;
-        answer.await.ok()
+        let opts = GroupOptions {
+            max_batch,
+            in_flight,
+            linger: Duration::ZERO,
+            capacity: 4096,
+        };
+        Self::with_options(opts, |_| 1, flush)
     }
 
     /// [`submit`](Self::submit) for the use case: a database error, or a writer that
@@ -77,63 +121,142 @@ impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
     }
 }
 
-async fn run<I, O, F, Fut>(
-    mut rx: mpsc::Receiver<Request<I, O>>,
-    max_batch: usize,
-    in_flight: usize,
+/// Items gathered for one statement.
+struct Batch<I, O, E> {
+    requests: Vec<Request<I, O, E>>,
+    weight: usize,
+}
+
+impl<I, O, E> Batch<I, O, E> {
+    /// Adds `r` unless it would push the batch over `max`; then it starts the next one.
+    fn add_or_carry(
+        &mut self,
+        r: Request<I, O, E>,
+        weight: fn(&I) -> usize,
+        max: usize,
+        carry: &mut Option<Request<I, O, E>>,
+    ) {
+        let w = weight(&r.item);
+        if !self.requests.is_empty() && self.weight + w > max {
+            *carry = Some(r);
+        } else {
+            self.weight += w;
+            self.requests.push(r);
+        }
+    }
+}
+
+async fn run<I, O, E, F, Fut>(
+    mut rx: mpsc::Receiver<Request<I, O, E>>,
+    opts: GroupOptions,
+    weight: fn(&I) -> usize,
     flush: Arc<F>,
 ) where
     I: Send + 'static,
     O: Send + 'static,
+    E: std::fmt::Display + Send + Sync + 'static,
     F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
+    Fut: Future<Output = std::result::Result<Vec<O>, E>> + Send + 'static,
 {
+    let in_flight = opts.in_flight.max(1);
+    let max = opts.max_batch.max(1);
     let slots = Arc::new(Semaphore::new(in_flight));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    let mut carry: Option<Request<I, O, E>> = None;
+    let mut open = true;
+    while open || carry.is_some() {
+        let mut batch = Batch {
+            requests: Vec::new(),
+            weight: 0,
+        };
+        match carry.take() {
+            Some(r) => batch.add_or_carry(r, weight, max, &mut carry),
+            None => match rx.recv().await {
+                Some(r) => batch.add_or_carry(r, weight, max, &mut carry),
+                None => break,
+            },
+        }
+
         // Write at once when a slot is free (an idle system pays no wait); while every
-        // slot is busy, gather.
-        let permit: Option<OwnedSemaphorePermit> = loop {
-            if batch.len() >= max_batch {
-                break Arc::clone(&slots).acquire_owned().await.ok();
+        // slot is busy, items arriving meanwhile join this batch.
+        let permit = loop {
+            if batch.weight >= max || carry.is_some() || !open {
+                break acquire(&slots).await;
             }
             tokio::select! {
                 biased;
-                p = Arc::clone(&slots).acquire_owned() => break p.ok(),
+                permit = acquire(&slots) => break permit,
                 next = rx.recv() => match next {
-                    Some(r) => batch.push(r),
-                    None => break Arc::clone(&slots).acquire_owned().await.ok(),
+                    Some(r) => batch.add_or_carry(r, weight, max, &mut carry),
+                    None => open = false,
                 },
             }
         };
-        while batch.len() < max_batch {
+        let Some(permit) = permit else { break };
+
+        // Take what is already queued; while another batch is being written, linger a
+        // little for more (its commit would make ours wait for the WAL anyway).
+        let others_busy = slots.available_permits() + 1 < in_flight;
+        let deadline = Instant::now()
+            + if others_busy {
+                opts.linger
+            } else {
+                Duration::ZERO
+            };
+        while open && carry.is_none() && batch.weight < max {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+                Ok(r) => batch.add_or_carry(r, weight, max, &mut carry),
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        next = rx.recv() => match next {
+                            Some(r) => batch.add_or_carry(r, weight, max, &mut carry),
+                            None => open = false,
+                        },
+                        () = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
             }
         }
+
         let flush = Arc::clone(&flush);
         tokio::spawn(async move {
-            let (items, waiters): (Vec<I>, Vec<_>) =
-                batch.into_iter().map(|r| (r.item, r.done)).unzip();
-            let rows = items.len();
-            match flush(items).await {
-                Ok(answers) => {
-                    debug_assert_eq!(answers.len(), waiters.len());
-                    for (done, answer) in waiters.into_iter().zip(answers) {
-                        let _ = done.send(Ok(answer));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, rows, "a grouped write failed; its runs will be retried");
-                    let e = Arc::new(e);
-                    for done in waiters {
-                        let _ = done.send(Err(Arc::clone(&e)));
-                    }
-                }
-            }
+            write(&*flush, batch.requests).await;
             drop(permit);
         });
+    }
+}
+
+async fn acquire(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    Arc::clone(slots).acquire_owned().await.ok()
+}
+
+/// Writes one batch and answers each of its callers.
+async fn write<I, O, E, F, Fut>(flush: &F, requests: Vec<Request<I, O, E>>)
+where
+    E: std::fmt::Display,
+    F: Fn(Vec<I>) -> Fut,
+    Fut: Future<Output = std::result::Result<Vec<O>, E>>,
+{
+    let (items, waiters): (Vec<I>, Vec<_>) = requests.into_iter().map(|r| (r.item, r.done)).unzip();
+    let rows = items.len();
+    match flush(items).await {
+        Ok(answers) => {
+            debug_assert_eq!(answers.len(), waiters.len());
+            // A caller that went away (client disconnected) needs no answer.
+            for (done, answer) in waiters.into_iter().zip(answers) {
+                let _ = done.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rows, "a grouped write failed; nothing of it is stored");
+            let e = Arc::new(e);
+            for done in waiters {
+                let _ = done.send(Err(Arc::clone(&e)));
+            }
+        }
     }
 }
 

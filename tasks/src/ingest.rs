@@ -24,9 +24,12 @@ use hookq_core::{
     logs::NewLog,
 };
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::Error, queue::Notifier};
+use crate::{
+    error::Error,
+    group::{GroupOptions, GroupWriter},
+    queue::Notifier,
+};
 
 /// What the webhook sender is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +73,7 @@ impl Default for IngestOptions {
 #[derive(Clone)]
 pub struct Ingestor {
     pool: PgPool,
-    requests: mpsc::Sender<writer::Request>,
+    writer: GroupWriter<writer::Item, Result<Ingested, Error>, Error>,
 }
 
 impl Ingestor {
@@ -80,9 +83,25 @@ impl Ingestor {
     }
 
     pub fn with_options(pool: PgPool, notifier: Notifier, opts: IngestOptions) -> Self {
-        let (requests, rx) = mpsc::channel(opts.queue_capacity.max(1));
-        tokio::spawn(writer::run(rx, pool.clone(), notifier, opts));
-        Ingestor { pool, requests }
+        let group = GroupOptions {
+            max_batch: opts.max_batch_events,
+            in_flight: opts.max_in_flight,
+            linger: opts.linger,
+            capacity: opts.queue_capacity,
+        };
+        let batch_pool = pool.clone();
+        // Every request gets its own answer from `flush` (a failed batch answers each
+        // with the shared error), so the writer's batch-wide error is never used.
+        let writer = GroupWriter::with_options(
+            group,
+            |item: &writer::Item| item.logs.len(),
+            move |items: Vec<writer::Item>| {
+                let pool = batch_pool.clone();
+                let notifier = notifier.clone();
+                async move { Ok(writer::flush(&pool, &notifier, &items).await) }
+            },
+        );
+        Ingestor { pool, writer }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -127,19 +146,17 @@ impl Ingestor {
                 "event {i} of the body cannot be stored: {why}"
             ))));
         }
-        let (reply, answer) = oneshot::channel();
-        let request = writer::Request {
+        let item = writer::Item {
             logs,
             correlation_id: correlation_id.map(str::to_owned),
-            reply,
         };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| Error::IngestStopped)?;
-        // A dropped reply means the writer died mid-batch: the batch's fate is unknown
-        // to us, so the sender is told to retry (a retry of a stored event is a duplicate).
-        answer.await.map_err(|_| Error::IngestStopped)?
+        // `None`: the writer is gone, or died mid-batch, so the batch's fate is unknown
+        // to us; the sender is told to retry (a retry of a stored event is a duplicate).
+        match self.writer.submit(item).await {
+            Some(Ok(answer)) => answer,
+            Some(Err(shared)) => Err(Error::Shared(shared)),
+            None => Err(Error::IngestStopped),
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! The batching writer behind [`Ingestor`](super::Ingestor): group commit for intake.
 //!
-//! Requests queue on a channel. The writer gathers what is waiting into a batch (up to
-//! [`IngestOptions::max_batch_events`]), takes one of [`IngestOptions::max_in_flight`]
-//! commit slots (gathering more while every slot is busy) and writes the batch with ONE
-//! statement in its own implicit transaction: the logs, a `process_webhook` job for each
-//! new one and the log's `job_id`, committed with the session's synchronous commit.
+//! A [`GroupWriter`](crate::group::GroupWriter) gathers what is waiting into a batch
+//! (up to [`IngestOptions::max_batch_events`]), takes one of
+//! [`IngestOptions::max_in_flight`] commit slots (gathering more while every slot is busy)
+//! and hands it to [`flush`], which writes the batch with ONE statement in its own
+//! implicit transaction: the logs, a `process_webhook` job for each new one and the log's
+//! `job_id`, committed with the session's synchronous commit.
 //! Only when that statement has returned (so the commit is durable) is each request
 //! answered, and the workers kicked once for the whole batch. A failed statement stores
 //! nothing and fails every request of the batch with its error: the database was down
@@ -21,29 +22,22 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::Arc,
-    time::Duration,
 };
 
-use chrono::{DateTime, Utc};
-use hookq_core::logs::NewLog;
-use sqlx::PgPool;
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
-    time::Instant,
-};
-
-use super::{IngestOptions, Ingested};
+use super::Ingested;
 use crate::{
     error::Error,
     jobs::ProcessWebhook,
     queue::{DEFAULT_MAX_ATTEMPTS, Job, Notifier},
 };
+use chrono::{DateTime, Utc};
+use hookq_core::logs::NewLog;
+use sqlx::PgPool;
 
-/// One `ingest` call waiting for its batch.
-pub(super) struct Request {
+/// One `ingest` call: its events, all stored or none.
+pub(super) struct Item {
     pub logs: Vec<NewLog>,
     pub correlation_id: Option<String>,
-    pub reply: oneshot::Sender<Result<Ingested, Error>>,
 }
 
 /// Tries of a batch that lost a deadlock (two in-flight batches inserting the same
@@ -91,128 +85,27 @@ WITH input AS (
 SELECT id, dedup_key, inserted FROM logs
 "#;
 
-/// Gathers requests into batches and hands each to a flush task; ends when every
-/// [`Ingestor`](super::Ingestor) is dropped, after flushing what it holds.
-pub(super) async fn run(
-    mut rx: mpsc::Receiver<Request>,
-    pool: PgPool,
-    notifier: Notifier,
-    opts: IngestOptions,
-) {
-    let in_flight = opts.max_in_flight.max(1);
-    let slots = Arc::new(Semaphore::new(in_flight));
-    let max = opts.max_batch_events.max(1);
-    let mut carry: Option<Request> = None;
-    let mut open = true;
-    while open || carry.is_some() {
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => break,
-            },
-        };
-        let mut batch = Batch::new(first);
-
-        // Wait for a commit slot; requests arriving meanwhile join this batch.
-        let permit = loop {
-            if batch.events >= max || carry.is_some() || !open {
-                break acquire(&slots).await;
-            }
-            tokio::select! {
-                biased;
-                permit = acquire(&slots) => break permit,
-                next = rx.recv() => match next {
-                    Some(r) => batch.add_or_carry(r, max, &mut carry),
-                    None => open = false,
-                },
-            }
-        };
-        let Some(permit) = permit else { break };
-
-        // Take what is already queued; while another batch is committing, linger a
-        // little for more (its commit would make ours wait for the WAL anyway).
-        let others_busy = slots.available_permits() + 1 < in_flight;
-        let deadline = Instant::now()
-            + if others_busy {
-                opts.linger
-            } else {
-                Duration::ZERO
-            };
-        while open && carry.is_none() && batch.events < max {
-            match rx.try_recv() {
-                Ok(r) => batch.add_or_carry(r, max, &mut carry),
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    tokio::select! {
-                        next = rx.recv() => match next {
-                            Some(r) => batch.add_or_carry(r, max, &mut carry),
-                            None => open = false,
-                        },
-                        () = tokio::time::sleep_until(deadline) => break,
-                    }
-                }
-            }
-        }
-
-        let pool = pool.clone();
-        let notifier = notifier.clone();
-        tokio::spawn(async move {
-            flush(&pool, &notifier, batch.requests).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn acquire(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-    Arc::clone(slots).acquire_owned().await.ok()
-}
-
-struct Batch {
-    requests: Vec<Request>,
-    events: usize,
-}
-
-impl Batch {
-    fn new(first: Request) -> Self {
-        Batch {
-            events: first.logs.len(),
-            requests: vec![first],
-        }
-    }
-
-    /// Adds `r` unless it would push the batch over `max`; then it starts the next one.
-    fn add_or_carry(&mut self, r: Request, max: usize, carry: &mut Option<Request>) {
-        if self.events + r.logs.len() > max {
-            *carry = Some(r);
-        } else {
-            self.events += r.logs.len();
-            self.requests.push(r);
-        }
-    }
-}
-
-/// Writes one batch and answers its requests.
-async fn flush(pool: &PgPool, notifier: &Notifier, requests: Vec<Request>) {
-    let answers = write_batch(pool, &requests).await;
+/// Writes one batch (the [`GroupWriter`](crate::group::GroupWriter) behind
+/// [`Ingestor`](super::Ingestor) gathered it) and kicks the workers once if it stored
+/// anything. One answer per request, in order.
+pub(super) async fn flush(
+    pool: &PgPool,
+    notifier: &Notifier,
+    requests: &[Item],
+) -> Vec<Result<Ingested, Error>> {
+    let answers = write_batch(pool, requests).await;
     if answers
         .iter()
         .any(|a| a.as_ref().is_ok_and(|a| a.accepted > 0))
     {
         notifier.kick();
     }
-    for (request, answer) in requests.into_iter().zip(answers) {
-        // A caller that went away (client disconnected) needs no answer.
-        let _ = request.reply.send(answer);
-    }
+    answers
 }
 
 /// Each request's answer, in order: the batch as one statement, or, when one value of it
 /// was refused, one statement per request.
-async fn write_batch(pool: &PgPool, requests: &[Request]) -> Vec<Result<Ingested, Error>> {
+async fn write_batch(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, Error>> {
     let plan = Plan::new(requests);
     let e = match plan.run(pool).await {
         Ok(answers) => return answers.into_iter().map(Ok).collect(),
@@ -249,7 +142,7 @@ async fn write_batch(pool: &PgPool, requests: &[Request]) -> Vec<Result<Ingested
 /// request whose value is refused again gets that error alone. Any other failure (the
 /// database went away meanwhile) ends the fallback: it and every request not yet written
 /// get that error, rather than each waiting out its own connection timeout.
-async fn one_by_one(pool: &PgPool, requests: &[Request]) -> Vec<Result<Ingested, Error>> {
+async fn one_by_one(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, Error>> {
     let mut answers = Vec::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
         let plan = Plan::new(std::slice::from_ref(request));
@@ -305,7 +198,7 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    fn new(requests: &'a [Request]) -> Self {
+    fn new(requests: &'a [Item]) -> Self {
         let mut index: HashMap<&str, (usize, usize)> = HashMap::new();
         let mut unique = Vec::new();
         let mut extra = Vec::new();
@@ -492,14 +385,23 @@ mod tests {
         }
     }
 
-    fn request(keys: &[&str]) -> (Request, oneshot::Receiver<Result<Ingested, Error>>) {
-        let (reply, rx) = oneshot::channel();
-        let request = Request {
+    fn request(keys: &[&str]) -> Item {
+        Item {
             logs: keys.iter().map(|k| log(k)).collect(),
             correlation_id: Some(format!("req-{}", keys.join("-"))),
-            reply,
-        };
-        (request, rx)
+        }
+    }
+
+    /// [`flush`]'s answers, one per request.
+    async fn answers<const N: usize>(
+        pool: &PgPool,
+        notifier: &Notifier,
+        requests: [Item; N],
+    ) -> [Result<Ingested, Error>; N] {
+        let answers = flush(pool, notifier, &requests).await;
+        answers
+            .try_into()
+            .unwrap_or_else(|a: Vec<_>| panic!("{} answers for {N} requests", a.len()))
     }
 
     async fn id_of(pool: &PgPool, key: &str) -> (i64, i32) {
@@ -515,22 +417,22 @@ mod tests {
         let db = fresh_db().await;
         let notifier = Notifier::spawn(db.pool.clone());
         // k0 is stored before the batch.
-        let (first, first_rx) = request(&["k0"]);
-        flush(&db.pool, &notifier, vec![first]).await;
-        let before = first_rx.await.unwrap().unwrap();
+        let [before] = answers(&db.pool, &notifier, [request(&["k0"])]).await;
+        let before = before.unwrap();
         assert_eq!((before.accepted, before.duplicates), (1, 0));
 
-        let (a, a_rx) = request(&["k1", "k2", "k1"]);
-        let (b, b_rx) = request(&["k2", "k3"]);
-        let (c, c_rx) = request(&["k1"]);
-        let (d, d_rx) = request(&["k0"]);
-        flush(&db.pool, &notifier, vec![a, b, c, d]).await;
-        let (a, b, c, d) = (
-            a_rx.await.unwrap().unwrap(),
-            b_rx.await.unwrap().unwrap(),
-            c_rx.await.unwrap().unwrap(),
-            d_rx.await.unwrap().unwrap(),
-        );
+        let [a, b, c, d] = answers(
+            &db.pool,
+            &notifier,
+            [
+                request(&["k1", "k2", "k1"]),
+                request(&["k2", "k3"]),
+                request(&["k1"]),
+                request(&["k0"]),
+            ],
+        )
+        .await;
+        let (a, b, c, d) = (a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap());
         let (k0, k1, k2, k3) = (
             id_of(&db.pool, "k0").await,
             id_of(&db.pool, "k1").await,
@@ -594,40 +496,28 @@ mod tests {
     async fn a_refused_value_fails_only_its_request_and_the_rest_of_the_batch_is_stored() {
         let db = fresh_db().await;
         let notifier = Notifier::spawn(db.pool.clone());
-        let (a, a_rx) = request(&["v1", "v2"]);
-        let (mut nul_text, nul_text_rx) = request(&["v3"]);
+        let a = request(&["v1", "v2"]);
+        let mut nul_text = request(&["v3"]);
         nul_text.logs[0].sender_name = Some("Ana\0".into());
-        let (b, b_rx) = request(&["v2", "v4"]);
-        let (mut nul_json, nul_json_rx) = request(&["v5"]);
+        let b = request(&["v2", "v4"]);
+        let mut nul_json = request(&["v5"]);
         nul_json.logs[0].payload = r#"{"text": "a\u0000b"}"#.into();
-        let (mut ancient, ancient_rx) = request(&["v1", "v6"]);
+        let mut ancient = request(&["v1", "v6"]);
         // About 7500 BC: chrono holds it, `timestamptz` does not.
         ancient.logs[1].occurred_at = DateTime::from_timestamp(-300_000_000_000, 0);
-        let (c, c_rx) = request(&["v1"]);
-        flush(
-            &db.pool,
-            &notifier,
-            vec![a, nul_text, b, nul_json, ancient, c],
-        )
-        .await;
+        let c = request(&["v1"]);
+        let [a, nul_text, b, nul_json, ancient, c] =
+            answers(&db.pool, &notifier, [a, nul_text, b, nul_json, ancient, c]).await;
 
         // Each refused request gets its own data exception (answered 422 by the API).
-        for (rx, code) in [
-            (nul_text_rx, "22021"),
-            (nul_json_rx, "22P05"),
-            (ancient_rx, "22008"),
-        ] {
-            let e = rx.await.unwrap().unwrap_err();
+        for (answer, code) in [(nul_text, "22021"), (nul_json, "22P05"), (ancient, "22008")] {
+            let e = answer.unwrap_err();
             assert_eq!(code_of(&e), code, "{e}");
             assert!(super::super::refusal(&e).is_some(), "{e}");
         }
         // Everyone else is stored and answered as one transaction per request in batch
         // order would have been: `a` stores v1 and v2, `b` repeats v2, `c` repeats v1.
-        let (a, b, c) = (
-            a_rx.await.unwrap().unwrap(),
-            b_rx.await.unwrap().unwrap(),
-            c_rx.await.unwrap().unwrap(),
-        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
         let (v1, v2, v4) = (
             id_of(&db.pool, "v1").await,
             id_of(&db.pool, "v2").await,
@@ -662,27 +552,26 @@ mod tests {
         .await
         .unwrap();
         let numbered = |keys: &[&str]| {
-            let (mut r, rx) = request(keys);
+            let mut r = request(keys);
             for log in &mut r.logs {
                 log.message_text = Some("42".into());
             }
-            (r, rx)
+            r
         };
-        let (a, a_rx) = numbered(&["d1"]);
-        let (bad, bad_rx) = request(&["d2"]); // "hi" is not a number: 22P02
-        let (c, c_rx) = numbered(&["d3", "d1"]);
-        flush(&db.pool, &notifier, vec![a, bad, c]).await;
-        let e = bad_rx.await.unwrap().unwrap_err();
+        let a = numbered(&["d1"]);
+        let bad = request(&["d2"]); // "hi" is not a number: 22P02
+        let c = numbered(&["d3", "d1"]);
+        let [a, bad, c] = answers(&db.pool, &notifier, [a, bad, c]).await;
+        let e = bad.unwrap_err();
         assert_eq!(code_of(&e), "22P02", "{e}");
-        assert_eq!(a_rx.await.unwrap().unwrap().accepted, 1);
-        let c = c_rx.await.unwrap().unwrap();
+        assert_eq!(a.unwrap().accepted, 1);
+        let c = c.unwrap();
         assert_eq!((c.accepted, c.duplicates), (1, 1));
         assert_eq!(counts(&db.pool).await, (2, 2));
 
         // Alone in its batch, the refused request gets the same answer.
-        let (bad, bad_rx) = request(&["d4"]);
-        flush(&db.pool, &notifier, vec![bad]).await;
-        let e = bad_rx.await.unwrap().unwrap_err();
+        let [bad] = answers(&db.pool, &notifier, [request(&["d4"])]).await;
+        let e = bad.unwrap_err();
         assert!(super::super::refusal(&e).is_some(), "{e}");
         assert_eq!(counts(&db.pool).await, (2, 2));
     }
@@ -695,15 +584,13 @@ mod tests {
             .execute(&db.pool)
             .await
             .unwrap();
-        let (a, a_rx) = request(&["f1"]);
-        let (b, b_rx) = request(&["f2", "f3"]);
-        let (c, c_rx) = request(&["f1"]);
-        flush(&db.pool, &notifier, vec![a, b, c]).await;
-        let errors: Vec<Error> = vec![
-            a_rx.await.unwrap().unwrap_err(),
-            b_rx.await.unwrap().unwrap_err(),
-            c_rx.await.unwrap().unwrap_err(),
-        ];
+        let [a, b, c] = answers(
+            &db.pool,
+            &notifier,
+            [request(&["f1"]), request(&["f2", "f3"]), request(&["f1"])],
+        )
+        .await;
+        let errors: Vec<Error> = vec![a.unwrap_err(), b.unwrap_err(), c.unwrap_err()];
         let Error::Shared(first) = &errors[0] else {
             panic!("expected the batch's shared error, got {:?}", errors[0]);
         };
