@@ -115,33 +115,28 @@ pub async fn list(
     Ok(q.build_query_as::<LogSummary>().fetch_all(pool).await?)
 }
 
-/// The total for `filter` folded from [`group_counts`], when the filter only names
-/// columns that aggregate has (`status`, `event_type`, `source`): then a list's total
-/// costs nothing more than the (cached) aggregate instead of a count over the table.
-pub fn total_from_groups(filter: &LogFilter, groups: &[GroupCount]) -> Option<i64> {
-    if !countable_from_groups(filter) {
-        return None;
-    }
-    Some(
-        groups
-            .iter()
-            .filter(|g| filter.status.is_none_or(|s| s.as_str() == g.status))
-            .filter(|g| {
-                filter
-                    .event_type
-                    .as_ref()
-                    .is_none_or(|e| *e == g.event_type)
-            })
-            .filter(|g| filter.source.as_ref().is_none_or(|s| *s == g.source))
-            .map(|g| g.count)
-            .sum(),
-    )
-}
-
-/// Whether the counts by (status, event type, source) can answer this filter's total;
-/// when they cannot, fetching them would be a full count for nothing.
+/// Whether [`group_counts`] can answer this filter's total: it names only columns that
+/// aggregate has (`status`, `event_type`, `source`). Then a list's total costs nothing
+/// more than the (cached) aggregate instead of a count over the table; otherwise
+/// fetching the aggregate would be a full count for nothing.
 pub fn countable_from_groups(filter: &LogFilter) -> bool {
     filter.integration_id.is_none() && filter.since.is_none() && filter.until.is_none()
+}
+
+/// The total for a filter [`countable_from_groups`] accepts, folded from the groups.
+pub fn total_from_groups(filter: &LogFilter, groups: &[GroupCount]) -> i64 {
+    groups
+        .iter()
+        .filter(|g| filter.status.is_none_or(|s| s.as_str() == g.status))
+        .filter(|g| {
+            filter
+                .event_type
+                .as_ref()
+                .is_none_or(|e| *e == g.event_type)
+        })
+        .filter(|g| filter.source.as_ref().is_none_or(|s| *s == g.source))
+        .map(|g| g.count)
+        .sum()
 }
 
 /// How many logs match.

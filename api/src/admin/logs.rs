@@ -435,18 +435,14 @@ impl LogsApi {
         let (limit, offset) = paging(limit.0, offset.0);
         let pool = &state.pool;
         let items = stats::list(pool, &filter, limit.into(), offset.into()).await?;
-        let cached = if stats::countable_from_groups(&filter) {
+        let total = if stats::countable_from_groups(&filter) {
             let groups = ops
                 .counts
                 .get(async || stats::group_counts(pool).await)
                 .await?;
             stats::total_from_groups(&filter, &groups)
         } else {
-            None
-        };
-        let total = match cached {
-            Some(total) => total,
-            None => stats::count(pool, &filter).await?,
+            stats::count(pool, &filter).await?
         };
         Ok(Json(Page {
             items: items.into_iter().map(LogItem::from).collect(),
