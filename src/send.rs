@@ -161,6 +161,19 @@ struct Tally {
     latencies_us: Vec<u64>,
 }
 
+impl Tally {
+    /// Folds one sender task's tally into this one.
+    fn add(&mut self, other: Tally) {
+        for (status, n) in other.by_status {
+            *self.by_status.entry(status).or_default() += n;
+        }
+        self.errors += other.errors;
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
+
 pub async fn run(args: SendArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.duplicate_ratio) {
         bail!("--duplicate-ratio must be between 0 and 1");
@@ -301,14 +314,7 @@ pub async fn run(args: SendArgs) -> Result<()> {
         .collect();
     let mut results = Tally::default();
     for sender in senders {
-        let t = sender.await.context("a sender task failed")?;
-        for (status, n) in t.by_status {
-            *results.by_status.entry(status).or_default() += n;
-        }
-        results.errors += t.errors;
-        results.accepted += t.accepted;
-        results.duplicates += t.duplicates;
-        results.latencies_us.extend(t.latencies_us);
+        results.add(sender.await.context("a sender task failed")?);
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed();
