@@ -226,8 +226,8 @@ impl LogStore for PgLogStore {
 }
 
 /// [`LogStore::start`] for many runs in one statement: the logs that moved to
-/// `processing`, in `ids` order (ids must be distinct; a log that was not startable is
-/// left out).
+/// `processing`, in no particular order (ids must be distinct; a log that was not
+/// startable is left out).
 ///
 /// Committed asynchronously (`synchronous_commit` is switched off for its own implicit
 /// transaction only): the mark is bookkeeping, like the queue's claim of the job that
@@ -251,7 +251,7 @@ pub async fn start_many(
     // otherwise make "scan every pending log through the status index, per batch" look
     // cheapest, and a backlog turns that quadratic. The btree visits the ids in order,
     // so concurrent batches lock rows in the same order and never deadlock.
-    let mut started: Vec<Started> = sqlx::query_as(
+    sqlx::query_as(
         "UPDATE webhook_logs l SET status = 'processing', started_at = now(), next_retry_at = NULL,
                 updated_at = now(), attempts = ($2::int[])[array_position($1::bigint[], l.id)]
          WHERE l.id = ANY($1::bigint[])
@@ -262,10 +262,7 @@ pub async fn start_many(
     .bind(ids)
     .bind(&attempts)
     .fetch_all(pool)
-    .await?;
-    let position = |id: i64| ids.iter().position(|&i| i == id).unwrap_or(usize::MAX);
-    started.sort_by_key(|s| position(s.log.id));
-    Ok(started)
+    .await
 }
 
 /// Keeps the generated reply on a `processing` log (inside the caller's transaction,

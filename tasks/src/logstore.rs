@@ -7,7 +7,7 @@
 //! waiting for buffer locks on the table's newest pages and index leaves, and made up
 //! two thirds of Postgres' time end to end.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use hookq_core::{
@@ -56,14 +56,13 @@ async fn start_batch(
             left.into_iter().partition(|&i| seen.insert(batch[i].0));
         let ids: Vec<i64> = round.iter().map(|&i| batch[i].0).collect();
         let attempts: Vec<u32> = round.iter().map(|&i| batch[i].1).collect();
-        let mut started = logs::start_many(pool, &ids, &attempts)
+        let mut started: HashMap<i64, Started> = logs::start_many(pool, &ids, &attempts)
             .await?
             .into_iter()
-            .peekable();
+            .map(|s| (s.log.id, s))
+            .collect();
         for &i in &round {
-            if started.peek().is_some_and(|s| s.log.id == batch[i].0) {
-                answers[i] = started.next();
-            }
+            answers[i] = started.remove(&batch[i].0);
         }
         left = later;
     }
