@@ -143,7 +143,7 @@ fn comment_on(post: &str, comment_id: &str) -> String {
 /// Sends `bodies` with `concurrency` in flight, until done or `stop` is set.
 async fn send_all(
     base: &str,
-    bodies: Vec<(String, String)>,
+    bodies: impl IntoIterator<Item = (String, String)>,
     concurrency: usize,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
@@ -303,21 +303,29 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
     let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
 
-    let mut bodies = Vec::new();
-    for i in 0..total {
-        let cid = format!("kill_{i}");
-        let post = if i % (total / (receivers * per_receiver)).max(1) == 0 {
-            format!("chaos_post_{}", i % receivers)
-        } else {
-            "post_123".to_string()
-        };
-        bodies.push((cid.clone(), comment_on(&post, &cid)));
-    }
-    let callback_cids: HashSet<String> = bodies
-        .iter()
-        .filter(|(_, b)| b.contains("chaos_post_"))
-        .map(|(c, _)| c.clone())
-        .collect();
+    // Events are made as they are sent: at least `total`, and more until the killer has
+    // struck `KILLS` times, so the kills land under load however fast this machine is.
+    const KILLS: usize = 3;
+    let killed = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let callback_every = (total / (receivers * per_receiver)).max(1);
+    let callback_cids = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let bodies = {
+        let killed = killed.clone();
+        let callback_cids = callback_cids.clone();
+        (0..total * 20)
+            .take_while(move |i| *i < total || killed.lock().unwrap().len() < KILLS)
+            .map(move |i| {
+                let cid = format!("kill_{i}");
+                let post = if i % callback_every == 0 && i < total {
+                    callback_cids.lock().unwrap().insert(cid.clone());
+                    format!("chaos_post_{}", i % receivers)
+                } else {
+                    "post_123".to_string()
+                };
+                let body = comment_on(&post, &cid);
+                (cid, body)
+            })
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -330,7 +338,6 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
     });
 
     // The killer: one worker every ~2 s while the queue is busy.
-    let killed = Arc::new(Mutex::new(Vec::<u32>::new()));
     let killing = Arc::new(AtomicBool::new(true));
     let killer = tokio::spawn({
         let killed = killed.clone();
@@ -377,6 +384,7 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
     let tally = load.await.unwrap();
     let send_time = started.elapsed();
     let acked_ids = tally.acked_ids();
+    let callback_cids = callback_cids.lock().unwrap().clone();
     // Keep killing until the queue drains, so processing (not only ingest) is hit.
     let pool = db.pool.clone();
     wait_all_finished(&pool, &acked_ids, 240).await;
@@ -458,10 +466,10 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
         send_time.as_secs_f64(),
         total_time.as_secs_f64(),
     );
-    assert_eq!(tally.sent.len(), total, "every request was answered");
+    assert!(tally.sent.len() >= total, "every request was answered");
     assert_eq!(
-        acked_ids.len(),
-        total,
+        tally.acked().len(),
+        tally.sent.len(),
         "the API (never killed here) acknowledged everything"
     );
     assert_eq!(
@@ -492,7 +500,7 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
         "every callback log delivered or outcome-unknown"
     );
     assert_eq!(dup_keys, 0);
-    assert!(restarts >= 3, "only {restarts} kills");
+    assert!(restarts >= KILLS, "only {restarts} kills");
     assert_eq!(
         alive_workers, 2,
         "the supervisor replaced every killed worker"
