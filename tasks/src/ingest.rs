@@ -17,7 +17,7 @@
 
 mod writer;
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
 use hookq_core::{
     events::{ParsedEvent, storable},
@@ -73,7 +73,9 @@ impl Default for IngestOptions {
 #[derive(Clone)]
 pub struct Ingestor {
     pool: PgPool,
-    writer: GroupWriter<writer::Item, Result<Ingested, Error>, Error>,
+    /// Its flush answers each request itself (a failed batch answers each with the
+    /// shared error), so the writer's batch-wide error cannot happen.
+    writer: GroupWriter<writer::Item, Result<Ingested, Error>, Infallible>,
 }
 
 impl Ingestor {
@@ -90,15 +92,13 @@ impl Ingestor {
             capacity: opts.queue_capacity,
         };
         let batch_pool = pool.clone();
-        // Every request gets its own answer from `flush` (a failed batch answers each
-        // with the shared error), so the writer's batch-wide error is never used.
         let writer = GroupWriter::with_options(
             group,
             |item: &writer::Item| item.logs.len(),
             move |items: Vec<writer::Item>| {
                 let pool = batch_pool.clone();
                 let notifier = notifier.clone();
-                async move { Ok(writer::flush(&pool, &notifier, &items).await) }
+                async move { Ok::<_, Infallible>(writer::flush(&pool, &notifier, &items).await) }
             },
         );
         Ingestor { pool, writer }
@@ -154,7 +154,7 @@ impl Ingestor {
         // to us; the sender is told to retry (a retry of a stored event is a duplicate).
         match self.writer.submit(item).await {
             Some(Ok(answer)) => answer,
-            Some(Err(shared)) => Err(Error::Shared(shared)),
+            Some(Err(never)) => match *never {},
             None => Err(Error::IngestStopped),
         }
     }
