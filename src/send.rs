@@ -140,7 +140,7 @@ struct Signed {
     url: String,
     header: &'static str,
     value: String,
-    body: Arc<Body>,
+    bytes: String,
 }
 
 /// The part of the server's answer the summary counts.
@@ -212,15 +212,40 @@ pub async fn run(args: SendArgs) -> Result<()> {
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
 
     // Every body is made and signed before the clock starts: the figure is the server's.
-    let bodies: Arc<Vec<Signed>> = {
+    // A duplicate is the very same signed request sent again.
+    let sign = |body: Body| {
+        let (header, value) = if body.bridge {
+            let key = bridge_secret.as_deref().unwrap_or("");
+            (
+                "X-Webhook-Signature",
+                signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
+            )
+        } else {
+            let key = meta_secret.as_deref().unwrap_or("");
+            (
+                "X-Hub-Signature-256",
+                format!(
+                    "sha256={}",
+                    signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
+                ),
+            )
+        };
+        Arc::new(Signed {
+            url: format!("{base}{}", body.path),
+            header,
+            value,
+            bytes: body.bytes,
+        })
+    };
+    let bodies: Arc<Vec<Arc<Signed>>> = {
         let mut rng = rand::rng();
-        let mut made: Vec<Arc<Body>> = Vec::with_capacity(args.count as usize);
+        let mut made: Vec<Arc<Signed>> = Vec::with_capacity(args.count as usize);
         for seq in 0..args.count {
             let dup = !made.is_empty() && rng.random::<f64>() < args.duplicate_ratio;
-            let body = if dup {
+            let signed = if dup {
                 made[rng.random_range(0..made.len())].clone()
             } else if let Some(t) = &template {
-                Arc::new(Body {
+                sign(Body {
                     path: args.path.clone(),
                     bridge: args.bridge,
                     bytes: t
@@ -228,38 +253,11 @@ pub async fn run(args: SendArgs) -> Result<()> {
                         .replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
                 })
             } else {
-                Arc::new(sample_body(kind_for(args.sample, seq), seq, &run_id))
+                sign(sample_body(kind_for(args.sample, seq), seq, &run_id))
             };
-            made.push(body);
+            made.push(signed);
         }
-        Arc::new(
-            made.into_iter()
-                .map(|body| {
-                    let (header, value) = if body.bridge {
-                        let key = bridge_secret.as_deref().unwrap_or("");
-                        (
-                            "X-Webhook-Signature",
-                            signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
-                        )
-                    } else {
-                        let key = meta_secret.as_deref().unwrap_or("");
-                        (
-                            "X-Hub-Signature-256",
-                            format!(
-                                "sha256={}",
-                                signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
-                            ),
-                        )
-                    };
-                    Signed {
-                        url: format!("{base}{}", body.path),
-                        header,
-                        value,
-                        body,
-                    }
-                })
-                .collect(),
-        )
+        Arc::new(made)
     };
 
     // One task per connection, each taking the next body: the requests are spread over
@@ -290,7 +288,7 @@ pub async fn run(args: SendArgs) -> Result<()> {
                         .post(&b.url)
                         .header("Content-Type", "application/json")
                         .header(b.header, &b.value)
-                        .body(b.body.bytes.clone())
+                        .body(b.bytes.clone())
                         .send()
                         .await;
                     match res {
