@@ -20,7 +20,7 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use hookq_core::delivery::OUTCOME_UNKNOWN;
-use hookq_testkit::{TestDb, fresh_db, wait_for};
+use hookq_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -255,14 +255,6 @@ async fn webhook_ids(servers: &[MockServer]) -> HashMap<String, usize> {
     seen
 }
 
-async fn setup(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
-    let db = fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
-    let mut env = base_env(&db.url);
-    env.extend(env_of(extra));
-    (db, env)
-}
-
 // ---- the faults ----
 
 /// Thousands of signed webhooks sent concurrently to a real API while a worker process
@@ -282,7 +274,7 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
         .unwrap_or(5000);
     let receivers = 10;
     let per_receiver = 40;
-    let (db, env) = setup(&[
+    let (db, env) = demo_env(&[
         ("HOOKQ_ALLOW_PRIVATE_CALLBACKS", "1"),
         ("HOOKQ_DELIVERY_BACKOFF", "200ms,400ms,800ms"),
         ("TASKIQ_MAX_ASYNC_TASKS", "16"),
@@ -522,7 +514,7 @@ async fn postgres_stopped_for_10s_answers_503_and_loses_nothing() {
         eprintln!("skipped: HOOKQ_TEST_DATABASE_URL is an external server the test cannot stop");
         return;
     };
-    let (db, env) = setup(&[]).await;
+    let (db, env) = demo_env(&[]).await;
     let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
 
@@ -616,7 +608,7 @@ async fn postgres_stopped_for_10s_answers_503_and_loses_nothing() {
 #[tokio::test]
 #[ignore = "fault test: kills the API process"]
 async fn an_api_killed_under_load_stored_every_event_it_acknowledged() {
-    let (db, env) = setup(&[]).await;
+    let (db, env) = demo_env(&[]).await;
     let (mut api, base) = api_process(&env).await;
     let api_pid = api.id().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -840,7 +832,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
 #[tokio::test]
 #[ignore = "fault test: signals real processes"]
 async fn sigterm_under_load_exits_0_within_30s_and_leaves_nothing_processing() {
-    let (db, env) = setup(&[]).await;
+    let (db, env) = demo_env(&[]).await;
     let (mut api, base) = api_process(&env).await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
     let workers = children(sup_pid);

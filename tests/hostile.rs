@@ -7,14 +7,10 @@
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use hookq_core::demo::DEMO_IG_ACCOUNT;
-use hookq_testkit::fresh_db;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -208,10 +204,7 @@ async fn malformed_bodies_get_a_clear_4xx() {
 async fn real_api(
     extra: &[(&str, &str)],
 ) -> (tokio::process::Child, String, hookq_testkit::TestDb) {
-    let db = fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
-    let mut env: HashMap<String, String> = base_env(&db.url);
-    env.extend(env_of(extra));
+    let (db, env) = demo_env(extra).await;
     let (child, base) = api_process(&env).await;
     (child, base, db)
 }

@@ -172,10 +172,8 @@ fn free_port() -> u16 {
 /// logged.
 #[tokio::test]
 async fn api_process_logs_are_json_and_never_hold_secrets() {
-    let db = hookq_testkit::fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
+    let (_db, mut env) = demo_env(&[]).await;
     let port = free_port();
-    let mut env = base_env(&db.url);
     env.insert("HOOKQ_BIND".into(), format!("127.0.0.1:{port}"));
     env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
     let mut cmd = hookq(&env);

@@ -12,10 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
-    let db = fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
-    let mut env = base_env(&db.url);
-    env.insert("TASKIQ_WORKERS".into(), "2".into());
+    let (db, env) = demo_env(&[("TASKIQ_WORKERS", "2")]).await;
     let mut sup = hookq(&env).args(["worker"]).spawn().unwrap();
     let sup_pid = sup.id().unwrap();
 

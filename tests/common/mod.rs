@@ -309,6 +309,16 @@ pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// A fresh database with the demo data, and the environment a `hookq` process started
+/// on it needs ([`base_env`] plus `extra`).
+pub async fn demo_env(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
+    let db = fresh_db().await;
+    hookq_core::demo::load(&db.pool).await.unwrap();
+    let mut env = base_env(&db.url);
+    env.extend(env_of(extra));
+    (db, env)
+}
+
 /// Callbacks to loopback allowed, and a short delivery schedule (one try + 3 retries).
 pub fn delivery_env() -> HashMap<String, String> {
     env_of(&[
