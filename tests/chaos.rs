@@ -20,7 +20,7 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use hookq_core::delivery::OUTCOME_UNKNOWN;
-use hookq_testkit::wait_for;
+use hookq_testkit::{poll_for, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -230,22 +230,21 @@ async fn assert_nothing_stuck(pool: &PgPool) {
         let jobs = count(pool, "SELECT count(*) FROM queue_jobs").await;
         (logs, jobs)
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut logs, mut jobs) = open().await;
-    while (logs, jobs) != (0, 0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        (logs, jobs) = open().await;
-    }
-    if jobs != 0 {
-        let left: Vec<(i64, String, String, i32, String)> = sqlx::query_as(
-            "SELECT j.id, j.task_name, j.status::text, j.attempts, coalesce(l.status, '-')
-             FROM queue_jobs j LEFT JOIN webhook_logs l ON l.job_id = j.id ORDER BY j.id LIMIT 10",
-        )
-        .fetch_all(pool)
+    if poll_for(30, || async { (open().await == (0, 0)).then_some(()) })
         .await
-        .unwrap();
-        println!("jobs left (id, task, status, attempts, log status; first 10): {left:?}");
+        .is_some()
+    {
+        return;
     }
+    let left: Vec<(i64, String, String, i32, String)> = sqlx::query_as(
+        "SELECT j.id, j.task_name, j.status::text, j.attempts, coalesce(l.status, '-')
+         FROM queue_jobs j LEFT JOIN webhook_logs l ON l.job_id = j.id ORDER BY j.id LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    println!("jobs left (id, task, status, attempts, log status; first 10): {left:?}");
+    let (logs, jobs) = open().await;
     assert_eq!(logs, 0, "logs left pending/processing/failed");
     assert_eq!(jobs, 0, "jobs left in the queue");
 }
@@ -366,13 +365,10 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
                 }
                 // Kill only while both workers are up (the supervisor restarts a worker
                 // that keeps dying ever more slowly, up to 5 s).
-                let Ok(kids) = tokio::time::timeout(
-                    Duration::from_secs(15),
-                    wait_for(15, "both workers", || async {
-                        let c = children(sup_pid);
-                        (c.len() == 2).then_some(c)
-                    }),
-                )
+                let Some(kids) = poll_for(15, || async {
+                    let c = children(sup_pid);
+                    (c.len() == 2).then_some(c)
+                })
                 .await
                 else {
                     continue;

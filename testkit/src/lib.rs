@@ -158,7 +158,20 @@ pub async fn fresh_db() -> TestDb {
 
 /// Polls `check` until it returns `Some`, or panics after `secs` seconds with `what`.
 /// Tests wait on conditions, never on guessed sleeps.
-pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_for(secs, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {secs}s waiting for {what}"),
+    }
+}
+
+/// [`wait_for`] that gives up with `None` instead of panicking, for a caller that goes
+/// on (or says what it saw) when the condition never came.
+pub async fn poll_for<T, F, Fut>(secs: u64, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -166,10 +179,10 @@ where
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for {what}");
+            return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
