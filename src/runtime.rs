@@ -1,10 +1,10 @@
 //! The commands' wiring: read config, connect, start the library parts, stop on a signal.
 
-use std::{ffi::OsString, sync::Arc, time::Duration};
+use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context, Result};
 use hookq_core::config::{Config, LogFormat};
-use hookq_tasks::{ingest::Ingestor, queue::Notifier, supervisor};
+use hookq_tasks::supervisor;
 use sqlx::PgPool;
 
 pub fn init_tracing(format: LogFormat) {
@@ -68,12 +68,7 @@ pub async fn serve_api(
     if config.meta_app_secret.is_none() {
         tracing::warn!("META_APP_SECRET is not set: Meta webhook routes answer 401");
     }
-    let notifier = Notifier::spawn(pool.clone());
-    let state = hookq_api::AppState {
-        config: Arc::new(config),
-        ingestor: Ingestor::new(pool.clone(), notifier),
-        pool,
-    };
+    let state = hookq_api::AppState::new(config, pool);
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     hookq_api::serve(listener, state, shutdown).await?;
     Ok(())

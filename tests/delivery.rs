@@ -612,6 +612,29 @@ async fn llm_failures_are_retried_unless_the_request_is_invalid() {
     app.stop().await;
 }
 
+/// Issue 13.3: a job runs at most `HOOKQ_MAX_ATTEMPTS` times, whoever enqueued it (the
+/// webhook intake included), and the log's `attempts` says how many runs there were.
+#[tokio::test]
+async fn a_generator_that_always_fails_runs_max_attempts_times_then_dead_letters() {
+    let server = answering(ResponseTemplate::new(500)).await;
+    let app = chat_app(&server, &[("HOOKQ_MAX_ATTEMPTS", "2")]).await;
+    let id = app
+        .ingest("/webhooks/instagram", &compact("llm_always_500", "Hello?"))
+        .await[0];
+    let row = app.wait_status(id, "dead_letter").await;
+    assert_eq!(row.attempts, 2, "runs of the log's job");
+    let job: (i32, i32) =
+        sqlx::query_as("SELECT attempts, max_attempts FROM queue_jobs_done WHERE id = $1")
+            .bind(row.job_id.unwrap())
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(job, (2, 2), "the job's own count and limit");
+    let calls = server.received_requests().await.unwrap().len();
+    assert_eq!(calls, 2, "one generation request per run");
+    app.stop().await;
+}
+
 /// The limits are counted in the database under a per-endpoint lock: a claim past them
 /// is deferred without using a try.
 #[tokio::test]

@@ -36,6 +36,7 @@ async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
     let ingestor = hookq_tasks::ingest::Ingestor::new(
         db.pool.clone(),
         hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
+        3,
     );
     let events =
         hookq_core::events::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use hookq_core::config::Config;
-use hookq_tasks::ingest::Ingestor;
+use hookq_tasks::{ingest::Ingestor, queue::Notifier};
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -11,4 +11,17 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub ingestor: Ingestor,
+}
+
+impl AppState {
+    /// The API's state over `pool`, everything derived from `config` in one place (the
+    /// ingest's jobs get `HOOKQ_MAX_ATTEMPTS` runs, as every other job does).
+    pub fn new(config: Config, pool: PgPool) -> Self {
+        let notifier = Notifier::spawn(pool.clone());
+        AppState {
+            ingestor: Ingestor::new(pool.clone(), notifier, config.max_attempts),
+            config: Arc::new(config),
+            pool,
+        }
+    }
 }

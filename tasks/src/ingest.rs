@@ -55,6 +55,9 @@ pub struct IngestOptions {
     pub max_in_flight: usize,
     /// Requests waiting for the writer before callers are held back.
     pub queue_capacity: usize,
+    /// Runs each enqueued job gets before it is dead (`HOOKQ_MAX_ATTEMPTS`), stored on
+    /// the job's row.
+    pub max_attempts: u32,
 }
 
 impl Default for IngestOptions {
@@ -64,6 +67,7 @@ impl Default for IngestOptions {
             linger: Duration::from_millis(1),
             max_in_flight: 2,
             queue_capacity: 8192,
+            max_attempts: 3,
         }
     }
 }
@@ -79,9 +83,18 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
-    /// Starts the batching writer on the current Tokio runtime with default options.
-    pub fn new(pool: PgPool, notifier: Notifier) -> Self {
-        Self::with_options(pool, notifier, IngestOptions::default())
+    /// Starts the batching writer on the current Tokio runtime with default options and
+    /// `max_attempts` runs per job (`HOOKQ_MAX_ATTEMPTS`: there is no default here, so
+    /// no caller can forget it).
+    pub fn new(pool: PgPool, notifier: Notifier, max_attempts: u32) -> Self {
+        Self::with_options(
+            pool,
+            notifier,
+            IngestOptions {
+                max_attempts,
+                ..IngestOptions::default()
+            },
+        )
     }
 
     pub fn with_options(pool: PgPool, notifier: Notifier, opts: IngestOptions) -> Self {
@@ -92,13 +105,16 @@ impl Ingestor {
             capacity: opts.queue_capacity,
         };
         let batch_pool = pool.clone();
+        let max_attempts = i32::try_from(opts.max_attempts.max(1)).unwrap_or(i32::MAX);
         let writer = GroupWriter::with_options(
             group,
             |item: &writer::Item| item.logs.len(),
             move |items: Vec<writer::Item>| {
                 let pool = batch_pool.clone();
                 let notifier = notifier.clone();
-                async move { Ok::<_, Infallible>(writer::flush(&pool, &notifier, &items).await) }
+                async move {
+                    Ok::<_, Infallible>(writer::flush(&pool, &notifier, &items, max_attempts).await)
+                }
             },
         );
         Ingestor { pool, writer }
@@ -238,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn an_unstorable_event_is_refused_before_it_joins_a_batch() {
         let db = fresh_db().await;
-        let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()));
+        let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()), 3);
         let mut cases: Vec<(&str, Vec<ParsedEvent>)> = Vec::new();
         let mut text = events("u1");
         text.extend(events("u1_ok"));

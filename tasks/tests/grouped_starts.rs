@@ -13,7 +13,7 @@ use tokio::sync::Barrier;
 async fn concurrent_starts_each_get_their_own_log() {
     const LOGS: usize = 200;
     let db = fresh_db().await;
-    let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()));
+    let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()), 3);
     let events: Vec<ParsedEvent> = (0..LOGS)
         .map(|i| comment_event(&format!("start-{i}")))
         .collect();

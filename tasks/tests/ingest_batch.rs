@@ -11,7 +11,7 @@ use tokio::sync::Barrier;
 async fn many_concurrent_callers_are_all_stored_with_their_jobs_in_shared_commits() {
     const CALLERS: usize = 300;
     let db = fresh_db().await;
-    let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()));
+    let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()), 3);
     let start = Arc::new(Barrier::new(CALLERS));
     let mut tasks = Vec::new();
     for i in 0..CALLERS {

@@ -97,12 +97,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     } else {
         db.pool.clone()
     };
-    let notifier = hookq_tasks::queue::Notifier::spawn(pool.clone());
-    let state = hookq_api::AppState {
-        config: std::sync::Arc::new(config.clone()),
-        ingestor: hookq_tasks::ingest::Ingestor::new(pool.clone(), notifier),
-        pool,
-    };
+    let state = hookq_api::AppState::new(config.clone(), pool);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = stopped(rx.clone());

@@ -28,7 +28,7 @@ use super::Ingested;
 use crate::{
     error::Error,
     jobs::ProcessWebhook,
-    queue::{DEFAULT_MAX_ATTEMPTS, Job, Notifier},
+    queue::{Job, Notifier},
 };
 use chrono::{DateTime, Utc};
 use hookq_core::logs::NewLog;
@@ -92,8 +92,9 @@ pub(super) async fn flush(
     pool: &PgPool,
     notifier: &Notifier,
     requests: &[Item],
+    max_attempts: i32,
 ) -> Vec<Result<Ingested, Error>> {
-    let answers = write_batch(pool, requests).await;
+    let answers = write_batch(pool, requests, max_attempts).await;
     if answers
         .iter()
         .any(|a| a.as_ref().is_ok_and(|a| a.accepted > 0))
@@ -105,8 +106,12 @@ pub(super) async fn flush(
 
 /// Each request's answer, in order: the batch as one statement, or, when one value of it
 /// was refused, one statement per request.
-async fn write_batch(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, Error>> {
-    let plan = Plan::new(requests);
+async fn write_batch(
+    pool: &PgPool,
+    requests: &[Item],
+    max_attempts: i32,
+) -> Vec<Result<Ingested, Error>> {
+    let plan = Plan::new(requests, max_attempts);
     let e = match plan.run(pool).await {
         Ok(answers) => return answers.into_iter().map(Ok).collect(),
         Err(e) => e,
@@ -118,7 +123,7 @@ async fn write_batch(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, E
                 requests = requests.len(),
                 "ingest batch refused a value; writing its requests one by one"
             );
-            one_by_one(pool, requests).await
+            one_by_one(pool, requests, max_attempts).await
         }
         _ => {
             if refused_value_of(&e).is_some() {
@@ -142,10 +147,14 @@ async fn write_batch(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, E
 /// request whose value is refused again gets that error alone. Any other failure (the
 /// database went away meanwhile) ends the fallback: it and every request not yet written
 /// get that error, rather than each waiting out its own connection timeout.
-async fn one_by_one(pool: &PgPool, requests: &[Item]) -> Vec<Result<Ingested, Error>> {
+async fn one_by_one(
+    pool: &PgPool,
+    requests: &[Item],
+    max_attempts: i32,
+) -> Vec<Result<Ingested, Error>> {
     let mut answers = Vec::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
-        let plan = Plan::new(std::slice::from_ref(request));
+        let plan = Plan::new(std::slice::from_ref(request), max_attempts);
         match plan.run(pool).await {
             Ok(mut one) => answers.push(Ok(one.remove(0))),
             Err(e) if refused_value_of(&e).is_some() => {
@@ -195,10 +204,12 @@ struct Plan<'a> {
     /// Per unique key: later requests of this batch that repeated it.
     extra: Vec<i32>,
     slots: Vec<Vec<usize>>,
+    /// Runs each new job gets (`HOOKQ_MAX_ATTEMPTS`), stored on its row.
+    max_attempts: i32,
 }
 
 impl<'a> Plan<'a> {
-    fn new(requests: &'a [Item]) -> Self {
+    fn new(requests: &'a [Item], max_attempts: i32) -> Self {
         let mut index: HashMap<&str, (usize, usize)> = HashMap::new();
         let mut unique = Vec::new();
         let mut extra = Vec::new();
@@ -233,6 +244,7 @@ impl<'a> Plan<'a> {
             unique,
             extra,
             slots,
+            max_attempts,
         }
     }
 
@@ -291,7 +303,7 @@ impl<'a> Plan<'a> {
                 .bind(&correlation)
                 .bind(&self.extra)
                 .bind(ProcessWebhook::NAME)
-                .bind(DEFAULT_MAX_ATTEMPTS)
+                .bind(self.max_attempts)
                 // Drains the exchange up to ReadyForQuery, i.e. past the implicit commit.
                 .fetch_all(pool)
                 .await;
@@ -398,7 +410,7 @@ mod tests {
         notifier: &Notifier,
         requests: [Item; N],
     ) -> [Result<Ingested, Error>; N] {
-        let answers = flush(pool, notifier, &requests).await;
+        let answers = flush(pool, notifier, &requests, 3).await;
         answers
             .try_into()
             .unwrap_or_else(|a: Vec<_>| panic!("{} answers for {N} requests", a.len()))
