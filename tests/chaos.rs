@@ -942,3 +942,79 @@ async fn sigterm_under_load_exits_0_within_30s_and_leaves_nothing_processing() {
             .success()
     );
 }
+
+/// Issue 13.2: SIGTERM while replies are being delivered to a slow endpoint (each answer
+/// takes 1 s, at most 10 in flight per endpoint, so most deliveries are waiting their
+/// turn): the supervisor exits 0 in time and no log is left `processing` (a worker holds
+/// a `processing` log, and none does after a graceful stop). After a restart every event
+/// gets exactly one reply.
+#[tokio::test]
+#[ignore = "fault test: stops worker processes"]
+async fn sigterm_during_slow_deliveries_leaves_nothing_processing_and_replies_once() {
+    let (db, env) = demo_env(&[("HOOKQ_ALLOW_PRIVATE_CALLBACKS", "1")]).await;
+    let receiver = answering(ResponseTemplate::new(200).set_delay(Duration::from_secs(1))).await;
+    callback_post(
+        &db.pool,
+        "acct_slow",
+        "post_slow",
+        &format!("{}/hook", receiver.uri()),
+    )
+    .await;
+    let (mut sup, sup_pid) = start_workers(&env, 2).await;
+    let ingestor = hookq_tasks::ingest::Ingestor::new(
+        db.pool.clone(),
+        hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
+        3,
+    );
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let body = comment_on("post_slow", &format!("slow_{i}"));
+        let events = hookq_core::events::parse_instagram(body.as_bytes()).unwrap();
+        ids.extend(ingestor.ingest(&events, None).await.unwrap().ids);
+    }
+    wait_requests(&receiver, 1).await;
+    let t = Instant::now();
+    signal(sup_pid, Signal::SIGTERM);
+    let status = exits_within(&mut sup, 30, "the supervisor").await;
+    let exit = t.elapsed();
+    let processing = count(
+        &db.pool,
+        "SELECT count(*) FROM webhook_logs WHERE status = 'processing'",
+    )
+    .await;
+    let running = count(
+        &db.pool,
+        "SELECT count(*) FROM queue_jobs WHERE status = 'running'",
+    )
+    .await;
+    let before_restart = webhook_ids(std::slice::from_ref(&receiver)).await.len();
+    println!(
+        "FAULT sigterm-slow-delivery: logs={} delivered_before_exit={before_restart} exit={:?} in {:.1}s \
+         processing_after={processing} running_jobs_after={running}",
+        ids.len(),
+        status.code(),
+        exit.as_secs_f64()
+    );
+    assert!(status.success(), "supervisor exit {status:?}");
+    assert_eq!(processing, 0, "logs left processing after a graceful stop");
+    assert_eq!(running, 0, "jobs left running after a graceful stop");
+
+    let (mut sup2, sup2_pid) = start_workers(&env, 2).await;
+    wait_all_finished(&db.pool, &ids, 120).await;
+    let rows = statuses(&db.pool, &ids).await;
+    let not_processed: Vec<_> = rows.values().filter(|(s, _, _)| s != "processed").collect();
+    assert!(not_processed.is_empty(), "{not_processed:?}");
+    let seen = webhook_ids(std::slice::from_ref(&receiver)).await;
+    assert_eq!(seen.len(), ids.len(), "one reply per event");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a reply was delivered twice: {seen:?}"
+    );
+    assert_nothing_stuck(&db.pool).await;
+    signal(sup2_pid, Signal::SIGTERM);
+    assert!(
+        exits_within(&mut sup2, 30, "the second supervisor")
+            .await
+            .success()
+    );
+}

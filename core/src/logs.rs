@@ -330,6 +330,38 @@ pub async fn finish_replied(conn: &mut PgConnection, id: i64) -> Result<bool> {
     Ok(r.rows_affected() == 1)
 }
 
+/// processing → pending: the reply is stored and its delivery job queued (inside the
+/// caller's transaction, which stages both). `processing` means a worker holds the log
+/// (contract section 4); until a delivery job claims an attempt for it
+/// ([`crate::delivery::store::claim`] moves it back to `processing`) none does, so a
+/// worker that stops meanwhile leaves nothing `processing` behind.
+pub async fn await_delivery(conn: &mut PgConnection, id: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE webhook_logs SET status = 'pending', updated_at = now()
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// processing → pending for the run of job `job_id` that a stopping worker handed back
+/// unfinished (the queue undid its claim, so the run does not count as an attempt, and
+/// the log's `attempts` goes back with it). Only while the log still belongs to that job.
+pub async fn hand_back(pool: &PgPool, id: i64, job_id: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE webhook_logs SET status = 'pending', attempts = greatest(attempts - 1, 0),
+                updated_at = now()
+         WHERE id = $1 AND job_id = $2 AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// Dead-letters the log a job was processing, whatever killed the job (poison payload,
 /// panic, lease lost on the last attempt), if the log still belongs to that job (an
 /// operator retry attaches it to a new one). `log_id` is the log the job's payload

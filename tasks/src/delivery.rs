@@ -112,6 +112,8 @@ impl ReplyOutbox for PgOutbox {
             kind => match store::stage(&mut tx, r.log_id, r.integration_id, kind).await? {
                 Staged::New | Staged::Resent => {
                     enqueue_delivery(&mut tx, r.log_id, None, self.max_attempts).await?;
+                    // No worker holds the log while its delivery job waits.
+                    logs::await_delivery(&mut tx, r.log_id).await?;
                     Recorded::Delivering
                 }
                 Staged::Live => Recorded::AlreadyDelivering,
@@ -403,6 +405,28 @@ impl Deliverer {
             self.notifier.kick();
         }
         Ok(())
+    }
+
+    /// Hand-back hook of [`DeliverReply`]: a stopping worker cut this job's run off. A
+    /// reply it left `sending` was cut off mid-request: its outcome is unknown now, so it
+    /// is settled now (as the job's re-run would settle it) rather than leaving the log
+    /// `processing` with no worker holding it. A reply never claimed needs nothing.
+    pub async fn on_released(&self, job_id: JobId, payload: serde_json::Value) {
+        let Some(log_id) = payload.get("log_id").and_then(serde_json::Value::as_i64) else {
+            return;
+        };
+        let settled = async {
+            match store::outbound_reply(&self.pool, log_id).await? {
+                Some(reply) if reply.state() == Some(ReplyState::Sending) => {
+                    self.sending_found(&reply, job_id).await
+                }
+                _ => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = settled {
+            tracing::error!(job_id, log_id, error = %e, "could not settle the reply of a handed-back delivery job");
+        }
     }
 
     /// Dead-letter hook of [`DeliverReply`]: the queue gave up on a delivery job (lease

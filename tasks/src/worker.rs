@@ -51,6 +51,10 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
     })
 }
 
+/// How long a stopping worker process lets in-flight runs finish before it hands them
+/// back: under the supervisor's grace (25 s) before it SIGKILLs a child.
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs this process's workers until `shutdown` resolves, then drains.
 pub async fn run(
     pool: PgPool,
@@ -61,6 +65,9 @@ pub async fn run(
         concurrency: config.max_async_tasks,
         max_attempts: config.max_attempts,
         worker_name: format!("hookq-worker-{}", std::process::id()),
+        // Within the supervisor's 25 s grace, so runs still going at the deadline are
+        // handed back (and their logs with them) before a SIGKILL could cut the process.
+        shutdown_timeout: SHUTDOWN_TIMEOUT,
         ..WorkerOptions::default()
     };
     let notifier = Notifier::spawn(pool.clone());
@@ -85,11 +92,30 @@ pub async fn run(
             }
         }
     });
+    // A run handed back unfinished at shutdown leaves its log for the next run: `pending`
+    // again, since no worker holds it (contract section 4).
+    let release_pool = pool.clone();
+    workers.on_release::<ProcessWebhook, _, _>(move |job_id, payload| {
+        let pool = release_pool.clone();
+        async move {
+            let Ok(job) = serde_json::from_value::<ProcessWebhook>(payload) else {
+                return;
+            };
+            if let Err(e) = logs::hand_back(&pool, job.log_id, job_id).await {
+                tracing::error!(job_id, log_id = job.log_id, error = %e, "could not hand back the log of a released job");
+            }
+        }
+    });
     let deliverer = Deliverer::new(pool.clone(), config, notifier)?;
     let runner = deliverer.clone();
     workers.register(move |job: DeliverReply, ctx: JobContext| {
         let runner = runner.clone();
         async move { runner.deliver(job, ctx).await }
+    });
+    let released = deliverer.clone();
+    workers.on_release::<DeliverReply, _, _>(move |job_id, payload| {
+        let deliverer = released.clone();
+        async move { deliverer.on_released(job_id, payload).await }
     });
     workers.on_dead_letter::<DeliverReply, _, _>(move |job_id, payload, error| {
         let deliverer = deliverer.clone();

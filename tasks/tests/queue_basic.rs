@@ -599,7 +599,14 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones() {
         shutdown_timeout: Duration::from_millis(800),
         ..fast_opts()
     };
-    let running = Running::start(workers_with_handlers(&db.pool, opts, &runs, &dead));
+    let mut workers = workers_with_handlers(&db.pool, opts, &runs, &dead);
+    let released = Dead::default();
+    let r = released.clone();
+    workers.on_release::<Slow, _, _>(move |id, payload| {
+        let r = r.clone();
+        async move { r.0.lock().unwrap().push((id, payload, String::new())) }
+    });
+    let running = Running::start(workers);
     let short = enqueue_one(&db.pool, &Slow { millis: 300 }, &EnqueueOptions::default()).await;
     let long = enqueue_one(
         &db.pool,
@@ -628,4 +635,12 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones() {
     assert_eq!(long.attempts, 0, "a hand-back is not a failed attempt");
     assert!(long.errors.is_empty());
     assert!(long.locked_by.is_none());
+    // Its hand-back hook ran once, after the release was written (issue 13.2: the
+    // pipeline's hook returns the run's log to `pending`).
+    let released = released.0.lock().unwrap().clone();
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(
+        (released[0].0, &released[0].1),
+        (long.id, &serde_json::json!({"millis": 60_000}))
+    );
 }

@@ -223,10 +223,11 @@ pub async fn claim(
     .bind(job_id)
     .fetch_one(&mut *tx)
     .await?;
-    // The log is being worked on again (it showed `failed` while the retry waited).
+    // A worker holds the log again: it was `pending` while its delivery job waited
+    // (see `logs::await_delivery`), or `failed` while a retry waited.
     sqlx::query(
         "UPDATE webhook_logs SET status = 'processing', next_retry_at = NULL, updated_at = now()
-         WHERE id = $1 AND status = 'failed'",
+         WHERE id = $1 AND status IN ('pending', 'failed')",
     )
     .bind(reply.log_id)
     .execute(&mut *tx)

@@ -102,6 +102,7 @@ pub(crate) async fn run(
                     if written.dead {
                         rt.dead_letters.notify_one();
                     }
+                    run_release_hooks(&rt, written.released).await;
                     if let Some(delay) = written.next_retry {
                         // Look for the retry when it is due rather than at the next poll.
                         let rt = rt.clone();
@@ -138,6 +139,8 @@ struct Written {
     dead: bool,
     /// The soonest retry scheduled.
     next_retry: Option<Duration>,
+    /// Jobs handed back (id, task, payload), for their hooks.
+    released: Vec<(JobId, String, serde_json::Value)>,
 }
 
 async fn write(
@@ -181,6 +184,7 @@ async fn write(
     let mut written = Written {
         dead: false,
         next_retry: None,
+        released: Vec::new(),
     };
     if !archive.ids.is_empty() {
         let dead = archive.errors.iter().any(Option::is_some);
@@ -252,25 +256,36 @@ async fn write(
             .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     }
     if !release.0.is_empty() {
-        let updated = sqlx::query(
+        let released: Vec<(JobId, String, serde_json::Value)> = sqlx::query_as(
             "UPDATE queue_jobs j
              SET status = 'pending', locked_by = NULL, lease_expires_at = NULL, attempts = j.attempts - 1
              FROM unnest($1::bigint[], $2::int[]) AS d(id, attempt)
-             WHERE j.id = ANY($1) AND j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $3",
+             WHERE j.id = ANY($1) AND j.id = d.id AND j.attempts = d.attempt AND j.status = 'running' AND j.locked_by = $3
+             RETURNING j.id, j.task_name, j.payload",
         )
         .bind(&release.0)
         .bind(&release.1)
         .bind(worker_id)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        .fetch_all(pool)
+        .await?;
         note_stale(
             "handed back",
             release.0.len(),
-            updated.try_into().unwrap_or(i64::MAX),
+            released.len().try_into().unwrap_or(i64::MAX),
         );
+        written.released = released;
     }
     Ok(written)
+}
+
+/// Runs the hand-back hook of each job a batch handed back (after the batch is written,
+/// so a hook never sees its job still leased).
+async fn run_release_hooks(rt: &Runtime, released: Vec<(JobId, String, serde_json::Value)>) {
+    for (id, task, payload) in released {
+        if let Some(hook) = rt.release_hooks.get(task.as_str()) {
+            hook(id, payload).await;
+        }
+    }
 }
 
 /// Outcomes that matched no row belong to runs whose lease was lost (another claim

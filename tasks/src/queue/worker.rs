@@ -88,6 +88,8 @@ pub(crate) struct Runtime {
     pub(crate) table: Arc<HandlerTable>,
     /// Task names with a dead-letter hook (their dead jobs enter the hook outbox).
     pub(crate) hooked: Vec<String>,
+    /// Hooks called once a stopping worker has handed a run of their task back.
+    pub(crate) release_hooks: HashMap<&'static str, ReleaseHook>,
     pub(crate) backoff: Backoff,
     /// Jobs leased by this process (claimed, running, or outcome not yet written):
     /// id → attempt. The lease extender renews exactly these.
@@ -174,8 +176,13 @@ pub struct Workers {
     opts: WorkerOptions,
     table: HandlerTable,
     hooks: HashMap<&'static str, Hook>,
+    release_hooks: HashMap<&'static str, ReleaseHook>,
     periodic: Vec<Periodic>,
 }
+
+/// A type-erased hand-back hook: `(job id, payload as stored)`.
+pub(crate) type ReleaseHook =
+    Arc<dyn Fn(JobId, serde_json::Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Workers {
     /// `pool` must allow a few connections beyond the handlers' own needs: the LISTEN
@@ -187,6 +194,7 @@ impl Workers {
             opts,
             table: HandlerTable::default(),
             hooks: HashMap::new(),
+            release_hooks: HashMap::new(),
             periodic: Vec::new(),
         }
     }
@@ -218,6 +226,22 @@ impl Workers {
         self.hooks.insert(J::NAME, hook);
     }
 
+    /// Called after a stopping worker handed a run of a `J` job back unfinished (its
+    /// claim undone: the job is `pending` again and the run is not counted), so the
+    /// handler's own rows can say the same: whatever the run had marked as held by a
+    /// worker is no longer held. Best effort, once, in the stopping process: should it
+    /// die first, the job still runs again and its handler must cope, as after a crash.
+    /// Gets the job id and the payload as stored.
+    pub fn on_release<J, F, Fut>(&mut self, hook: F)
+    where
+        J: Job,
+        F: Fn(JobId, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let hook: ReleaseHook = Arc::new(move |id, payload| hook(id, payload).boxed());
+        self.release_hooks.insert(J::NAME, hook);
+    }
+
     /// Enqueues `make()` on every tick of the cron `schedule` (five fields, or six with
     /// seconds first), exactly once per tick across all processes. `name` identifies
     /// the schedule in `queue_periodic`. `J` must also be registered to run.
@@ -244,6 +268,7 @@ impl Workers {
             opts,
             table,
             hooks,
+            release_hooks,
             periodic,
         } = self;
         let concurrency = opts.concurrency.max(1);
@@ -253,6 +278,7 @@ impl Workers {
             worker_id: format!("{}:{}", opts.worker_name, uuid::Uuid::new_v4().simple()),
             table: Arc::new(table),
             hooked: hooks.keys().map(|k| k.to_string()).collect(),
+            release_hooks,
             backoff: Backoff {
                 base: opts.backoff_base,
                 cap: opts.backoff_cap,
