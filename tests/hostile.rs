@@ -759,3 +759,153 @@ async fn a_value_the_database_refuses_fails_only_its_own_request() {
     assert_alive(&app).await;
     app.stop().await;
 }
+
+/// About 10 kB that PostgreSQL cannot compress (hex of random UUIDs): stored in an index,
+/// such a value is refused with "index row requires … bytes" (SQLSTATE 54000).
+fn incompressible_10kb() -> String {
+    (0..320)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect()
+}
+
+/// Issue 13.7: an over-long identifier is a clear 422, never a 503 (which a sender would
+/// retry forever), in a signed webhook and in every admin write alike; nothing of it is
+/// stored, and the requests around it are unaffected. A permanent refusal no check in
+/// Rust foresees (here: an index an operator added over a field hookq does not bound)
+/// is a 422 too, decided by the one database-error classification.
+#[tokio::test]
+async fn over_long_identifiers_answer_422_and_store_nothing() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let long = incompressible_10kb();
+
+    // Webhooks: an id inside a signed payload.
+    let long_comment = compact(&long, "hi");
+    let long_sender = compact("long_sender", "hi").replace("\"user_456\"", &format!("\"{long}\""));
+    let long_message =
+        json!({"event_type": "message.received", "timestamp": "2024-01-15T10:30:00Z",
+        "data": {"from_number": "+1234567890", "to_number": "+0987654321", "message_id": long,
+                 "text": "hi"}})
+        .to_string();
+    for (what, resp) in [
+        ("comment id", app.post_instagram(&long_comment).await),
+        ("sender id", app.post_instagram(&long_sender).await),
+        ("bridge message id", app.post_bridge(&long_message).await),
+    ] {
+        let (status, body) = assert_clear_4xx(resp, what).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert_eq!(body["error"], "invalid", "{what}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("bytes long"),
+            "{what}: {body}"
+        );
+    }
+    let (status, body) = json(app.post_instagram(&compact("short_id", "hi")).await).await;
+    assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_logs")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "only the well-formed event is stored");
+
+    // Admin writes: every external id and account id.
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        app.http
+            .request(method, format!("{}{path}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let (_, user) = json(
+        admin(
+            reqwest::Method::POST,
+            "/api/users",
+            json!({"external_id": "long_ids_user", "name": "U"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (_, template) = json(
+        admin(
+            reqwest::Method::POST,
+            "/api/persona-templates",
+            json!({"name": "T", "reply_template": "hi"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (_, integration) = json(
+        admin(
+            reqwest::Method::POST,
+            "/api/integrations",
+            json!({"user_id": user["id"], "platform": "instagram", "account_id": "long_ids_acct"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let user_path = format!("/api/users/{}", user["id"].as_str().unwrap());
+    let cases = [
+        (
+            reqwest::Method::POST,
+            "/api/users".to_string(),
+            json!({"external_id": long, "name": "U"}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            user_path,
+            json!({"external_id": long}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/integrations".to_string(),
+            json!({"user_id": user["id"], "platform": "facebook", "account_id": long}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/personas".to_string(),
+            json!({"external_id": long, "user_id": user["id"], "template_id": template["id"], "name": "P"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/posts".to_string(),
+            json!({"external_id": long, "integration_id": integration["id"], "caption": "c"}),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let what = format!("{method} {path}");
+        let (status, answer) =
+            assert_clear_4xx(admin(method, &path, body).await.unwrap(), &what).await;
+        assert_eq!(status, 422, "{what}: {answer}");
+        assert_eq!(answer["error"], "invalid", "{what}: {answer}");
+    }
+
+    // A refusal only the database knows of: 54000 is permanent, so 4xx, not 503.
+    sqlx::query("CREATE INDEX operator_template_names ON persona_templates (name)")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let resp = admin(
+        reqwest::Method::POST,
+        "/api/persona-templates",
+        json!({"name": long, "reply_template": "hi"}),
+    )
+    .await
+    .unwrap();
+    let (status, body) = assert_clear_4xx(resp, "template with an unindexable name").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the database"),
+        "{body}"
+    );
+    assert_alive(&app).await;
+    app.stop().await;
+}

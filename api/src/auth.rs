@@ -20,17 +20,17 @@ pub struct AdminAuth(pub Admin);
 pub struct Admin;
 
 async fn check_admin(req: &Request, bearer: Bearer) -> poem::Result<Admin> {
-    let state = req
-        .data::<AppState>()
-        .ok_or_else(|| ApiError::unauthorized("server state missing"))?;
+    let state = req.data::<AppState>().ok_or_else(|| {
+        ApiError::Internal("the API's state is not installed on this route".into())
+    })?;
     let Some(expected) = &state.config.admin_token else {
         return Err(
-            ApiError::unauthorized("HOOKQ_ADMIN_TOKEN is not configured on this server").into(),
+            ApiError::Unauthorized("HOOKQ_ADMIN_TOKEN is not configured on this server").into(),
         );
     };
     if token_eq(expected.expose(), &bearer.token) {
         Ok(Admin)
     } else {
-        Err(ApiError::unauthorized("invalid admin token").into())
+        Err(ApiError::Unauthorized("invalid admin token").into())
     }
 }

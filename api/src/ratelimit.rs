@@ -18,9 +18,10 @@ use std::{
 };
 
 use hookq_core::config::{RateLimit, RateLimits};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result, http::StatusCode};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
-use crate::error::json_error;
+use crate::error::ApiError;
+use poem::error::ResponseError;
 
 /// Buckets kept at most; past this, full (idle) buckets are dropped, and if that is not
 /// enough, all of them (which only ever lets requests through).
@@ -134,16 +135,13 @@ impl<E: Endpoint> Endpoint for RateLimited<E> {
         ) && let Err(wait) = self.limiter.take(g, limit, addr.ip(), Instant::now())
         {
             metrics::counter!("hookq_rate_limited_total").increment(1);
-            let mut resp = json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                &format!(
-                    "more than {} requests per {} s from {}: retry in {wait} s",
-                    limit.requests,
-                    limit.per.as_secs(),
-                    addr.ip()
-                ),
-            );
+            let mut resp = ApiError::RateLimited(format!(
+                "more than {} requests per {} s from {}: retry in {wait} s",
+                limit.requests,
+                limit.per.as_secs(),
+                addr.ip()
+            ))
+            .as_response();
             resp.headers_mut().insert(
                 poem::http::header::RETRY_AFTER,
                 poem::http::HeaderValue::from(wait),

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use bytes::Bytes;
 use hookq_core::{config::Config, signature};
-use poem::{Request, RequestBody, error::ReadBodyError, http::StatusCode};
+use poem::{Request, RequestBody, error::ReadBodyError};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
     registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef},
@@ -42,11 +42,11 @@ impl SignedRoute for Meta {
     const DESCRIPTION: &'static str = "The webhook body exactly as Meta sent it, signed with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with META_APP_SECRET>`.";
 
     fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError> {
-        let key = config.meta_app_secret.as_ref().ok_or_else(|| {
-            ApiError::unauthorized("META_APP_SECRET is not configured on this server")
+        let key = config.meta_app_secret.as_ref().ok_or({
+            ApiError::Unauthorized("META_APP_SECRET is not configured on this server")
         })?;
         let header = header(req, META_HEADER)
-            .ok_or_else(|| ApiError::unauthorized("missing X-Hub-Signature-256 header"))?;
+            .ok_or(ApiError::Unauthorized("missing X-Hub-Signature-256 header"))?;
         Ok(Credentials {
             key: key.expose(),
             header,
@@ -65,8 +65,8 @@ impl SignedRoute for Whatsapp {
 
     fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError> {
         if let Some(header) = header(req, BRIDGE_HEADER) {
-            let key = config.whatsapp_webhook_secret.as_ref().ok_or_else(|| {
-                ApiError::unauthorized("WHATSAPP_WEBHOOK_SECRET is not configured on this server")
+            let key = config.whatsapp_webhook_secret.as_ref().ok_or({
+                ApiError::Unauthorized("WHATSAPP_WEBHOOK_SECRET is not configured on this server")
             })?;
             return Ok(Credentials {
                 key: key.expose(),
@@ -77,7 +77,7 @@ impl SignedRoute for Whatsapp {
         if header(req, META_HEADER).is_some() {
             return Meta::credentials(config, req);
         }
-        Err(ApiError::unauthorized(
+        Err(ApiError::Unauthorized(
             "missing X-Webhook-Signature or X-Hub-Signature-256 header",
         ))
     }
@@ -111,20 +111,14 @@ impl<'a, R: SignedRoute> ApiExtractor<'a> for SignedBody<R> {
         _: ExtractParamOptions<()>,
     ) -> poem::Result<Self> {
         let state = req.data::<AppState>().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "state missing",
-            )
+            ApiError::Internal("the API's state is not installed on this route".into())
         })?;
         let creds = R::credentials(&state.config, req)?;
         let limit = state.config.max_body_bytes;
         let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"),
-            )
+            ApiError::TooLarge(format!(
+                "body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"
+            ))
         };
         let declared = req
             .headers()
@@ -139,21 +133,17 @@ impl<'a, R: SignedRoute> ApiExtractor<'a> for SignedBody<R> {
         let bytes = tokio::time::timeout(read_timeout, body.take()?.into_bytes_limit(limit))
             .await
             .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    format!(
-                        "the body did not arrive within {} s (HOOKQ_BODY_READ_TIMEOUT)",
-                        read_timeout.as_secs_f64()
-                    ),
-                )
+                ApiError::BodyTimeout(format!(
+                    "the body did not arrive within {} s (HOOKQ_BODY_READ_TIMEOUT)",
+                    read_timeout.as_secs_f64()
+                ))
             })?
             .map_err(|e| match e {
                 ReadBodyError::PayloadTooLarge => too_large(),
-                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", other.to_string()),
+                other => ApiError::BadBody(other.to_string()),
             })?;
         if !signature::verify_hex(creds.key.as_bytes(), &bytes, creds.header, creds.prefix) {
-            return Err(ApiError::unauthorized("signature does not match the body").into());
+            return Err(ApiError::Unauthorized("signature does not match the body").into());
         }
         Ok(SignedBody {
             bytes,
@@ -180,11 +170,9 @@ pub async fn limit_body<E: poem::Endpoint>(
     };
     let limit = config.max_body_bytes;
     let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"),
-        )
+        ApiError::TooLarge(format!(
+            "body over the {limit}-byte limit (HOOKQ_MAX_BODY_BYTES)"
+        ))
     };
     let declared = req
         .headers()
@@ -198,15 +186,14 @@ pub async fn limit_body<E: poem::Endpoint>(
     let bytes = tokio::time::timeout(config.body_read_timeout, body.into_bytes_limit(limit))
         .await
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the body did not arrive in time (HOOKQ_BODY_READ_TIMEOUT)",
-            )
+            ApiError::BodyTimeout(format!(
+                "the body did not arrive within {} s (HOOKQ_BODY_READ_TIMEOUT)",
+                config.body_read_timeout.as_secs_f64()
+            ))
         })?
         .map_err(|e| match e {
             ReadBodyError::PayloadTooLarge => too_large(),
-            other => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", other.to_string()),
+            other => ApiError::BadBody(other.to_string()),
         })?;
     req.set_body(bytes);
     next.call(req).await.map(IntoResponse::into_response)

@@ -11,7 +11,7 @@ use hookq_core::{
     events::{ParsedEvent, parse_instagram, parse_whatsapp},
     signature,
 };
-use poem::http::StatusCode;
+use hookq_tasks::ingest::IngestError;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -121,14 +121,12 @@ async fn ingest(state: &AppState, events: &[ParsedEvent]) -> Result<Json<IngestA
         .ingestor
         .ingest(events, Some(&correlation))
         .await
-        .map_err(|e| match hookq_tasks::ingest::refusal(&e) {
-            // The content itself was refused: retrying the same body cannot help.
-            Some(detail) => {
+        .inspect_err(|e| {
+            if let IngestError::Refused(detail) = e {
                 tracing::warn!(correlation_id = %correlation, %detail, "webhook refused");
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
             }
-            None => ApiError::from(e),
-        })?;
+        })
+        .map_err(ApiError::from)?;
     tracing::info!(
         correlation_id = %correlation,
         accepted = done.accepted,
@@ -155,9 +153,7 @@ fn handshake(
     challenge: Option<String>,
 ) -> HandshakeResponse {
     let forbidden = |detail: &str| {
-        HandshakeResponse::Forbidden(Json(
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail).body(),
-        ))
+        HandshakeResponse::Forbidden(Json(ApiError::Forbidden(detail.into()).body()))
     };
     let Some(expected) = &state.config.meta_verify_token else {
         return forbidden("META_VERIFY_TOKEN is not configured on this server");

@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    db::{self, DbFailure},
     error::{Error, Result},
+    events::storable::MAX_ID_BYTES,
     model::{Integration, Persona, PersonaTemplate, Platform, Post, ReplyDelivery, User},
 };
 
@@ -25,23 +27,21 @@ pub struct Listed<T> {
     pub total: i64,
 }
 
-/// Translates a refused write into the domain's error. `deleting` turns a foreign-key
-/// violation into `Conflict` (the row is still referenced) instead of an unknown
-/// reference.
+/// Translates a refused write into the domain's error, by [`db::classify`]: duplicates are
+/// `Conflict` (409), missing references `UnknownReference` (422), refused values
+/// `Invalid` (422). `deleting` turns a foreign-key violation into `Conflict` (the row is
+/// still referenced) instead of an unknown reference.
 fn db_error(e: sqlx::Error, deleting: bool) -> Error {
-    let Some(db) = e.as_database_error() else {
-        return Error::Database(e);
-    };
-    let detail = db
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .and_then(|pg| pg.detail())
-        .unwrap_or_else(|| db.message())
-        .to_string();
-    match db.code().as_deref() {
-        Some("23505") => Error::Conflict(detail),
-        Some("23503") if deleting => Error::Conflict(format!("still in use: {detail}")),
-        Some("23503") => Error::UnknownReference(detail),
-        Some("23514" | "23502" | "22P02" | "22001") => Error::Invalid(db.message().to_string()),
+    match db::classify(&e) {
+        DbFailure::Unique(detail) => Error::Conflict(detail),
+        DbFailure::ForeignKey(detail) if deleting => {
+            Error::Conflict(format!("still in use: {detail}"))
+        }
+        DbFailure::ForeignKey(detail) => Error::UnknownReference(detail),
+        DbFailure::Constraint(msg) => Error::Invalid(msg),
+        DbFailure::Refused(msg) => {
+            Error::Invalid(format!("a value was refused by the database: {msg}"))
+        }
         _ => Error::Database(e),
     }
 }
@@ -101,6 +101,20 @@ fn non_empty(field: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
+/// An external id (user, persona, post, an integration's account): not empty, and at
+/// most [`MAX_ID_BYTES`] bytes, as the ids inside webhook payloads are (they are matched
+/// against each other, and unique indexes cannot hold a value over 2,704 bytes).
+fn identifier(field: &str, v: &str) -> Result<()> {
+    non_empty(field, v)?;
+    if v.len() > MAX_ID_BYTES {
+        return Err(Error::Invalid(format!(
+            "{field} is {} bytes long: at most {MAX_ID_BYTES} are allowed",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------- users
 
 pub struct NewUser {
@@ -117,7 +131,7 @@ pub struct UserPatch {
 table_reads!(list_users, get_user, delete_user, User, "users");
 
 pub async fn create_user(pool: &PgPool, new: &NewUser) -> Result<User> {
-    non_empty("external_id", &new.external_id)?;
+    identifier("external_id", &new.external_id)?;
     sqlx::query_as("INSERT INTO users (external_id, name) VALUES ($1, $2) RETURNING *")
         .bind(&new.external_id)
         .bind(&new.name)
@@ -128,7 +142,7 @@ pub async fn create_user(pool: &PgPool, new: &NewUser) -> Result<User> {
 
 pub async fn update_user(pool: &PgPool, id: Uuid, patch: &UserPatch) -> Result<User> {
     if let Some(e) = &patch.external_id {
-        non_empty("external_id", e)?;
+        identifier("external_id", e)?;
     }
     found(
         sqlx::query_as(
@@ -232,7 +246,7 @@ fn check_integration(i: &Integration) -> Result<()> {
 
 pub async fn create_integration(pool: &PgPool, new: &NewIntegration) -> Result<Integration> {
     check_platform(&new.platform)?;
-    non_empty("account_id", &new.account_id)?;
+    identifier("account_id", &new.account_id)?;
     let delivery = new.reply_delivery.as_deref().unwrap_or("none");
     check_delivery(delivery)?;
     if let Some(u) = &new.callback_url {
@@ -280,7 +294,7 @@ pub async fn update_integration(
         check_platform(p)?;
     }
     if let Some(a) = &patch.account_id {
-        non_empty("account_id", a)?;
+        identifier("account_id", a)?;
     }
     if let Some(d) = &patch.reply_delivery {
         check_delivery(d)?;
@@ -426,7 +440,7 @@ table_reads!(
 );
 
 pub async fn create_persona(pool: &PgPool, new: &NewPersona) -> Result<Persona> {
-    non_empty("external_id", &new.external_id)?;
+    identifier("external_id", &new.external_id)?;
     non_empty("name", &new.name)?;
     sqlx::query_as(
         "INSERT INTO personas (external_id, user_id, template_id, name, blocklist)
@@ -444,7 +458,7 @@ pub async fn create_persona(pool: &PgPool, new: &NewPersona) -> Result<Persona> 
 
 pub async fn update_persona(pool: &PgPool, id: Uuid, patch: &PersonaPatch) -> Result<Persona> {
     if let Some(e) = &patch.external_id {
-        non_empty("external_id", e)?;
+        identifier("external_id", e)?;
     }
     found(
         sqlx::query_as(
@@ -487,7 +501,7 @@ pub struct PostPatch {
 table_reads!(list_posts, get_post, delete_post, Post, "posts");
 
 pub async fn create_post(pool: &PgPool, new: &NewPost) -> Result<Post> {
-    non_empty("external_id", &new.external_id)?;
+    identifier("external_id", &new.external_id)?;
     sqlx::query_as(
         "INSERT INTO posts (external_id, integration_id, persona_id, caption, replies_enabled)
          VALUES ($1, $2, $3, $4, $5) RETURNING *",
@@ -504,7 +518,7 @@ pub async fn create_post(pool: &PgPool, new: &NewPost) -> Result<Post> {
 
 pub async fn update_post(pool: &PgPool, id: Uuid, patch: &PostPatch) -> Result<Post> {
     if let Some(e) = &patch.external_id {
-        non_empty("external_id", e)?;
+        identifier("external_id", e)?;
     }
     let (set_persona, persona) = set(&patch.persona_id);
     found(

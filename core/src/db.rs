@@ -43,3 +43,69 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
             })?;
     Ok(applied.unwrap_or(0) >= latest)
 }
+
+/// What a database failure means for whoever asked, decided once here for every
+/// repository, the intake and the HTTP layer (which picks the status from it).
+///
+/// | failure | SQLSTATE / driver error | meaning | HTTP |
+/// |---|---|---|---|
+/// | `Unavailable` | I/O, TLS, pool timed out or closed, class 08 (connection), 53 (resources), 57P01–57P03 (shutdown, starting up), 25006 (read-only: a standby) | the database cannot take work now; retry later | 503 |
+/// | `Retry` | 40001 serialization failure, 40P01 deadlock, 55P03 lock not available | lost a race; the same statement may pass | 503 |
+/// | `Refused` | class 22 (data exception), class 54 (over a limit: an index row over 8,191 bytes), an encode error | a value can never be stored as it is; retrying cannot help | 422 |
+/// | `Constraint` | 23502/23514 (not-null, check) | a row broke a rule of the schema: the client's fault where the client chose the values (an admin write, 422), ours where hookq built the row (intake: 503, the sender retries and nothing is acknowledged) | 422 / 503 |
+/// | `Unique` | 23505 | a duplicate of a unique key | 409 |
+/// | `ForeignKey` | 23503 | a reference to a row that does not exist (or, deleting, a row still referenced) | 422 / 409 |
+/// | `Other` | anything else | a fault of ours | 500 |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbFailure {
+    Unavailable,
+    Retry,
+    /// The database's own words about the refused value.
+    Refused(String),
+    /// The database's words about the broken rule.
+    Constraint(String),
+    /// The database's detail (which key), when it gave one.
+    Unique(String),
+    ForeignKey(String),
+    Other,
+}
+
+impl DbFailure {
+    /// True when trying the same thing again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbFailure::Unavailable | DbFailure::Retry)
+    }
+}
+
+/// Classifies `e` (see [`DbFailure`]).
+pub fn classify(e: &sqlx::Error) -> DbFailure {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            DbFailure::Unavailable
+        }
+        E::Encode(e) => DbFailure::Refused(e.to_string()),
+        E::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            let detail = || {
+                d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.detail())
+                    .unwrap_or_else(|| d.message())
+                    .to_owned()
+            };
+            match code.as_ref() {
+                "23505" => DbFailure::Unique(detail()),
+                "23503" => DbFailure::ForeignKey(detail()),
+                "23502" | "23514" => DbFailure::Constraint(d.message().to_owned()),
+                "40001" | "40P01" | "55P03" => DbFailure::Retry,
+                "57P01" | "57P02" | "57P03" | "25006" => DbFailure::Unavailable,
+                c if c.starts_with("08") || c.starts_with("53") => DbFailure::Unavailable,
+                c if c.starts_with("22") || c.starts_with("54") => {
+                    DbFailure::Refused(d.message().to_owned())
+                }
+                _ => DbFailure::Other,
+            }
+        }
+        _ => DbFailure::Other,
+    }
+}

@@ -34,7 +34,8 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// The database failed; always worth retrying (connection lost, restart, lock timeout).
+    /// The database failed: transient when it was unreachable or lost a race, permanent
+    /// when it refused a value ([`crate::db::classify`] decides).
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -45,7 +46,15 @@ impl Error {
             Error::Upstream { retry_after, .. } => FailureKind::Transient {
                 retry_after: *retry_after,
             },
-            Error::Database(_) => FailureKind::Transient { retry_after: None },
+            // What the database refused (a value, a duplicate, a missing row) stays
+            // refused; everything else about it may pass (see `db::classify`).
+            Error::Database(e) => match crate::db::classify(e) {
+                crate::db::DbFailure::Refused(_)
+                | crate::db::DbFailure::Constraint(_)
+                | crate::db::DbFailure::Unique(_)
+                | crate::db::DbFailure::ForeignKey(_) => FailureKind::Permanent,
+                _ => FailureKind::Transient { retry_after: None },
+            },
             Error::Missing(_)
             | Error::Invalid(_)
             | Error::UnknownReference(_)

@@ -17,7 +17,7 @@
 
 mod writer;
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hookq_core::{
     events::{ParsedEvent, storable},
@@ -135,14 +135,14 @@ impl Ingestor {
     ///
     /// # Errors
     ///
-    /// [`Error::Core`] with [`Invalid`](hookq_core::Error::Invalid) when an event holds a
-    /// value PostgreSQL cannot store (nothing of the call is stored); the database's error
-    /// when the write failed.
+    /// [`IngestError::Refused`] when an event holds a value PostgreSQL cannot store
+    /// (nothing of the call is stored); [`IngestError::Unavailable`] when the write failed
+    /// for the database's sake.
     pub async fn ingest(
         &self,
         events: &[ParsedEvent],
         correlation_id: Option<&str>,
-    ) -> Result<Ingested, Error> {
+    ) -> Result<Ingested, IngestError> {
         if events.is_empty() {
             return Ok(Ingested {
                 accepted: 0,
@@ -158,9 +158,9 @@ impl Ingestor {
             .find_map(|(i, log)| unstorable(log).map(|why| (i, why)))
         {
             tracing::warn!(event = i, reason = %why, "ingest refused an unstorable event");
-            return Err(Error::Core(hookq_core::Error::Invalid(format!(
+            return Err(IngestError::Refused(format!(
                 "event {i} of the body cannot be stored: {why}"
-            ))));
+            )));
         }
         let item = writer::Item {
             logs,
@@ -168,10 +168,33 @@ impl Ingestor {
         };
         // `None`: the writer is gone, or died mid-batch, so the batch's fate is unknown
         // to us; the sender is told to retry (a retry of a stored event is a duplicate).
-        match self.writer.submit(item).await {
+        let answer = match self.writer.submit(item).await {
             Some(Ok(answer)) => answer,
             Some(Err(never)) => match *never {},
             None => Err(Error::IngestStopped),
+        };
+        answer.map_err(IngestError::from)
+    }
+}
+
+/// Why an ingest call stored nothing: the one split the HTTP layer needs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The call's own content can never be stored (an unstorable value, one the database
+    /// refused): trying the same body again cannot help, so the sender is told `422`.
+    #[error("{0}")]
+    Refused(String),
+    /// The database could not take the write (down, restarting, out of connections, the
+    /// writer stopping): nothing was stored and the sender is told `503`, to retry.
+    #[error("the events could not be stored: {0}")]
+    Unavailable(Arc<Error>),
+}
+
+impl From<Error> for IngestError {
+    fn from(e: Error) -> Self {
+        match refusal(&e) {
+            Some(detail) => IngestError::Refused(detail),
+            None => IngestError::Unavailable(Arc::new(e)),
         }
     }
 }
@@ -204,6 +227,45 @@ fn unstorable(log: &NewLog) -> Option<String> {
             "{field} contains a NUL character (U+0000), which PostgreSQL cannot store"
         ));
     }
+    let bounded: [(&str, Option<&str>, usize); 8] = [
+        ("dedup_key", Some(&log.dedup_key), storable::MAX_KEY_BYTES),
+        ("event_type", Some(&log.event_type), storable::MAX_KEY_BYTES),
+        (
+            "account_id",
+            log.account_id.as_deref(),
+            storable::MAX_ID_BYTES,
+        ),
+        (
+            "user_id",
+            log.user_external_id.as_deref(),
+            storable::MAX_ID_BYTES,
+        ),
+        (
+            "persona_id",
+            log.persona_external_id.as_deref(),
+            storable::MAX_ID_BYTES,
+        ),
+        (
+            "post_id",
+            log.post_external_id.as_deref(),
+            storable::MAX_ID_BYTES,
+        ),
+        ("item_id", log.item_id.as_deref(), storable::MAX_ID_BYTES),
+        (
+            "sender_id",
+            log.sender_id.as_deref(),
+            storable::MAX_ID_BYTES,
+        ),
+    ];
+    if let Some((field, Some(v), max)) = bounded
+        .iter()
+        .find(|(_, v, max)| v.is_some_and(|v| v.len() > *max))
+    {
+        return Some(format!(
+            "{field} is {} bytes long: at most {max} are stored",
+            v.len()
+        ));
+    }
     if storable::has_nul_escape(&log.payload) {
         return Some(
             r"the payload contains a NUL character (\u0000), which PostgreSQL cannot store".into(),
@@ -219,11 +281,10 @@ fn unstorable(log: &NewLog) -> Option<String> {
     None
 }
 
-/// When `e` means the request's own content was refused (an event [`Ingestor::ingest`]
-/// found unstorable, or a value the database refused with a data exception), what to tell
-/// the sender: trying again cannot help, so the HTTP layer answers 422 rather than 503.
-/// `None` for every other failure (the database down, the writer gone).
-pub fn refusal(e: &Error) -> Option<String> {
+/// When `e` means the request's own content was refused (a value the database refused,
+/// [`classify`](hookq_core::db::classify)'s `Refused`), what to tell the sender. `None` for
+/// every other failure (the database down, the writer gone).
+fn refusal(e: &Error) -> Option<String> {
     match e {
         Error::Core(hookq_core::Error::Invalid(detail)) => Some(detail.clone()),
         Error::Database(db) => writer::refused_value(db)
@@ -276,8 +337,10 @@ mod tests {
             ingestor.ingest(&good, None),
         );
         for ((field, _), result) in cases.iter().zip(refused) {
-            let e = result.unwrap_err();
-            let detail = refusal(&e).unwrap_or_else(|| panic!("{field}: not a refusal: {e}"));
+            let detail = match result.unwrap_err() {
+                IngestError::Refused(detail) => detail,
+                e => panic!("{field}: not a refusal: {e}"),
+            };
             assert!(detail.contains(field), "{detail}");
         }
         assert_eq!(stored.unwrap().accepted, 1);

@@ -83,14 +83,23 @@ pub enum AdminError {
 impl From<ApiError> for AdminError {
     fn from(e: ApiError) -> Self {
         let body = Json(e.body());
-        match e.status.as_u16() {
-            400 => AdminError::BadRequest(body),
-            401 => AdminError::Unauthorized(body),
-            404 => AdminError::NotFound(body),
-            409 => AdminError::Conflict(body),
-            422 => AdminError::UnprocessableEntity(body),
-            503 => AdminError::ServiceUnavailable(body),
-            _ => AdminError::Internal(body),
+        match e {
+            ApiError::BadBody(_)
+            | ApiError::InvalidJson(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::TooLarge(_)
+            | ApiError::TooManyEvents(_)
+            | ApiError::UnknownShape(_) => AdminError::BadRequest(body),
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => AdminError::Unauthorized(body),
+            ApiError::NotFound => AdminError::NotFound(body),
+            ApiError::Conflict(_) => AdminError::Conflict(body),
+            ApiError::Invalid(_) | ApiError::UnknownReference(_) => {
+                AdminError::UnprocessableEntity(body)
+            }
+            ApiError::Unavailable(_) | ApiError::RateLimited(_) => {
+                AdminError::ServiceUnavailable(body)
+            }
+            ApiError::Internal(_) => AdminError::Internal(body),
         }
     }
 }
@@ -109,7 +118,7 @@ impl From<hookq_tasks::Error> for AdminError {
 
 impl From<hookq_tasks::queue::QueueError> for AdminError {
     fn from(e: hookq_tasks::queue::QueueError) -> Self {
-        ApiError::from(hookq_tasks::Error::from(e)).into()
+        ApiError::from(e).into()
     }
 }
 

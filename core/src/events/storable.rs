@@ -9,6 +9,12 @@
 //! - Timestamps outside `timestamptz`'s range, 4714-11-24 BC to 294276 AD (22008): the
 //!   parsers read epochs of any size.
 //!
+//! - An id longer than an index can hold: a unique index refuses a key over 2,704 bytes
+//!   with *program limit exceeded* (54000; "index row requires 11464 bytes, maximum size
+//!   is 8191" once TOAST gives up). Every stored identifier is bounded far below that:
+//!   [`MAX_ID_BYTES`] for an external id (in a payload or an admin write alike),
+//!   [`MAX_KEY_BYTES`] for a dedup key and an event type.
+//!
 //! Ingest is group-committed, so one refused value would fail every request sharing its
 //! statement. Hence two layers:
 //!
@@ -20,10 +26,21 @@
 //!    runs on the parsed value, after the signature was checked on the raw bytes. A
 //!    timestamp out of range is read as no timestamp, like any other unreadable one.
 //! 2. The ingest seam checks every row again before it joins a batch
-//!    ([`has_nul_escape`], [`timestamp_storable`]) and refuses only that request.
+//!    ([`has_nul_escape`], [`timestamp_storable`], the length bounds) and refuses only
+//!    that request, with a `422`: an id of 10 kB is no real event, and no retry of the
+//!    same body can help.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+
+/// The longest external id hookq stores, in bytes: the ids inside webhook payloads
+/// (account, post, comment or message, sender, user, persona) and the admin API's
+/// external ids and account ids. Meta's and WhatsApp's ids are under 100 bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The longest dedup key or event type hookq stores, in bytes (a dedup key joins a
+/// prefix and up to three ids).
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// What a NUL becomes: U+FFFD, the character Unicode reserves for "a character that could
 /// not be represented".

@@ -31,7 +31,7 @@ use crate::{
     queue::{Job, Notifier},
 };
 use chrono::{DateTime, Utc};
-use hookq_core::logs::NewLog;
+use hookq_core::{db::DbFailure, logs::NewLog};
 use sqlx::PgPool;
 
 /// One `ingest` call: its events, all stored or none.
@@ -177,15 +177,13 @@ async fn one_by_one(
 }
 
 /// What the database (or the driver, encoding it) refused of one row's values, if that
-/// is why `e` happened: SQLSTATE class 22, "data exception" (`22021` a NUL in `text`,
-/// `22P05` one in `jsonb`, `22008` a timestamp out of range...), or an encode error.
+/// is why `e` happened ([`classify`](hookq_core::db::classify)'s `Refused`): SQLSTATE class
+/// 22, "data exception" (`22021` a NUL in `text`, `22P05` one in `jsonb`, `22008` a
+/// timestamp out of range...), class 54 (a key over an index's limit), or an encode error.
 /// Either belongs to the row, not to the batch, and retrying the same row cannot help.
 pub(super) fn refused_value(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
-            Some(d.message().to_owned())
-        }
-        sqlx::Error::Encode(e) => Some(e.to_string()),
+    match hookq_core::db::classify(e) {
+        DbFailure::Refused(why) => Some(why),
         _ => None,
     }
 }
