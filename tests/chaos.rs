@@ -561,8 +561,44 @@ async fn postgres_stopped_for_10s_answers_503_and_loses_nothing() {
         .expect("stop PostgreSQL");
     let down_at = Instant::now();
     let acked_at_stop = acked.load(Ordering::Relaxed);
+    // Once the API knows the database is down, it answers 503 at once (issue 13.6).
+    let http = reqwest::Client::new();
+    wait_for(10, "readiness to report the database down", || async {
+        // An answer slower than this is the slow path, not yet the known-down one.
+        let r = http
+            .get(format!("{base}/ready"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+    let noticed_after = down_at.elapsed();
+    let mut slowest_503 = Duration::ZERO;
+    for i in 0..5 {
+        let t = Instant::now();
+        let s = send_one(
+            &http,
+            &base,
+            format!("outage_{i}"),
+            comment_on("post_123", &format!("outage_{i}")),
+        )
+        .await;
+        slowest_503 = slowest_503.max(t.elapsed());
+        assert_eq!(s.status, Some(503), "a webhook while the database is down");
+    }
+    println!(
+        "FAULT postgres-stop: noticed_down_after_s={:.2} slowest_503_ms={}",
+        noticed_after.as_secs_f64(),
+        slowest_503.as_millis()
+    );
+    assert!(
+        slowest_503 < Duration::from_secs(1),
+        "503 took {slowest_503:?} while the database was known to be down"
+    );
     // The outage itself is the fault being injected: ~10 s, by design.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_at.elapsed())).await;
     let acked_during = acked.load(Ordering::Relaxed) - acked_at_stop;
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.start())

@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
+use hookq_testkit::wait_for;
 use serde_json::Value;
 
 async fn count(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
@@ -348,6 +349,61 @@ async fn database_down_answers_503_and_acknowledges_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
+    app.stop().await;
+}
+
+/// Issue 13.6: while the database is known to be down, webhooks, the admin API and
+/// `/ready` answer `503` at once, not after the pool's 5 s acquire timeout.
+#[tokio::test]
+async fn a_database_known_to_be_down_is_answered_503_within_a_second() {
+    let app = spawn_app(Options {
+        worker: false,
+        dead_pool: true,
+        ..Options::default()
+    })
+    .await;
+    let get = |path: &'static str| {
+        app.http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    wait_for(20, "readiness to report the database down", || async {
+        (get("/ready").await.ok()?.status() == 503).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        let t = std::time::Instant::now();
+        let (s, v) = json(
+            app.post_instagram(&compact(&format!("down_fast_{i}"), "hi"))
+                .await,
+        )
+        .await;
+        let webhook = t.elapsed();
+        assert_eq!(
+            (s, &v["error"]),
+            (503, &serde_json::json!("unavailable")),
+            "{v}"
+        );
+        let t = std::time::Instant::now();
+        let (s, v) = json(get("/api/webhook-logs").await.unwrap()).await;
+        let admin = t.elapsed();
+        assert_eq!(
+            (s, &v["error"]),
+            (503, &serde_json::json!("unavailable")),
+            "{v}"
+        );
+        let t = std::time::Instant::now();
+        let (s, v) = json(get("/ready").await.unwrap()).await;
+        let ready = t.elapsed();
+        assert_eq!(s, 503, "{v}");
+        for (what, took) in [("webhook", webhook), ("admin", admin), ("ready", ready)] {
+            assert!(
+                took < std::time::Duration::from_secs(1),
+                "{what} took {took:?} to answer 503"
+            );
+        }
+    }
     app.stop().await;
 }
 

@@ -28,9 +28,13 @@ async fn check_admin(req: &Request, bearer: Bearer) -> poem::Result<Admin> {
             ApiError::Unauthorized("HOOKQ_ADMIN_TOKEN is not configured on this server").into(),
         );
     };
-    if token_eq(expected.expose(), &bearer.token) {
-        Ok(Admin)
-    } else {
-        Err(ApiError::Unauthorized("invalid admin token").into())
+    if !token_eq(expected.expose(), &bearer.token) {
+        return Err(ApiError::Unauthorized("invalid admin token").into());
     }
+    // Every admin route reads or writes the database: while it is known to be down,
+    // say so at once rather than after the pool's acquire timeout.
+    if state.db.is_down() {
+        return Err(ApiError::Unavailable(crate::error::UNAVAILABLE).into());
+    }
+    Ok(Admin)
 }

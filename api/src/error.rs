@@ -81,7 +81,7 @@ pub enum ApiError {
 }
 
 /// What every 503 says.
-const UNAVAILABLE: &str = "the database is unavailable; retry later";
+pub const UNAVAILABLE: &str = "the database is unavailable; retry later";
 
 impl ApiError {
     /// The one match from meaning to status.

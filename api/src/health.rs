@@ -41,12 +41,19 @@ impl HealthApi {
                 detail,
             }))
         };
+        if state.db.is_down() {
+            return not_ready("the database is unreachable".into());
+        }
         match hookq_core::db::migrations_applied(&state.pool).await {
             Ok(true) => ReadyResponse::Ready(Json(HealthStatus {
                 status: "ready".into(),
             })),
             Ok(false) => not_ready("migrations are not applied: run `hookq migrate`".into()),
-            Err(e) => not_ready(format!("database unreachable: {e}")),
+            Err(e) => {
+                // The cause stays in the log: this route is unauthenticated.
+                tracing::warn!(error = %e, "readiness check failed");
+                not_ready("the database is unreachable".into())
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hookq_core::config::Config;
+use hookq_core::{config::Config, db::Availability};
 use hookq_tasks::{ingest::Ingestor, queue::Notifier};
 use sqlx::PgPool;
 
@@ -11,6 +11,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub ingestor: Ingestor,
+    /// Whether the database is known to be down: routes that need it answer `503` at
+    /// once while it is (see [`Availability`]).
+    pub db: Arc<Availability>,
 }
 
 impl AppState {
@@ -19,6 +22,7 @@ impl AppState {
     pub fn new(config: Config, pool: PgPool) -> Self {
         let notifier = Notifier::spawn(pool.clone());
         AppState {
+            db: Availability::watch(&pool),
             ingestor: Ingestor::new(pool.clone(), notifier, config.max_attempts),
             config: Arc::new(config),
             pool,

@@ -116,6 +116,10 @@ impl WebhooksApi {
 }
 
 async fn ingest(state: &AppState, events: &[ParsedEvent]) -> Result<Json<IngestAck>, WebhookError> {
+    // Known down: answer now rather than after the pool's acquire timeout.
+    if state.db.is_down() {
+        return Err(ApiError::Unavailable("the event could not be stored; retry later").into());
+    }
     let correlation = uuid::Uuid::now_v7().to_string();
     let done = state
         .ingestor

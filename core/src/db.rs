@@ -109,3 +109,98 @@ pub fn classify(e: &sqlx::Error) -> DbFailure {
         _ => DbFailure::Other,
     }
 }
+
+/// Whether the database is known to be down, kept by a watcher so that a request can be
+/// answered `503` at once instead of waiting out the pool's acquire timeout (5 s) for a
+/// connection that cannot come.
+///
+/// The watcher holds one connection of its own (never one of the pool's, so a pool busy
+/// under load is never mistaken for a database that is down) and pings it every
+/// [`Availability::EVERY`]:
+///
+/// - **up → down** when the ping fails and a fresh connection fails too (a stopped or
+///   restarting server ends every connection and refuses new ones, so this is noticed
+///   within a second), or neither answers within [`Availability::PING_TIMEOUT`] (a host
+///   that went silent);
+/// - **down → up** once a fresh connection answers; while down it tries every
+///   [`Availability::RETRY_EVERY`], so service resumes within a fraction of a second of
+///   the database's return. The pool reconnects by itself (its connections are tested
+///   before use).
+///
+/// Until the first check the database counts as up: a request then learns the truth the
+/// slow way, as before.
+pub struct Availability {
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Availability {
+    /// The ping interval while the database is up.
+    pub const EVERY: Duration = Duration::from_secs(1);
+    /// How long a ping may take before the database counts as down.
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+    /// The reconnect interval while the database is down.
+    pub const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+    /// Starts the watcher on the current Tokio runtime; it stops when the last handle is
+    /// dropped.
+    pub fn watch(pool: &PgPool) -> std::sync::Arc<Self> {
+        let this = std::sync::Arc::new(Availability {
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let opts = (*pool.connect_options()).clone();
+        tokio::spawn(watch(std::sync::Arc::downgrade(&this), opts));
+        this
+    }
+
+    /// True while the database is known to be unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, std::sync::atomic::Ordering::Relaxed);
+        match (was, down) {
+            (false, true) => tracing::warn!("database unreachable: answering 503 until it is back"),
+            (true, false) => tracing::info!("database reachable again"),
+            _ => {}
+        }
+    }
+}
+
+async fn watch(this: std::sync::Weak<Availability>, opts: PgConnectOptions) {
+    use sqlx::Connection;
+    let mut conn: Option<sqlx::PgConnection> = None;
+    loop {
+        let Some(state) = this.upgrade() else {
+            return;
+        };
+        let mut ok = match conn.as_mut() {
+            Some(c) => matches!(
+                tokio::time::timeout(Availability::PING_TIMEOUT, c.ping()).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        if !ok {
+            // A lost connection is not yet a lost database: one fresh try decides.
+            conn = match tokio::time::timeout(
+                Availability::PING_TIMEOUT,
+                sqlx::PgConnection::connect_with(&opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => Some(c),
+                _ => None,
+            };
+            ok = conn.is_some();
+        }
+        state.set_down(!ok);
+        drop(state);
+        tokio::time::sleep(if ok {
+            Availability::EVERY
+        } else {
+            Availability::RETRY_EVERY
+        })
+        .await;
+    }
+}

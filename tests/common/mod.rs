@@ -90,8 +90,9 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let pool = if opts.dead_pool {
+        // As `hookq_core::db::connect` builds it: a 5 s acquire timeout.
         sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap()
     } else {
