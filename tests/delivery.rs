@@ -623,12 +623,17 @@ async fn a_generator_that_always_fails_runs_max_attempts_times_then_dead_letters
         .await[0];
     let row = app.wait_status(id, "dead_letter").await;
     assert_eq!(row.attempts, 2, "runs of the log's job");
-    let job: (i32, i32) =
+    // The job's completion is written just after its log is final (completions are
+    // batched): wait for the row to arrive in the done table.
+    let job_id = row.job_id.unwrap();
+    let job: (i32, i32) = hookq_testkit::wait_for(10, "the job's completion", || async {
         sqlx::query_as("SELECT attempts, max_attempts FROM queue_jobs_done WHERE id = $1")
-            .bind(row.job_id.unwrap())
-            .fetch_one(app.pool())
+            .bind(job_id)
+            .fetch_optional(app.pool())
             .await
-            .unwrap();
+            .unwrap()
+    })
+    .await;
     assert_eq!(job, (2, 2), "the job's own count and limit");
     let calls = server.received_requests().await.unwrap().len();
     assert_eq!(calls, 2, "one generation request per run");

@@ -104,7 +104,12 @@ async fn a_worker_killed_mid_request_never_sends_twice() {
     )
     .await
     .unwrap();
-    assert!(logs::reset_for_retry(&mut tx, id, job).await.unwrap());
+    assert_eq!(
+        logs::transitions::reset_for_retry(&mut *tx, &[id], &[job])
+            .await
+            .unwrap(),
+        [id]
+    );
     tx.commit().await.unwrap();
     let row = app.wait_status(id, "processed").await;
     assert_eq!(row.outcome.as_deref(), Some("replied"));

@@ -338,27 +338,6 @@ pub async fn lock_matching_for_retry(
     Ok(q.build_query_as::<RetryCandidate>().fetch_all(conn).await?)
 }
 
-/// failed/dead_letter → pending for many logs at once, each attached to its new job
-/// (the set-based twin of `logs::reset_for_retry`). Returns the ids reset.
-pub async fn reset_many_for_retry(
-    conn: &mut PgConnection,
-    ids: &[i64],
-    job_ids: &[i64],
-) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
-        "UPDATE webhook_logs l SET status = 'pending', job_id = t.job, error_message = NULL,
-                next_retry_at = NULL, attempts = 0, processed_at = NULL, outcome = NULL,
-                skip_reason = NULL, updated_at = now()
-         FROM unnest($1::bigint[], $2::bigint[]) AS t(id, job)
-         WHERE l.id = t.id AND l.status IN ('failed', 'dead_letter')
-         RETURNING l.id",
-    )
-    .bind(ids)
-    .bind(job_ids)
-    .fetch_all(conn)
-    .await?)
-}
-
 /// Drops the jobs a `failed` log was still waiting on, so an operator retry leaves one
 /// job per log (a dead letter's job is already finished: nothing matches).
 pub async fn cancel_waiting_jobs(conn: &mut PgConnection, job_ids: &[i64]) -> Result<u64> {
@@ -369,35 +348,6 @@ pub async fn cancel_waiting_jobs(conn: &mut PgConnection, job_ids: &[i64]) -> Re
             .await?
             .rows_affected(),
     )
-}
-
-/// Deletes one log; false when there was none.
-pub async fn delete(pool: &PgPool, id: i64) -> Result<bool> {
-    let r = sqlx::query("DELETE FROM webhook_logs WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Retention: deletes up to `batch` logs processed before `cutoff` (oldest first) and
-/// answers how many went. Only `processed` logs: dead letters and anything in flight are
-/// kept until an operator handles them. Reads `webhook_logs_processed_window`.
-pub async fn delete_processed_before(
-    pool: &PgPool,
-    cutoff: DateTime<Utc>,
-    batch: i64,
-) -> Result<u64> {
-    let r = sqlx::query(
-        "DELETE FROM webhook_logs WHERE id IN (
-            SELECT id FROM webhook_logs WHERE status = 'processed' AND processed_at < $1
-            ORDER BY processed_at LIMIT $2)",
-    )
-    .bind(cutoff)
-    .bind(batch)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
 }
 
 /// Delivery attempts started since `since`, by kind and result (the HTTP status code,

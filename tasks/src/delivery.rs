@@ -36,7 +36,7 @@ use hookq_core::{
     },
     directory::{Directory, PgDirectory},
     error::{Error, Result},
-    logs,
+    logs::{self, transitions},
     model::ReplyDelivery,
 };
 use sqlx::{PgConnection, PgPool};
@@ -101,24 +101,32 @@ impl ReplyOutbox for PgOutbox {
             });
         }
         let mut tx = self.pool.begin().await?;
-        if !logs::store_reply(&mut tx, r.log_id, r.text, r.integration_id, r.persona_id).await? {
+        let stored = transitions::store_reply(
+            &mut *tx,
+            &[r.log_id],
+            r.text,
+            r.integration_id,
+            r.persona_id,
+        )
+        .await?;
+        if stored.is_empty() {
             return Ok(Recorded::NotProcessing);
         }
         let recorded = match r.delivery {
             ReplyDelivery::None => {
-                logs::finish_replied(&mut tx, r.log_id).await?;
+                transitions::finish_replied(&mut *tx, &[r.log_id]).await?;
                 Recorded::Finished
             }
             kind => match store::stage(&mut tx, r.log_id, r.integration_id, kind).await? {
                 Staged::New | Staged::Resent => {
                     enqueue_delivery(&mut tx, r.log_id, None, self.max_attempts).await?;
                     // No worker holds the log while its delivery job waits.
-                    logs::await_delivery(&mut tx, r.log_id).await?;
+                    transitions::await_delivery(&mut *tx, &[r.log_id]).await?;
                     Recorded::Delivering
                 }
                 Staged::Live => Recorded::AlreadyDelivering,
                 Staged::Delivered => {
-                    logs::finish_replied(&mut tx, r.log_id).await?;
+                    transitions::finish_replied(&mut *tx, &[r.log_id]).await?;
                     Recorded::Finished
                 }
             },

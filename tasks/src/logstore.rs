@@ -56,7 +56,7 @@ async fn start_batch(
             left.into_iter().partition(|&i| seen.insert(batch[i].0));
         let ids: Vec<i64> = round.iter().map(|&i| batch[i].0).collect();
         let attempts: Vec<u32> = round.iter().map(|&i| batch[i].1).collect();
-        let mut started: HashMap<i64, Started> = logs::start_many(pool, &ids, &attempts)
+        let mut started: HashMap<i64, Started> = logs::transitions::start(pool, &ids, &attempts)
             .await?
             .into_iter()
             .map(|s| (s.log.id, s))

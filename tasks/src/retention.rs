@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use hookq_core::stats;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -46,7 +45,7 @@ pub async fn purge(
     let cutoff = Utc::now() - chrono::Duration::days(retention_days.into());
     let mut deleted = 0;
     loop {
-        let n = stats::delete_processed_before(pool, cutoff, batch).await?;
+        let n = hookq_core::logs::transitions::purge_processed(pool, cutoff, batch).await?;
         deleted += n;
         if n < batch as u64 {
             break;

@@ -9,7 +9,7 @@ use hookq_core::{
     delivery::PgDeliveryStore,
     directory::{CachedDirectory, PgDirectory},
     llm::LlmGenerator,
-    logs,
+    logs::transitions,
     reply::{ReplyGenerator, TemplateRenderer},
     usecase::{self, Attempt, Deps},
 };
@@ -83,10 +83,16 @@ pub async fn run(
     workers.on_dead_letter::<ProcessWebhook, _, _>(move |job_id, payload, error| {
         let pool = dead_pool.clone();
         async move {
+            // The log the payload names, if it still belongs to this job; a payload too
+            // broken to decode falls back to whatever log belongs to the job.
             let log_id = serde_json::from_value::<ProcessWebhook>(payload)
                 .ok()
-                .map(|job| job.log_id);
-            let marked = logs::dead_letter_by_job(&pool, job_id, log_id, &error).await;
+                .map(|job| [job.log_id]);
+            let owner = match &log_id {
+                Some(ids) => transitions::Owner::LogsOfJob(ids, job_id),
+                None => transitions::Owner::Job(job_id),
+            };
+            let marked = transitions::dead_letter(&pool, owner, &error).await;
             if let Err(e) = marked {
                 tracing::error!(job_id, error = %e, "could not dead-letter the log of a dead job");
             }
@@ -101,7 +107,7 @@ pub async fn run(
             let Ok(job) = serde_json::from_value::<ProcessWebhook>(payload) else {
                 return;
             };
-            if let Err(e) = logs::hand_back(&pool, job.log_id, job_id).await {
+            if let Err(e) = transitions::hand_back(&pool, &[job.log_id], job_id).await {
                 tracing::error!(job_id, log_id = job.log_id, error = %e, "could not hand back the log of a released job");
             }
         }

@@ -609,7 +609,7 @@ impl LogsApi {
         )
         .await?;
         stats::cancel_waiting_jobs(&mut tx, &c.old_job_id.into_iter().collect::<Vec<_>>()).await?;
-        hookq_core::logs::reset_for_retry(&mut tx, c.id, job).await?;
+        hookq_core::logs::transitions::reset_for_retry(&mut *tx, &[c.id], &[job]).await?;
         tx.commit().await.map_err(hookq_core::Error::from)?;
         ops.notifier.kick();
         tracing::info!(log_id = c.id, job_id = job, "operator retry");
@@ -658,7 +658,8 @@ impl LogsApi {
         let job_ids = queue::enqueue_many(&mut tx, &jobs, &job_options(&state)).await?;
         let old: Vec<i64> = found.iter().filter_map(|c| c.old_job_id).collect();
         stats::cancel_waiting_jobs(&mut tx, &old).await?;
-        let reset = stats::reset_many_for_retry(&mut tx, &ids, &job_ids).await?;
+        let reset =
+            hookq_core::logs::transitions::reset_for_retry(&mut *tx, &ids, &job_ids).await?;
         tx.commit().await.map_err(hookq_core::Error::from)?;
         if !reset.is_empty() {
             ops.notifier.kick();
@@ -678,7 +679,7 @@ impl LogsApi {
         state: Data<&AppState>,
         id: Path<i64>,
     ) -> AdminResult<Deleted> {
-        if !stats::delete(&state.pool, id.0).await? {
+        if !hookq_core::logs::transitions::delete(&state.pool, id.0).await? {
             return Err(hookq_core::Error::NotFound.into());
         }
         Ok(Json(Deleted { deleted: true }))

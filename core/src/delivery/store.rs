@@ -2,8 +2,9 @@
 //! limits, recording outcomes, and the reads the API shows.
 //!
 //! Every transition is one guarded UPDATE naming the states it may start from, on the
-//! reply, its attempt and its log alike, so a stale or duplicated job can never move
-//! anything backwards. Functions taking `&mut PgConnection` are meant to run inside the
+//! reply and its attempt here, and on the log through `logs::transitions` (the log's
+//! delivery moves are declared there with the rest of its state machine), so a stale or
+//! duplicated job can never move anything backwards. Functions taking `&mut PgConnection` are meant to run inside the
 //! caller's transaction (the tasks crate adds the next job's enqueue to the same one).
 
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::{
     OUTCOME_UNKNOWN, OutboundReply, ProviderReport,
     send::{Sent, Target},
 };
-use crate::{error::Result, model::ReplyDelivery};
+use crate::{error::Result, logs::transitions, model::ReplyDelivery};
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -28,22 +29,6 @@ fn ms(d: Duration) -> i64 {
 fn ms_i32(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
-
-/// The log a delivery belongs to: delivered → `processed`/`replied`.
-const LOG_DELIVERED: &str = "UPDATE webhook_logs SET status = 'processed', outcome = 'replied',
-        skip_reason = NULL, error_message = NULL, next_retry_at = NULL, processed_at = now(),
-        updated_at = now()
-    WHERE id = $1 AND status IN ('pending', 'processing', 'failed')";
-
-/// Another delivery try is scheduled → `failed` with `next_retry_at`.
-const LOG_RETRYING: &str = "UPDATE webhook_logs SET status = 'failed', error_message = $2,
-        next_retry_at = $3, updated_at = now()
-    WHERE id = $1 AND status IN ('pending', 'processing', 'failed')";
-
-/// Delivery ended without delivering → `dead_letter`.
-const LOG_DEAD: &str = "UPDATE webhook_logs SET status = 'dead_letter', error_message = $2,
-        next_retry_at = NULL, processed_at = now(), updated_at = now()
-    WHERE id = $1 AND status IN ('pending', 'processing', 'failed')";
 
 /// The outbound reply of a log, if it has one.
 pub async fn outbound_reply(pool: &PgPool, log_id: i64) -> Result<Option<OutboundReply>> {
@@ -223,15 +208,9 @@ pub async fn claim(
     .bind(job_id)
     .fetch_one(&mut *tx)
     .await?;
-    // A worker holds the log again: it was `pending` while its delivery job waited
-    // (see `logs::await_delivery`), or `failed` while a retry waited.
-    sqlx::query(
-        "UPDATE webhook_logs SET status = 'processing', next_retry_at = NULL, updated_at = now()
-         WHERE id = $1 AND status IN ('pending', 'failed')",
-    )
-    .bind(reply.log_id)
-    .execute(&mut *tx)
-    .await?;
+    // A worker holds the log again: it was `pending` while its delivery job waited, or
+    // `failed` while a retry waited.
+    transitions::delivery_claimed(&mut *tx, &[reply.log_id]).await?;
     tx.commit().await?;
     Ok(Claim::Claimed(Claimed {
         attempt_id,
@@ -304,10 +283,7 @@ pub async fn record_success(
     .bind(&sent.provider_message_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(LOG_DELIVERED)
-        .bind(reply.log_id)
-        .execute(&mut *conn)
-        .await?;
+    transitions::delivered(&mut *conn, &[reply.log_id]).await?;
     Ok(true)
 }
 
@@ -375,11 +351,7 @@ pub async fn record_retry(
     if !fail_attempt(conn, reply, claimed, failed, Some(next_at)).await? {
         return Ok(false);
     }
-    sqlx::query(LOG_RETRYING)
-        .bind(reply.log_id)
-        .bind(failed.log_message)
-        .bind(next_at)
-        .execute(&mut *conn)
+    transitions::delivery_retrying(&mut *conn, &[reply.log_id], failed.log_message, next_at)
         .await?;
     Ok(true)
 }
@@ -406,11 +378,7 @@ pub async fn record_failure(
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(LOG_DEAD)
-        .bind(reply.log_id)
-        .bind(failed.log_message)
-        .execute(&mut *conn)
-        .await?;
+    transitions::delivery_failed(&mut *conn, &[reply.log_id], failed.log_message).await?;
     Ok(true)
 }
 
@@ -434,11 +402,7 @@ pub async fn fail_unsent(
     if r.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query(LOG_DEAD)
-        .bind(reply.log_id)
-        .bind(error)
-        .execute(&mut *conn)
-        .await?;
+    transitions::delivery_failed(&mut *conn, &[reply.log_id], error).await?;
     Ok(true)
 }
 
@@ -473,11 +437,7 @@ pub async fn record_cut_off(
     if r.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query(LOG_DEAD)
-        .bind(reply.log_id)
-        .bind(OUTCOME_UNKNOWN)
-        .execute(&mut *conn)
-        .await?;
+    transitions::delivery_failed(&mut *conn, &[reply.log_id], OUTCOME_UNKNOWN).await?;
     Ok(true)
 }
 

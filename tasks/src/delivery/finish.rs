@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use hookq_core::error::Result;
+use hookq_core::{error::Result, logs::transitions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -64,32 +64,26 @@ impl ReplyFinisher {
     }
 }
 
-/// One guarded UPDATE for the batch; an answer per item, in order.
+/// One guarded UPDATE for the batch ([`transitions::finish_with_replies`]); an answer per
+/// item, in order.
 async fn flush(pool: &PgPool, batch: Vec<Finish>) -> std::result::Result<Vec<bool>, sqlx::Error> {
-    let ids: Vec<i64> = batch.iter().map(|f| f.log_id).collect();
-    let replies: Vec<&str> = batch.iter().map(|f| f.reply.as_str()).collect();
-    let integrations: Vec<Option<Uuid>> = batch.iter().map(|f| f.integration_id).collect();
-    let personas: Vec<Option<Uuid>> = batch.iter().map(|f| f.persona_id).collect();
-    // The primary key is the only way in, whatever the statistics say (see
-    // `hookq_core::logs::start_many`), and it visits the ids in order: concurrent
-    // batches lock rows in the same order and never deadlock.
-    let moved: Vec<i64> = sqlx::query_scalar(
-        "UPDATE webhook_logs l SET status = 'processed', outcome = 'replied', skip_reason = NULL,
-                reply_text = ($2::text[])[array_position($1::bigint[], l.id)],
-                integration_id = COALESCE(($3::uuid[])[array_position($1::bigint[], l.id)], l.integration_id),
-                persona_id = COALESCE(($4::uuid[])[array_position($1::bigint[], l.id)], l.persona_id),
-                error_message = NULL, next_retry_at = NULL, processed_at = now(), updated_at = now()
-         WHERE l.id = ANY($1::bigint[]) AND (l.status = 'processing') IS TRUE
-         RETURNING l.id",
-    )
-    .bind(&ids)
-    .bind(&replies)
-    .bind(&integrations)
-    .bind(&personas)
-    .fetch_all(pool)
-    .await?;
+    let replies: Vec<transitions::Reply> = batch
+        .into_iter()
+        .map(|f| transitions::Reply {
+            log_id: f.log_id,
+            text: f.reply,
+            integration_id: f.integration_id,
+            persona_id: f.persona_id,
+        })
+        .collect();
+    let moved = transitions::finish_with_replies(pool, &replies)
+        .await
+        .map_err(|e| match e {
+            hookq_core::Error::Database(db) => db,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?;
     let mut moved: HashSet<i64> = moved.into_iter().collect();
     // Two runs of one log in a batch: the first moved it, as with two statements; the
     // second finds it no longer processing.
-    Ok(batch.iter().map(|f| moved.remove(&f.log_id)).collect())
+    Ok(replies.iter().map(|r| moved.remove(&r.log_id)).collect())
 }
