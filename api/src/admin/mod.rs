@@ -69,6 +69,10 @@ pub enum AdminError {
     /// A duplicate unique id, a row still referenced, or a log not in a retryable state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// A route that takes a JSON body got none, or one without
+    /// `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// An unknown reference or an invalid value.
     #[oai(status = 422)]
     UnprocessableEntity(Json<ErrorBody>),
@@ -88,6 +92,7 @@ impl From<ApiError> for AdminError {
             401 => AdminError::Unauthorized(body),
             404 => AdminError::NotFound(body),
             409 => AdminError::Conflict(body),
+            415 => AdminError::UnsupportedMediaType(body),
             422 => AdminError::UnprocessableEntity(body),
             503 => AdminError::ServiceUnavailable(body),
             _ => AdminError::Internal(body),
