@@ -252,10 +252,8 @@ mod exposition {
                         }
                     }
                     ["TYPE", ..] => problems.push(format!("malformed TYPE: {at}")),
-                    ["HELP", name, ..] => {
-                        if !helps.insert(name.to_string()) {
-                            problems.push(format!("second HELP for {name}: {at}"));
-                        }
+                    ["HELP", name, ..] if !helps.insert(name.to_string()) => {
+                        problems.push(format!("second HELP for {name}: {at}"));
                     }
                     _ => {} // a comment
                 }
@@ -396,9 +394,7 @@ mod exposition {
 
     /// `name{label="value",…} value [timestamp]`.
     fn parse_sample(line: &str) -> Result<Sample, String> {
-        let end = line
-            .find(|c: char| c == '{' || c == ' ' || c == '\t')
-            .ok_or("no value")?;
+        let end = line.find(['{', ' ', '\t']).ok_or("no value")?;
         let name = &line[..end];
         if !valid_name(name) {
             return Err("bad metric name".into());
