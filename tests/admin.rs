@@ -520,6 +520,64 @@ async fn logs_list_filter_stats_detail_retry_and_delete() {
     app.stop().await;
 }
 
+/// Every admin route that takes a JSON body, sent none or a body that is not JSON
+/// (schemathesis 4 sends both), answers a status its operation documents (415), with the
+/// JSON error body.
+#[tokio::test]
+async fn a_missing_or_non_json_body_gets_a_documented_status() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let doc: Value = serde_json::from_str(&hookq_api::openapi_json()).unwrap();
+    let mut tried = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op["requestBody"]["content"]["application/json; charset=utf-8"].is_null()
+                || !path.starts_with("/api/")
+            {
+                continue;
+            }
+            // Path parameters: any well-formed value (the body is refused first).
+            let mut url = path.clone();
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let value = match p["schema"]["type"].as_str() {
+                    Some("integer") => "1",
+                    _ => "00000000-0000-0000-0000-000000000000",
+                };
+                url = url.replace(&format!("{{{}}}", p["name"].as_str().unwrap()), value);
+            }
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            for text_body in [false, true] {
+                let mut req = app
+                    .http
+                    .request(method.clone(), format!("{}{url}", app.base))
+                    .bearer_auth(ADMIN_TOKEN);
+                if text_body {
+                    req = req.header("Content-Type", "text/plain").body("not json");
+                }
+                let (status, v) = json(req.send().await.unwrap()).await;
+                let what = format!(
+                    "{method} {path} with {}",
+                    if text_body { "a text body" } else { "no body" }
+                );
+                assert!(
+                    op["responses"][status.to_string()].is_object(),
+                    "{what}: {status} is not documented ({v})"
+                );
+                assert_error(status, &v, 415);
+                tried += 1;
+            }
+        }
+    }
+    assert!(
+        tried >= 20,
+        "only {tried} requests: routes with a JSON body not found"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn openapi_declares_the_bearer_scheme_on_admin_routes() {
     let v: Value = serde_json::from_str(&hookq_api::openapi_json()).unwrap();

@@ -68,6 +68,506 @@ async fn metrics_expose_webhooks_jobs_queue_and_pool() {
     app.stop().await;
 }
 
+/// The whole `/metrics` exposition (the recorder's counters and histograms and the
+/// database gauges written by hand) is well-formed Prometheus text: every family has
+/// exactly one `TYPE`, every sample's name and labels fit its family's type, and
+/// Prometheus parsers read every sample as its declared type. Checked three ways: a
+/// strict check written here, the `prometheus-parse` crate, and `promtool check metrics`
+/// when promtool is installed (`$HOOKQ_PROMTOOL` or on `PATH`; optional).
+#[tokio::test]
+async fn metrics_exposition_has_one_correct_type_per_family() {
+    let app = spawn_app(Options::default()).await;
+    // Samples in every family that can have some: a processed log (processing time,
+    // attempts, logs by status), an accepted and a refused webhook (counters, latency).
+    let (_, ack) = json(app.post_instagram(&compact("fam_1", "hello")).await).await;
+    app.wait_status(ack["ids"][0].as_i64().unwrap(), "processed")
+        .await;
+    let r = app
+        .http
+        .post(format!("{}/webhooks/instagram", app.base))
+        .header("X-Hub-Signature-256", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let families = exposition::check(&text).unwrap_or_else(|problems| {
+        panic!(
+            "/metrics is not well-formed:\n  {}\n\n{text}",
+            problems.join("\n  ")
+        )
+    });
+    // The processing-time window: a histogram, and its percentiles as a summary.
+    assert_eq!(
+        families
+            .get("hookq_processing_recent_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    assert_eq!(
+        families
+            .get("hookq_processing_recent_quantile_seconds")
+            .map(String::as_str),
+        Some("summary")
+    );
+    assert_eq!(
+        families
+            .get("hookq_webhook_request_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+
+    exposition::check_with_prometheus_parse(&text);
+    exposition::check_with_promtool(&text);
+    app.stop().await;
+}
+
+/// The strict check itself: it accepts the text format's reference example and refuses
+/// each kind of malformed family, among them the shape `/metrics` once had (a `gauge`
+/// with `_bucket`/`_sum`/`_count` and `quantile` series under one name).
+#[test]
+fn exposition_check_refuses_malformed_families() {
+    let good = "# HELP http_requests_total The total number of HTTP requests.
+# TYPE http_requests_total counter
+http_requests_total{method=\"post\",code=\"200\"} 1027 1395066363000
+http_requests_total{method=\"post\",code=\"400\"} 3 1395066363000
+# TYPE msdos_file_access_time_seconds gauge
+msdos_file_access_time_seconds{path=\"C:\\\\DIR\\\\FILE.TXT\",error=\"Cannot find file:\\n\\\"FILE.TXT\\\"\"} 1.458255915e9
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{le=\"0.05\"} 24054
+http_request_duration_seconds_bucket{le=\"0.1\"} 33444
+http_request_duration_seconds_bucket{le=\"+Inf\"} 144320
+http_request_duration_seconds_sum 53423
+http_request_duration_seconds_count 144320
+# TYPE rpc_duration_seconds summary
+rpc_duration_seconds{quantile=\"0.5\"} 4773
+rpc_duration_seconds{quantile=\"0.99\"} 76656
+rpc_duration_seconds_sum 1.7560473e+07
+rpc_duration_seconds_count 2693
+";
+    let families = exposition::check(good).expect("the reference example is well-formed");
+    assert_eq!(families.len(), 4);
+    exposition::check_with_prometheus_parse(good);
+
+    let bad = [
+        (
+            "a gauge with histogram and summary series",
+            "# TYPE x_seconds gauge\nx_seconds_bucket{le=\"1\"} 1\nx_seconds_bucket{le=\"+Inf\"} 1\nx_seconds_sum 0.5\nx_seconds_count 1\nx_seconds{quantile=\"0.5\"} 0.5\n",
+        ),
+        ("a sample without TYPE", "x 1\n"),
+        ("two TYPE lines", "# TYPE x gauge\nx 1\n# TYPE x gauge\n"),
+        (
+            "a family split in two",
+            "# TYPE x gauge\nx{a=\"1\"} 1\n# TYPE y gauge\ny 1\nx{a=\"2\"} 1\n",
+        ),
+        ("a bare histogram sample", "# TYPE x histogram\nx 1\n"),
+        (
+            "le on a histogram's count",
+            "# TYPE x histogram\nx_bucket{le=\"+Inf\"} 1\nx_count{le=\"1\"} 1\n",
+        ),
+        (
+            "no +Inf bucket",
+            "# TYPE x histogram\nx_bucket{le=\"1\"} 1\nx_count 1\n",
+        ),
+        (
+            "count unlike +Inf",
+            "# TYPE x histogram\nx_bucket{le=\"+Inf\"} 2\nx_count 1\n",
+        ),
+        (
+            "buckets going down",
+            "# TYPE x histogram\nx_bucket{le=\"1\"} 3\nx_bucket{le=\"+Inf\"} 2\nx_count 2\n",
+        ),
+        ("a summary without quantile", "# TYPE x summary\nx 1\n"),
+        ("a counter with _count", "# TYPE x counter\nx_count 1\n"),
+        (
+            "quantile on a gauge",
+            "# TYPE x gauge\nx{quantile=\"0.5\"} 1\n",
+        ),
+        ("an unknown type", "# TYPE x meter\nx 1\n"),
+        ("a value that is no number", "# TYPE x gauge\nx one\n"),
+        (
+            "a repeated series",
+            "# TYPE x gauge\nx{a=\"1\"} 1\nx{a=\"1\"} 2\n",
+        ),
+        ("an unterminated label", "# TYPE x gauge\nx{a=\"1} 1\n"),
+    ];
+    for (what, text) in bad {
+        assert!(exposition::check(text).is_err(), "accepted {what}:\n{text}");
+    }
+}
+
+/// A strict reading of the Prometheus text exposition format 0.0.4.
+mod exposition {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    const TYPES: &[&str] = &["counter", "gauge", "histogram", "summary", "untyped"];
+
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    /// Every family's name and type, or every problem found.
+    pub fn check(text: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
+        let mut helps: HashSet<String> = HashSet::new();
+        // Families whose samples are over: another family's sample came after them.
+        let mut closed: HashSet<String> = HashSet::new();
+        let mut current: Option<String> = None;
+        let mut series: HashSet<String> = HashSet::new();
+        let mut samples: Vec<(String, String, Sample)> = Vec::new();
+
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("line {}: {line}", n + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('#') {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                match words.as_slice() {
+                    ["TYPE", name, ty] => {
+                        if !valid_name(name) {
+                            problems.push(format!("bad family name: {at}"));
+                        }
+                        if !TYPES.contains(ty) {
+                            problems.push(format!("unknown type: {at}"));
+                        }
+                        if types.insert(name.to_string(), ty.to_string()).is_some() {
+                            problems.push(format!("second TYPE for {name}: {at}"));
+                        }
+                        if closed.contains(*name) || current.as_deref() == Some(*name) {
+                            problems.push(format!("TYPE after samples of {name}: {at}"));
+                        }
+                    }
+                    ["TYPE", ..] => problems.push(format!("malformed TYPE: {at}")),
+                    ["HELP", name, ..] if !helps.insert(name.to_string()) => {
+                        problems.push(format!("second HELP for {name}: {at}"));
+                    }
+                    _ => {} // a comment
+                }
+                continue;
+            }
+            let sample = match parse_sample(line) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(format!("{e}: {at}"));
+                    continue;
+                }
+            };
+            // The family: the name itself when declared, else the name less a
+            // histogram's or summary's suffix.
+            let (family, suffix) = if types.contains_key(&sample.name) {
+                (sample.name.clone(), "")
+            } else {
+                match ["_bucket", "_sum", "_count"].iter().find_map(|sfx| {
+                    let base = sample.name.strip_suffix(sfx)?;
+                    types.contains_key(base).then(|| (base.to_string(), *sfx))
+                }) {
+                    Some(found) => found,
+                    None => {
+                        problems.push(format!("sample with no TYPE for its family: {at}"));
+                        continue;
+                    }
+                }
+            };
+            let ty = types[&family].as_str();
+            let has = |l: &str| sample.labels.iter().any(|(k, _)| k == l);
+            let allowed = match ty {
+                "histogram" => match suffix {
+                    "_bucket" => has("le"),
+                    "_sum" | "_count" => !has("le"),
+                    _ => false,
+                },
+                "summary" => match suffix {
+                    "" => has("quantile"),
+                    _ => !has("quantile"),
+                },
+                _ => suffix.is_empty(),
+            };
+            if !allowed {
+                problems.push(format!("not a sample of a {ty}: {at}"));
+            }
+            if has("le") && ty != "histogram" {
+                problems.push(format!("le label outside a histogram: {at}"));
+            }
+            if has("quantile") && ty != "summary" {
+                problems.push(format!("quantile label outside a summary: {at}"));
+            }
+            if current.as_deref() != Some(family.as_str()) {
+                if closed.contains(&family) {
+                    problems.push(format!("samples of {family} are not together: {at}"));
+                }
+                if let Some(prev) = current.replace(family.clone()) {
+                    closed.insert(prev);
+                }
+            }
+            let mut key_labels = sample.labels.clone();
+            key_labels.sort();
+            if !series.insert(format!("{}{key_labels:?}", sample.name)) {
+                problems.push(format!("repeated series: {at}"));
+            }
+            samples.push((family, suffix.to_string(), sample));
+        }
+        check_histograms(&types, &samples, &mut problems);
+        if problems.is_empty() {
+            Ok(types)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Per histogram series: buckets cumulative in `le` order, a `+Inf` bucket, and a
+    /// `_count` equal to it.
+    fn check_histograms(
+        types: &BTreeMap<String, String>,
+        samples: &[(String, String, Sample)],
+        problems: &mut Vec<String>,
+    ) {
+        let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+        for (family, suffix, s) in samples {
+            if types[family] != "histogram" {
+                continue;
+            }
+            let mut rest: Vec<_> = s.labels.iter().filter(|(k, _)| k != "le").collect();
+            rest.sort();
+            let key = format!("{family}{rest:?}");
+            match suffix.as_str() {
+                "_bucket" => {
+                    let le = &s.labels.iter().find(|(k, _)| k == "le").unwrap().1;
+                    match parse_float(le) {
+                        Some(le) => buckets.entry(key).or_default().push((le, s.value)),
+                        None => problems.push(format!("bad le {le:?} in {}", s.name)),
+                    }
+                }
+                "_count" => {
+                    counts.insert(key, s.value);
+                }
+                _ => {}
+            }
+        }
+        for (key, mut bs) in buckets {
+            bs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if bs.windows(2).any(|w| w[1].1 < w[0].1) {
+                problems.push(format!("{key}: buckets are not cumulative: {bs:?}"));
+            }
+            match bs.last() {
+                Some(&(le, n)) if le == f64::INFINITY => {
+                    if counts.get(&key) != Some(&n) {
+                        problems.push(format!("{key}: _count is not the +Inf bucket"));
+                    }
+                }
+                _ => problems.push(format!("{key}: no +Inf bucket")),
+            }
+        }
+    }
+
+    fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn parse_float(s: &str) -> Option<f64> {
+        match s {
+            "+Inf" | "Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            "NaN" => Some(f64::NAN),
+            s if s.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E') => None,
+            s => s.parse().ok(),
+        }
+    }
+
+    /// `name{label="value",…} value [timestamp]`.
+    fn parse_sample(line: &str) -> Result<Sample, String> {
+        let end = line.find(['{', ' ', '\t']).ok_or("no value")?;
+        let name = &line[..end];
+        if !valid_name(name) {
+            return Err("bad metric name".into());
+        }
+        let mut rest = &line[end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices().peekable();
+            let mut closed_at = None;
+            loop {
+                // Skip separators, then `}` or `name="value"`.
+                while let Some(&(_, c)) = chars.peek() {
+                    if c == ',' || c == ' ' {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                match chars.peek() {
+                    Some(&(i, '}')) => {
+                        closed_at = Some(i);
+                        break;
+                    }
+                    None => break,
+                    _ => {}
+                }
+                let mut key = String::new();
+                for (_, c) in chars.by_ref() {
+                    if c == '=' {
+                        break;
+                    }
+                    key.push(c);
+                }
+                if !valid_name(&key) || key.contains(':') {
+                    return Err(format!("bad label name {key:?}"));
+                }
+                if chars.next().map(|(_, c)| c) != Some('"') {
+                    return Err(format!("label {key} has no quoted value"));
+                }
+                let mut value = String::new();
+                let mut terminated = false;
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next().map(|(_, c)| c) {
+                            Some('\\') => value.push('\\'),
+                            Some('"') => value.push('"'),
+                            Some('n') => value.push('\n'),
+                            other => return Err(format!("bad escape \\{other:?}")),
+                        },
+                        '"' => {
+                            terminated = true;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                if !terminated {
+                    return Err(format!("unterminated value of label {key}"));
+                }
+                if labels.iter().any(|(k, _)| k == &key) {
+                    return Err(format!("label {key} twice"));
+                }
+                labels.push((key, value));
+                match chars.peek() {
+                    Some(&(_, ',')) | Some(&(_, '}')) => {}
+                    _ => return Err("labels are not separated by commas".into()),
+                }
+            }
+            let closed_at = closed_at.ok_or("unterminated labels")?;
+            rest = &inner[closed_at + 1..];
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let value = match fields.as_slice() {
+            [v] => v,
+            [v, ts] if ts.parse::<i64>().is_ok() => v,
+            _ => return Err("expected a value and an optional timestamp".into()),
+        };
+        let value = parse_float(value).ok_or_else(|| format!("bad value {value:?}"))?;
+        Ok(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        })
+    }
+
+    /// The `prometheus-parse` crate reads every sample as the type its family declares:
+    /// histograms and summaries as such (it leaves their `_sum`/`_count` untyped), and
+    /// nothing else untyped; no `le` or `quantile` label on a counter or gauge.
+    pub fn check_with_prometheus_parse(text: &str) {
+        use prometheus_parse::{Scrape, Value};
+        let families: HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["#", "TYPE", name, ty] => Some((name, ty)),
+                _ => None,
+            })
+            .collect();
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for s in &scrape.samples {
+            let kind = match &s.value {
+                Value::Counter(_) => "counter",
+                Value::Gauge(_) => "gauge",
+                Value::Histogram(h) => {
+                    assert!(
+                        h.iter().any(|b| b.less_than == f64::INFINITY),
+                        "{}: no +Inf bucket",
+                        s.metric
+                    );
+                    "histogram"
+                }
+                Value::Summary(_) => "summary",
+                Value::Untyped(_) => {
+                    let base = s
+                        .metric
+                        .strip_suffix("_sum")
+                        .or_else(|| s.metric.strip_suffix("_count"));
+                    let ok = base
+                        .and_then(|b| families.get(b))
+                        .is_some_and(|t| *t == "histogram" || *t == "summary");
+                    assert!(ok, "prometheus-parse reads {} as untyped", s.metric);
+                    continue;
+                }
+            };
+            if kind == "counter" || kind == "gauge" {
+                assert!(
+                    s.labels.get("le").is_none() && s.labels.get("quantile").is_none(),
+                    "prometheus-parse reads {}{{{}}} as a {kind}",
+                    s.metric,
+                    s.labels
+                );
+            }
+            seen.insert(s.metric.clone(), kind);
+        }
+        for (name, kind) in &seen {
+            assert_eq!(
+                families.get(name.as_str()),
+                Some(kind),
+                "prometheus-parse reads {name} as a {kind}"
+            );
+        }
+    }
+
+    /// `promtool check metrics` (Prometheus's own parser and linter), when installed.
+    pub fn check_with_promtool(text: &str) {
+        use std::io::Write;
+        let promtool = std::env::var("HOOKQ_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+        let child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("promtool not installed: `promtool check metrics` skipped");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn retention_deletes_old_processed_logs_in_batches_and_keeps_dead_letters() {
     let app = spawn_app(Options {

@@ -183,6 +183,100 @@ async fn dev_without_a_database_runs_its_own_postgres() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Stops the cluster and removes its folder when the test ends, passed or not.
+struct ClusterFolder {
+    root: std::path::PathBuf,
+    cluster: Option<hookq_core::devdb::LocalCluster>,
+}
+
+impl Drop for ClusterFolder {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cluster {
+            let _ = c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A checkout in a deep folder: `hookq dev`'s private cluster starts from a folder whose
+/// path is longer than a Unix socket path may be (107 bytes), takes a connection over
+/// loopback, and stops (also when its configuration, written by an older hookq, names
+/// that folder as its socket directory). A start that fails says why in PostgreSQL's words: with its port
+/// taken, the error quotes the server's log.
+#[tokio::test]
+#[ignore = "starts a second PostgreSQL cluster: run by scripts/test"]
+async fn dev_cluster_starts_from_a_deep_folder_and_says_why_when_it_cannot() {
+    use hookq_core::devdb::{ClusterOptions, LocalCluster};
+    use sqlx::Connection;
+
+    let root = std::env::temp_dir().join(format!("hookq-deep-{}", std::process::id()));
+    let mut guard = ClusterFolder {
+        root: root.clone(),
+        cluster: None,
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    let mut dir = root.clone();
+    while dir.as_os_str().len() < 110 {
+        dir = dir.join("a-checkout-kept-in-a-deep-folder");
+    }
+    let dir = dir.join(".hookq").join("pg");
+    assert!(dir.join(".s.PGSQL.65535").as_os_str().len() > 107);
+    let start = |dir: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            LocalCluster::ensure(&dir, &ClusterOptions { durable: false })
+        })
+    };
+
+    let cluster = start(dir.clone())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the private PostgreSQL starts from a deep folder: {e}"));
+    guard.cluster = Some(cluster.clone());
+    let mut conn = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .expect("a connection over loopback");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    conn.close().await.unwrap();
+    let stop = |c: LocalCluster| tokio::task::spawn_blocking(move || c.stop());
+    stop(cluster.clone()).await.unwrap().expect("stops");
+    assert!(!cluster.is_running());
+    assert!(!cluster.data_dir().join("postmaster.pid").exists());
+
+    // A cluster initialised by an older hookq names its folder as the socket directory in
+    // its configuration: it starts all the same.
+    let conf = cluster.data_dir().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("unix_socket_directories = '{}'\n", dir.display()));
+    std::fs::write(&conf, text).unwrap();
+    let again = start(dir.clone())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("an older cluster starts from a deep folder: {e}"));
+    assert!(again.is_running());
+    stop(again).await.unwrap().expect("stops");
+
+    // Its port taken by someone else, it cannot start, and the error says why.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", cluster.port)).unwrap();
+    let msg = start(dir.clone())
+        .await
+        .unwrap()
+        .expect_err("the port is taken")
+        .to_string();
+    assert!(
+        msg.contains("could not bind IPv4 address") && msg.contains("Address already in use"),
+        "the error says why: {msg}"
+    );
+    drop(taken);
+    assert!(!cluster.is_running());
+
+    drop(guard);
+    assert!(!root.exists(), "the folder is removed");
+}
+
 /// `hookq send` (the load generator) against a running instance: every body signed so
 /// the server acknowledges it, duplicates counted as the server reports them, and
 /// `--wait-processed` waits until every accepted event is finished.

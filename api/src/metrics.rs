@@ -13,6 +13,15 @@
 //!   worker process without each needing an HTTP listener. The whole-table counts
 //!   come from one index-only scan, cached for two seconds.
 //!
+//! Every family has one name, one `# HELP`, one `# TYPE`, and only the samples its type
+//! allows (a test reads the whole exposition with a strict check, the `prometheus-parse`
+//! crate and, when installed, `promtool check metrics`). The processing-time window is
+//! two families: `hookq_processing_recent_seconds`, a histogram (`_bucket{le}`, `_sum`,
+//! `_count`), and `hookq_processing_recent_quantile_seconds`, a summary of the
+//! database's percentiles (`{quantile}`, `_sum`, `_count`). They were once one family
+//! declared `gauge` with all of those samples, which Prometheus's parser split into five
+//! untyped families.
+//!
 //! DB pool use is this process's pool.
 
 use std::{fmt::Write, sync::OnceLock, time::Instant};
@@ -46,9 +55,32 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!(
                 "a metrics recorder was already installed; /metrics shows database gauges only"
             );
+        } else {
+            describe();
         }
         handle
     })
+}
+
+/// The `# HELP` lines of the series measured here.
+fn describe() {
+    metrics::describe_counter!(
+        "hookq_webhooks_received_total",
+        "Webhook requests received by this process, by source and the answer given (result)."
+    );
+    metrics::describe_counter!(
+        "hookq_webhook_signature_failures_total",
+        "Webhook requests refused for a missing or wrong signature, by source."
+    );
+    metrics::describe_histogram!(
+        "hookq_webhook_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer a webhook request, by source."
+    );
+    metrics::describe_counter!(
+        "hookq_rate_limited_total",
+        "Requests refused by the per-client rate limit."
+    );
 }
 
 /// Counts one webhook request and its latency. `result` is what the sender was told.
@@ -208,29 +240,35 @@ async fn render(
         queue.oldest_pending_age_secs.unwrap_or(0.0)
     )?;
 
+    // One family per type: the bucketed window is a histogram, its percentiles (computed
+    // by the database) a summary of their own name. `_count` and the `+Inf` bucket come
+    // from the buckets' own scan, so they agree within a scrape.
     writeln!(
         w,
         "# HELP hookq_processing_recent_seconds Receipt-to-processed time of logs processed in the last {WINDOW_MINUTES} minutes (database; a sliding window, so buckets can go down: read them directly, not with rate())."
     )?;
-    writeln!(w, "# TYPE hookq_processing_recent_seconds gauge")?;
+    writeln!(w, "# TYPE hookq_processing_recent_seconds histogram")?;
+    let mut in_window = 0;
     for (le, n) in &buckets {
+        let le = if le.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            le.to_string()
+        };
         writeln!(
             w,
             "hookq_processing_recent_seconds_bucket{{le=\"{le}\"}} {n}"
         )?;
+        in_window = *n;
     }
-    writeln!(
-        w,
-        "hookq_processing_recent_seconds_bucket{{le=\"+Inf\"}} {}",
-        timing.processed
-    )?;
     let sum_secs = timing.mean_ms.unwrap_or(0.0) * timing.processed as f64 / 1000.0;
     writeln!(w, "hookq_processing_recent_seconds_sum {sum_secs}")?;
+    writeln!(w, "hookq_processing_recent_seconds_count {in_window}")?;
     writeln!(
         w,
-        "hookq_processing_recent_seconds_count {}",
-        timing.processed
+        "# HELP hookq_processing_recent_quantile_seconds Percentiles of the receipt-to-processed time of logs processed in the last {WINDOW_MINUTES} minutes (database, a sliding window; 0 when none)."
     )?;
+    writeln!(w, "# TYPE hookq_processing_recent_quantile_seconds summary")?;
     for (q, v) in [
         ("0.5", timing.p50_ms),
         ("0.95", timing.p95_ms),
@@ -238,10 +276,16 @@ async fn render(
     ] {
         writeln!(
             w,
-            "hookq_processing_recent_seconds{{quantile=\"{q}\"}} {}",
+            "hookq_processing_recent_quantile_seconds{{quantile=\"{q}\"}} {}",
             v.unwrap_or(0.0) / 1000.0
         )?;
     }
+    writeln!(w, "hookq_processing_recent_quantile_seconds_sum {sum_secs}")?;
+    writeln!(
+        w,
+        "hookq_processing_recent_quantile_seconds_count {}",
+        timing.processed
+    )?;
     writeln!(
         w,
         "# HELP hookq_attempts_recent Mean job runs per log processed in the last {WINDOW_MINUTES} minutes (1 = no retries)."
@@ -292,11 +336,13 @@ async fn render(
     Ok(out)
 }
 
-/// Cumulative counts per bucket of the processing times in the window.
+/// Cumulative counts per bucket of the processing times in the window, ending with the
+/// `+Inf` bucket (every log in the window), all from one scan.
 async fn processing_buckets(
     pool: &sqlx::PgPool,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<(f64, i64)>, hookq_core::Error> {
-    let counts = stats::processing_histogram(pool, since, BUCKETS).await?;
-    Ok(BUCKETS.iter().copied().zip(counts).collect())
+    let bounds: Vec<f64> = BUCKETS.iter().copied().chain([f64::INFINITY]).collect();
+    let counts = stats::processing_histogram(pool, since, &bounds).await?;
+    Ok(bounds.into_iter().zip(counts).collect())
 }

@@ -6,6 +6,17 @@
 //! (created by Debian's `postgresql` package) through `runuser`, and the folder is handed
 //! to that user. Starting is idempotent and guarded by a file lock, so concurrent test
 //! processes share one cluster.
+//!
+//! The cluster listens on TCP `127.0.0.1` only, with no Unix-domain socket: every client
+//! (hookq, the tests, the scripts' `psql`/`pg_isready`) connects by URL over loopback, and
+//! `pg_ctl -w` waits on `postmaster.pid`'s status line, not on a connection. A socket
+//! would live in the cluster's folder as `<dir>/.s.PGSQL.<port>`, and a socket path is
+//! limited to 107 bytes: from a checkout about 110 characters deep the server refused to
+//! start ("could not create any Unix-domain sockets"). With none, the cluster starts from
+//! any folder. The setting is written to `postgresql.conf` and also given on the command
+//! line at every start, so a cluster initialised by an older hookq (whose configuration
+//! still names its folder) starts too. When the server does not start, the error carries
+//! what it wrote to its log during that attempt: PostgreSQL's own reason.
 
 use std::{
     fs::{self, File},
@@ -24,7 +35,22 @@ pub enum DevDbError {
     Io(String, std::io::Error),
     #[error("`{cmd}` failed: {output}")]
     Command { cmd: String, output: String },
+    #[error("PostgreSQL in {dir} did not start: {output}\nits log ({log}) says:\n{log_tail}")]
+    Start {
+        dir: String,
+        output: String,
+        log: String,
+        log_tail: String,
+    },
 }
+
+/// Given to the server at every start (command-line settings override
+/// `postgresql.conf`): no Unix-domain socket, see the module documentation. `pg_ctl`
+/// hands these options to `/bin/sh`, so they hold no quotes or spaces in values.
+const START_OPTIONS: &str = "-c unix_socket_directories=";
+
+/// How much of the server's log a start failure quotes.
+const LOG_TAIL_LINES: usize = 20;
 
 /// Options that differ between a developer's instance and a test run's.
 #[derive(Clone, Debug)]
@@ -86,9 +112,8 @@ impl LocalCluster {
                     .arg(&data),
             )?;
             let mut conf = format!(
-                "\n# written by hookq\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 300\n",
-                cluster.port,
-                cluster.dir.display()
+                "\n# written by hookq\nlisten_addresses = '127.0.0.1'\nport = {}\n# TCP only: a socket path in a deep folder exceeds 107 bytes\nunix_socket_directories = ''\nmax_connections = 300\n",
+                cluster.port
             );
             if !opts.durable {
                 conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
@@ -106,15 +131,27 @@ impl LocalCluster {
                 let _ = File::create(&log);
                 cluster.run(Command::new("chown").arg("postgres:postgres").arg(&log))?;
             }
-            cluster.run(
-                cluster
-                    .server_cmd("pg_ctl")
-                    .args(["-w", "-t", "60", "-D"])
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(&log)
-                    .arg("start"),
-            )?;
+            // This attempt's lines start at the log's current end.
+            let log_start = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            cluster
+                .run(
+                    cluster
+                        .server_cmd("pg_ctl")
+                        .args(["-w", "-t", "60", "-o", START_OPTIONS, "-D"])
+                        .arg(&data)
+                        .arg("-l")
+                        .arg(&log)
+                        .arg("start"),
+                )
+                .map_err(|e| match e {
+                    DevDbError::Command { output, .. } => DevDbError::Start {
+                        dir: cluster.dir.display().to_string(),
+                        output,
+                        log: log.display().to_string(),
+                        log_tail: log_tail(&log, log_start),
+                    },
+                    other => other,
+                })?;
         }
         drop(lock);
         Ok(cluster)
@@ -190,6 +227,23 @@ impl LocalCluster {
                 .to_string(),
             })
         }
+    }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines written to `log` after byte `from`.
+fn log_tail(log: &Path, from: u64) -> String {
+    let text = match fs::read(log) {
+        Ok(bytes) => {
+            String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or(&bytes)).into_owned()
+        }
+        Err(e) => return format!("(cannot read it: {e})"),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    if tail.trim().is_empty() {
+        "(nothing)".into()
+    } else {
+        tail
     }
 }
 

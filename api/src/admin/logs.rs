@@ -1,5 +1,12 @@
 //! `/api/webhook-logs`: list, stats, throughput, the live feed (SSE), one log, retry
 //! (one or every match of a filter) and delete.
+//!
+//! The live feed's document describes ONE event ([`LiveEvents`]): an object whose `data`
+//! is a [`LiveUpdate`] as JSON, the model of OpenAPI 3.2's `itemSchema` for
+//! `text/event-stream`, which schemathesis 4 applies to the `schema` of earlier versions
+//! and checks every event against. poem-openapi's `EventStream` declares the stream as an
+//! array of updates, which no event is (schemathesis 4: "ST108 SSE event violates
+//! schema").
 
 use std::{collections::HashMap, time::Duration};
 
@@ -14,11 +21,13 @@ use hookq_tasks::{
     jobs::ProcessWebhook,
     queue::{self, EnqueueOptions},
 };
-use poem::web::Data;
+use poem::{IntoResponse, Response, web::Data};
 use poem_openapi::{
-    Object, OpenApi,
+    ApiResponse, Object, OpenApi,
     param::{Path, Query},
-    payload::{EventStream, Json},
+    payload::{EventStream, Json, Payload},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
+    types::Type,
 };
 use uuid::Uuid;
 
@@ -380,6 +389,83 @@ pub struct LiveUpdate {
     pub counts: Option<StatusCounts>,
 }
 
+/// The live feed's answer: `text/event-stream`, one [`LiveUpdate`] per event, as JSON in
+/// its `data` line, and keep-alive comments between events. Sent as poem-openapi's
+/// `EventStream` sends it; documented as one event (see the module documentation).
+pub struct LiveEvents(EventStream<futures::stream::BoxStream<'static, LiveUpdate>>);
+
+fn inline(schema: MetaSchema) -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(schema))
+}
+
+impl Payload for LiveEvents {
+    const CONTENT_TYPE: &'static str = "text/event-stream";
+
+    fn schema_ref() -> MetaSchemaRef {
+        inline(MetaSchema {
+            title: Some("LiveUpdate event".into()),
+            description: Some(
+                "One server-sent event of the live feed (each event is described, not the \
+                 endless stream). Comment lines between events keep the connection alive.",
+            ),
+            required: vec!["data"],
+            properties: vec![
+                (
+                    "data",
+                    inline(MetaSchema {
+                        description: Some(
+                            "A `LiveUpdate` as JSON: `{\"logs\": [LogItem, …], \"counts\": StatusCounts}`, \
+                             the logs created or changed since the previous event (oldest change \
+                             first) and, every two seconds, `counts` (logs per status).",
+                        ),
+                        ..MetaSchema::new("string")
+                    }),
+                ),
+                (
+                    "event",
+                    inline(MetaSchema {
+                        description: Some("Always `message`: the feed names no event type."),
+                        enum_items: vec![serde_json::json!("message")],
+                        ..MetaSchema::new("string")
+                    }),
+                ),
+            ],
+            ..MetaSchema::new("object")
+        })
+    }
+
+    fn register(registry: &mut Registry) {
+        LiveUpdate::register(registry);
+    }
+}
+
+impl IntoResponse for LiveEvents {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl ApiResponse for LiveEvents {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "The live feed, until the client goes away.",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: Self::CONTENT_TYPE,
+                    schema: Self::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <Self as Payload>::register(registry);
+    }
+}
+
 fn filter_from(
     status: Option<String>,
     event_type: Option<String>,
@@ -550,11 +636,12 @@ impl LogsApi {
         _auth: AdminAuth,
         state: Data<&AppState>,
         ops: Data<&OpsState>,
-    ) -> Result<EventStream<std::pin::Pin<Box<dyn Stream<Item = LiveUpdate> + Send>>>, AdminError>
-    {
+    ) -> Result<LiveEvents, AdminError> {
         let start = stats::db_now(&state.pool).await?;
         let stream = live_feed(state.pool.clone(), ops.clone(), start);
-        Ok(EventStream::new(stream.boxed()).keep_alive(Duration::from_secs(15)))
+        Ok(LiveEvents(
+            EventStream::new(stream.boxed()).keep_alive(Duration::from_secs(15)),
+        ))
     }
 
     /// One log with its payload, attempts, error and reply, and its job's failed runs.

@@ -69,6 +69,10 @@ pub enum AdminError {
     /// A duplicate unique id, a row still referenced, or a log not in a retryable state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// A route that takes a JSON body got none, or one without
+    /// `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// An unknown reference or an invalid value.
     #[oai(status = 422)]
     UnprocessableEntity(Json<ErrorBody>),
