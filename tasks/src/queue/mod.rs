@@ -17,32 +17,48 @@
 //!
 //! # Layout
 //!
-//! Read from the floor up; each file imports only files above it in this list.
+//! Floor first: each file imports only files of a lower level (see "Imports").
 //!
-//! | file | holds |
-//! |---|---|
-//! | `job.rs` | the one vocabulary: [`Job`], [`JobId`], [`JobContext`], [`JobError`], the claimed job |
-//! | `error.rs` | [`QueueError`] |
-//! | `backoff.rs` | retry delays (exponential, capped, full jitter) |
-//! | `record.rs` | what reads return: [`JobStatus`], [`JobRecord`], [`QueueStats`] |
-//! | `sql.rs` | every statement on `queue_jobs`, `queue_jobs_done`, `queue_periodic` and the NOTIFY channel, and the bookkeeping pool |
-//! | `runtime.rs` | the shared state of one worker run (`Runtime`: slots, leases, wake-ups, hard stop, row-write lock) and `Outcome` |
-//! | `client.rs` | the only producer of job rows ([`enqueue`], [`enqueue_many`], [`JobsForRows`]), [`Notifier`], [`get_job`], [`queue_stats`] |
-//! | `producer.rs` | claiming, and the LISTEN connection that wakes it |
-//! | `executor.rs` | the handler table; decode, run, time out, catch panics, settle → `Outcome` |
-//! | `completer.rs` | batched outcome writes, hand-back hooks |
-//! | `maintenance/` | lease extension, expired-lease sweep, archive pruning; `dead_letter.rs` (the hook outbox), `periodic.rs` (cron ticks) |
-//! | `apalis.rs` | the apalis edge: backend, service, worker (the only file that imports apalis or tower) |
-//! | `worker.rs` | [`Workers`] and [`WorkerOptions`]: wires the rooms, `run` and `run_once` |
+//! | level | file | holds |
+//! |---|---|---|
+//! | 0 | `job.rs` | the one vocabulary: [`Job`], [`JobId`], [`JobContext`], [`JobError`], the claimed job |
+//! | 0 | `error.rs` | [`QueueError`] |
+//! | 0 | `backoff.rs` | retry delays (exponential, capped, full jitter) |
+//! | 1 | `record.rs` | what reads return: [`JobStatus`], [`JobRecord`], [`QueueStats`] |
+//! | 1 | `runtime.rs` | the shared state of one worker run (`Runtime`: slots, leases, wake-ups, hard stop, row-write lock, with their invariants) and `Outcome` |
+//! | 2 | `sql.rs` | every statement on `queue_jobs`, `queue_jobs_done`, `queue_periodic` and the NOTIFY channel, and the bookkeeping pool |
+//! | 2 | `executor.rs` | the handler table; decode, run, time out, catch panics, settle → `Outcome` |
+//! | 3 | `client.rs` | the only producer of job rows ([`enqueue`], [`enqueue_many`], [`JobsForRows`]), [`Notifier`], [`get_job`], [`queue_stats`] |
+//! | 3 | `producer.rs` | claiming, and the LISTEN connection that wakes it |
+//! | 3 | `completer.rs` | batched outcome writes, hand-back hooks |
+//! | 3–4 | `maintenance/` | lease extension, expired-lease sweep, archive pruning (`mod.rs`); the dead-letter hook outbox (`dead_letter.rs`); cron ticks (`periodic.rs`, which enqueues through the client) |
+//! | 3 | `apalis.rs` | the apalis edge: backend, service, worker; the only file under `tasks/src` that imports apalis, apalis_core or tower |
+//! | 5 | `worker.rs` | [`Workers`] and [`WorkerOptions`]: wires the rooms; `run`, and `run_once` for tests |
 //!
 //! # Imports
 //!
-//! Which file imports which (`mod.rs` only declares the files and re-exports; no file
-//! imports it). The graph has no cycle: a test (`tests::imports_form_no_cycle`) reads
-//! every file's `use super::…`/`crate::queue::…` lines and checks it.
+//! Which file imports which. `mod.rs` only declares the files and re-exports; no file
+//! imports it. `tasks/tests/queue_layout.rs` derives this graph from every `super::…` and
+//! `crate::queue::…` path in the files, checks that it has no cycle (it places each file
+//! above everything it imports, which a cycle makes impossible) and that it is the one
+//! drawn here; it also checks that `apalis.rs` alone imports apalis or tower.
 //!
 //! ```text
-//! IMPORT_GRAPH
+//! 0  backoff                   imports (nothing)
+//! 0  error                     imports (nothing)
+//! 0  job                       imports (nothing)
+//! 1  record                    imports job
+//! 1  runtime                   imports job
+//! 2  executor                  imports job, runtime
+//! 2  sql                       imports error, job, record
+//! 3  apalis                    imports error, executor, job, runtime
+//! 3  client                    imports error, job, record, sql
+//! 3  completer                 imports error, job, runtime, sql
+//! 3  maintenance               imports runtime, sql
+//! 3  maintenance::dead_letter  imports error, job, runtime, sql
+//! 3  producer                  imports backoff, error, job, runtime, sql
+//! 4  maintenance::periodic     imports client, error, job, runtime, sql
+//! 5  worker                    imports apalis, backoff, completer, error, executor, job, maintenance, maintenance::dead_letter, maintenance::periodic, producer, runtime, sql
 //! ```
 
 mod apalis;
