@@ -13,7 +13,7 @@
 use std::{marker::PhantomData, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs, types::Json};
+use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use tokio::sync::Notify;
 
 use super::{
@@ -60,7 +60,7 @@ pub async fn enqueue<J: Job>(
     let inserted = sql::insert_job(
         conn,
         J::NAME,
-        Json(job),
+        job,
         opts.priority,
         opts.run_at,
         opts.max_attempts(),

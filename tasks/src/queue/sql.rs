@@ -79,7 +79,7 @@ fn millis(d: Duration) -> i64 {
 pub(crate) async fn insert_job(
     conn: &mut PgConnection,
     task_name: &str,
-    payload: Json<&impl serde::Serialize>,
+    payload: &(impl serde::Serialize + Sync),
     priority: i16,
     run_at: Option<DateTime<Utc>>,
     max_attempts: i32,
@@ -92,7 +92,7 @@ pub(crate) async fn insert_job(
          RETURNING id",
     )
     .bind(task_name)
-    .bind(payload)
+    .bind(Json(payload))
     .bind(priority)
     .bind(run_at)
     .bind(max_attempts)
