@@ -1,4 +1,4 @@
-//! Job types, the Postgres queue backend for apalis, the worker runtime and its
+//! Job types, the queue engine (its jobs run as apalis workers), the worker runtime and its
 //! process supervisor. Depends on `hookq-core`; knows nothing of HTTP.
 
 pub mod delivery;

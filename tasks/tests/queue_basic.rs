@@ -11,8 +11,8 @@ use std::{
 
 use chrono::Utc;
 use hookq_tasks::queue::{
-    self, EnqueueOptions, Job, JobContext, JobError, JobId, JobStatus, Notifier, WorkerOptions,
-    Workers,
+    self, EnqueueOptions, Job, JobContext, JobError, JobId, JobStatus, Notifier, RunReport,
+    WorkerOptions, Workers,
 };
 use hookq_testkit::{fresh_db, wait_for};
 use serde::{Deserialize, Serialize};
@@ -643,4 +643,102 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones() {
         (released[0].0, &released[0].1),
         (long.id, &serde_json::json!({"millis": 60_000}))
     );
+}
+
+/// `run_once` drives the queue on the test's own task (zero2prod's
+/// `dispatch_all_pending_emails`): arrange, enqueue, drain, assert, with no background
+/// worker and nothing to wait for. The injected clock (`run_once_at`) runs what is due
+/// later without waiting for it.
+#[tokio::test]
+async fn run_once_drains_the_ready_jobs_and_a_later_clock_runs_what_is_due_later() {
+    // Arrange: more ready jobs than slots (4), one that fails once and asks for its retry
+    // an hour out, one that fails for good, and one not due for a day.
+    let db = fresh_db().await;
+    let (runs, dead) = (Runs::default(), Dead::default());
+    let workers = workers_with_handlers(&db.pool, fast_opts(), &runs, &dead);
+    let mut tx = db.pool.begin().await.unwrap();
+    let echoes = queue::enqueue_many(
+        &mut tx,
+        &(1..=5).map(|n| Echo { n }).collect::<Vec<_>>(),
+        &EnqueueOptions::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let flaky = Flaky {
+        failures: 1,
+        after_ms: Some(3_600_000),
+        permanent: false,
+        panic: false,
+    };
+    let flaky = enqueue_one(&db.pool, &flaky, &EnqueueOptions::default()).await;
+    let broken = Flaky {
+        failures: 0,
+        after_ms: None,
+        permanent: true,
+        panic: false,
+    };
+    let broken = enqueue_one(&db.pool, &broken, &EnqueueOptions::default()).await;
+    let tomorrow = EnqueueOptions {
+        run_at: Some(Utc::now() + chrono::Duration::days(1)),
+        ..EnqueueOptions::default()
+    };
+    let later = enqueue_one(&db.pool, &Echo { n: 9 }, &tomorrow).await;
+
+    // Act
+    let report = workers.run_once().await.unwrap();
+
+    // Assert: every ready job ran once and its outcome is written.
+    assert_eq!(
+        report,
+        RunReport {
+            completed: 5,
+            retried: 1,
+            dead: 1,
+            dead_letter_hooks: 1,
+        }
+    );
+    for (id, n) in echoes.iter().zip(1..) {
+        let done = queue::get_job(&db.pool, *id).await.unwrap().unwrap();
+        assert_eq!(done.status, JobStatus::Completed);
+        assert_eq!(done.result, Some(serde_json::json!(n * 2)));
+    }
+    let retrying = queue::get_job(&db.pool, flaky).await.unwrap().unwrap();
+    assert_eq!(
+        (retrying.status, retrying.attempts),
+        (JobStatus::Pending, 1)
+    );
+    assert_eq!(retrying.last_error.as_deref(), Some("fail #1"));
+    assert!(retrying.run_at > Utc::now() + chrono::Duration::minutes(59));
+    let gone = queue::get_job(&db.pool, broken).await.unwrap().unwrap();
+    assert_eq!(gone.status, JobStatus::Dead);
+    let hooked: Vec<JobId> = dead.0.lock().unwrap().iter().map(|d| d.0).collect();
+    assert_eq!(hooked, [broken], "the dead job's hook ran within run_once");
+    let waiting = queue::get_job(&db.pool, later).await.unwrap().unwrap();
+    assert_eq!((waiting.status, waiting.attempts), (JobStatus::Pending, 0));
+    assert!(runs.of(later).is_empty());
+
+    // Nothing is ready now: a second drain does nothing.
+    assert_eq!(workers.run_once().await.unwrap(), RunReport::default());
+
+    // Two hours on, the retry is due (and succeeds); the next day, the scheduled job.
+    let in_two_hours = Utc::now() + chrono::Duration::hours(2);
+    let report = workers.run_once_at(in_two_hours).await.unwrap();
+    assert_eq!(
+        report,
+        RunReport {
+            completed: 1,
+            ..RunReport::default()
+        }
+    );
+    let retried = queue::get_job(&db.pool, flaky).await.unwrap().unwrap();
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (JobStatus::Completed, 2)
+    );
+    let in_two_days = Utc::now() + chrono::Duration::days(2);
+    let report = workers.run_once_at(in_two_days).await.unwrap();
+    assert_eq!(report.completed, 1, "{report:?}");
+    let ran: Vec<u32> = runs.of(later).iter().map(JobContext::attempt).collect();
+    assert_eq!(ran, [1]);
 }

@@ -21,14 +21,14 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    sync::Arc,
+    sync::{Arc, LazyLock},
 };
 
 use super::Ingested;
 use crate::{
     error::Error,
     jobs::ProcessWebhook,
-    queue::{Job, Notifier},
+    queue::{EnqueueOptions, JobsForRows, Notifier},
 };
 use chrono::{DateTime, Utc};
 use hookq_core::{db::DbFailure, logs::NewLog};
@@ -46,13 +46,16 @@ pub(super) struct Item {
 const DEADLOCK_TRIES: usize = 3;
 
 /// Logs, their jobs and the `job_id` link in one statement: one round trip and one
-/// commit per batch. The job ids are drawn from the queue's identity sequence while the
-/// logs are inserted (a data-modifying CTE cannot update rows another one inserted in
-/// the same statement), so the job insert only has to reuse them; a dedup-key conflict
-/// burns its drawn id, which is harmless. A key already stored bumps `duplicate_count`
-/// once, plus once per later request of the batch that repeated it (`extra`), as
-/// separate transactions would have.
-const INSERT_BATCH: &str = r#"
+/// commit per batch. The job rows are the queue client's ([`JobsForRows`]): each log
+/// draws its job's id from the queue's identity sequence while the logs are inserted
+/// (a data-modifying CTE cannot update rows another one inserted in the same statement),
+/// so the `jobs` CTE only has to reuse them; a dedup-key conflict burns its drawn id,
+/// which is harmless. A key already stored bumps `duplicate_count` once, plus once per
+/// later request of the batch that repeated it (`extra`), as separate transactions
+/// would have. The jobs CTE takes parameters `$18` on ([`JobsForRows::bind`]).
+static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
@@ -68,7 +71,7 @@ WITH input AS (
     SELECT dedup_key, source, event_type, handling, account_id, user_external_id,
         persona_external_id, post_external_id, item_id, sender_id, sender_name,
         message_text, is_own, occurred_at, payload::jsonb, correlation_id, extra,
-        nextval((SELECT pg_get_serial_sequence('queue_jobs', 'id'))::regclass)
+        {next_job_id}
     FROM input
     ORDER BY ord
     ON CONFLICT (dedup_key) DO UPDATE
@@ -76,14 +79,23 @@ WITH input AS (
             updated_at = now()
     RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted
 ), jobs AS (
-    INSERT INTO queue_jobs (id, task_name, payload, max_attempts) OVERRIDING SYSTEM VALUE
-    SELECT job_id, $18, jsonb_build_object('log_id', id), $19
-    FROM logs
-    WHERE inserted
-    ORDER BY id
+    {jobs}
 )
 SELECT id, dedup_key, inserted FROM logs
-"#;
+"#,
+        next_job_id = JobsForRows::<ProcessWebhook>::NEXT_JOB_ID,
+        jobs = JobsForRows::<ProcessWebhook>::insert_sql("logs WHERE inserted", "job_id", "id", 18),
+    )
+});
+
+/// A `process_webhook` job per new log, its payload written by serde from
+/// [`ProcessWebhook`] with the log's id in it.
+static JOBS: LazyLock<JobsForRows<ProcessWebhook>> = LazyLock::new(|| {
+    // Cannot fail: a `ProcessWebhook` is its log id written out (and
+    // `a_job_row_written_by_intake_decodes_as_process_webhook` below runs this).
+    JobsForRows::new(|log_id| ProcessWebhook { log_id })
+        .expect("a ProcessWebhook payload is its log id written out")
+});
 
 /// Writes one batch (the [`GroupWriter`](crate::group::GroupWriter) behind
 /// [`Ingestor`](super::Ingestor) gathered it) and kicks the workers once if it stored
@@ -202,8 +214,8 @@ struct Plan<'a> {
     /// Per unique key: later requests of this batch that repeated it.
     extra: Vec<i32>,
     slots: Vec<Vec<usize>>,
-    /// Runs each new job gets (`HOOKQ_MAX_ATTEMPTS`), stored on its row.
-    max_attempts: i32,
+    /// How each new job is enqueued: with `HOOKQ_MAX_ATTEMPTS` runs, stored on its row.
+    jobs: EnqueueOptions,
 }
 
 impl<'a> Plan<'a> {
@@ -242,7 +254,10 @@ impl<'a> Plan<'a> {
             unique,
             extra,
             slots,
-            max_attempts,
+            jobs: EnqueueOptions {
+                max_attempts: Some(max_attempts),
+                ..EnqueueOptions::default()
+            },
         }
     }
 
@@ -282,7 +297,7 @@ impl<'a> Plan<'a> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = sqlx::query_as(INSERT_BATCH)
+            let query = sqlx::query_as(INSERT_BATCH.as_str())
                 .bind(&dedup_key)
                 .bind(&source)
                 .bind(&event_type)
@@ -299,9 +314,9 @@ impl<'a> Plan<'a> {
                 .bind(&occurred)
                 .bind(&payload)
                 .bind(&correlation)
-                .bind(&self.extra)
-                .bind(ProcessWebhook::NAME)
-                .bind(self.max_attempts)
+                .bind(&self.extra);
+            let result = JOBS
+                .bind(query, &self.jobs)?
                 // Drains the exchange up to ReadyForQuery, i.e. past the implicit commit.
                 .fetch_all(pool)
                 .await;
@@ -374,6 +389,7 @@ mod tests {
     use hookq_testkit::fresh_db;
 
     use super::*;
+    use crate::queue::{self, Job, JobContext, JobStatus, WorkerOptions, Workers};
 
     fn log(key: &str) -> NewLog {
         NewLog {
@@ -481,6 +497,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(jobs, 4);
+    }
+
+    /// Intake writes its job rows through the queue client ([`JobsForRows`]), never by
+    /// hand: each new log's job row decodes, through serde, as the `ProcessWebhook` of that
+    /// log, carries the options intake gave it, and runs as one.
+    #[tokio::test]
+    async fn a_job_row_written_by_intake_decodes_as_process_webhook() {
+        let db = fresh_db().await;
+        let notifier = Notifier::spawn(db.pool.clone());
+        let answers = flush(
+            &db.pool,
+            &notifier,
+            &[request(&["j1", "j2"]), request(&["j3", "j1"])],
+            5,
+        )
+        .await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+
+        let rows: Vec<(i64, i64, String, String, i32)> = sqlx::query_as(
+            "SELECT l.id, j.id, j.task_name, j.payload::text, j.max_attempts
+             FROM webhook_logs l JOIN queue_jobs j ON j.id = l.job_id ORDER BY l.id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 3, "one job per new log: {rows:?}");
+        let mut log_ids = Vec::new();
+        for (log_id, job_id, task, payload, max_attempts) in rows {
+            let job: ProcessWebhook = serde_json::from_str(&payload).unwrap();
+            assert_eq!(job, ProcessWebhook { log_id }, "{payload}");
+            assert_eq!(task, ProcessWebhook::NAME);
+            assert_eq!(max_attempts, 5, "HOOKQ_MAX_ATTEMPTS, as intake was given");
+            let record = queue::get_job(&db.pool, job_id).await.unwrap().unwrap();
+            assert_eq!((record.status, record.attempts), (JobStatus::Pending, 0));
+            log_ids.push(log_id);
+        }
+
+        // And the queue runs them as `ProcessWebhook` jobs of those logs.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut workers = Workers::new(db.pool.clone(), WorkerOptions::default());
+        let s = seen.clone();
+        workers.register(move |job: ProcessWebhook, _: JobContext| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(job.log_id);
+                Ok(())
+            }
+        });
+        let report = workers.run_once().await.unwrap();
+        assert_eq!(report.completed, 3, "{report:?}");
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, log_ids);
     }
 
     fn code_of(e: &Error) -> String {

@@ -1,11 +1,11 @@
-//! Reading the queue: one job (live or archived) for `GET /api/tasks/{id}`, and the
-//! queue's shape for stats and dashboards.
+//! What reading the queue returns: a job's states ([`JobStatus`]), one job as stored,
+//! live or archived ([`JobRecord`], for `GET /api/tasks/{id}`), and the queue's shape
+//! ([`QueueStats`], for stats and dashboards). The reads themselves are `client.rs`'s
+//! `get_job` and `queue_stats`, over statements in `sql.rs`.
 
+use super::job::JobId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-
-use super::{JobId, QueueError};
 
 /// Every state a job can be in. `pending` and `running` live in `queue_jobs`;
 /// `completed` and `dead` in the archive `queue_jobs_done`.
@@ -59,24 +59,6 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Finds a job wherever it is; one statement (one snapshot), so a job moving to the
-/// archive meanwhile is seen exactly once.
-pub async fn get_job(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-    Ok(sqlx::query_as(
-        "SELECT id, task_name, status, priority, attempts, max_attempts, run_at, unique_key,
-                last_error, errors, NULL::jsonb AS result, locked_by, lease_expires_at,
-                created_at, started_at, NULL::timestamptz AS finished_at
-         FROM queue_jobs WHERE id = $1
-         UNION ALL
-         SELECT id, task_name, status, priority, attempts, max_attempts, run_at, unique_key,
-                last_error, errors, result, NULL, NULL, created_at, started_at, finished_at
-         FROM queue_jobs_done WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
-}
-
 /// The queue at a glance.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct QueueStats {
@@ -91,20 +73,4 @@ pub struct QueueStats {
     pub dead: i64,
     /// Seconds the oldest ready job has been waiting past its `run_at`.
     pub oldest_pending_age_secs: Option<f64>,
-}
-
-pub async fn queue_stats(pool: &PgPool) -> Result<QueueStats, QueueError> {
-    Ok(sqlx::query_as(
-        "SELECT
-            count(*) FILTER (WHERE status = 'pending' AND run_at <= now()) AS depth,
-            count(*) FILTER (WHERE status = 'running') AS running,
-            count(*) FILTER (WHERE status = 'pending' AND run_at > now() AND attempts > 0) AS scheduled_retries,
-            count(*) FILTER (WHERE status = 'pending' AND run_at > now() AND attempts = 0) AS scheduled,
-            (SELECT count(*) FROM queue_jobs_done WHERE status = 'dead') AS dead,
-            extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending' AND run_at <= now()))::float8
-                AS oldest_pending_age_secs
-         FROM queue_jobs",
-    )
-    .fetch_one(pool)
-    .await?)
 }

@@ -1,41 +1,39 @@
-//! One process's worker runtime: [`Workers`] registers typed handlers, dead-letter
-//! hooks and periodic jobs, then [`Workers::run`] starts the fetcher, the apalis worker
-//! (over [`PgBackend`] with catch-panic, timeout, tracing and concurrency layers), the
-//! outcome writer and the housekeeping tasks, and shuts them down in order.
+//! One process's worker runtime: [`Workers`] registers typed handlers, dead-letter and
+//! hand-back hooks and periodic jobs, then wires the engine's rooms together:
+//! [`Workers::run`] for a long-running process, [`Workers::run_once`] to drain the
+//! ready jobs on the caller's task (tests). This file holds no SQL and no state of its
+//! own: it builds the [`Runtime`], starts the producer, the apalis worker (over the
+//! executor), the completer and the maintenance services, and stops them in order.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use apalis::layers::{WorkerBuilderExt, catch_panic::CatchPanicLayer, tracing::DefaultOnFailure};
-use apalis_core::{task::Task, worker::builder::WorkerBuilder};
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::Level;
 
 use super::{
-    Job, JobContext, JobError, JobId, QueueError,
-    backend::{PgBackend, panicked},
+    apalis,
     backoff::Backoff,
-    completer::{self, Outcome},
-    dead_letter::{self, Hook},
-    fetcher,
-    handler::{ClaimedJob, HandlerTable, Router},
-    periodic::{self, Periodic},
+    completer::{Completer, ReleaseHook},
+    error::QueueError,
+    executor::{Executor, HandlerTable},
+    job::{Job, JobContext, JobError, JobId},
+    maintenance::{
+        self, dead_letter,
+        periodic::{self, Periodic},
+    },
+    producer::{self, Producer},
+    runtime::{Outcome, Runtime},
+    sql,
 };
 
 /// How a process runs jobs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Jobs run at once by this process (`TASKIQ_MAX_ASYNC_TASKS`); the fetcher never
+    /// Jobs run at once by this process (`TASKIQ_MAX_ASYNC_TASKS`); the producer never
     /// claims more than the free slots.
     pub concurrency: usize,
     /// Attempts for jobs this runtime enqueues itself (periodic jobs); `HOOKQ_MAX_ATTEMPTS`.
@@ -44,7 +42,7 @@ pub struct WorkerOptions {
     /// How long a claim is valid without renewal. Renewed every third of it, so a job is
     /// re-run elsewhere this long after its worker died.
     pub lease: Duration,
-    /// How long an idle fetcher waits before looking again without a NOTIFY: the worst
+    /// How long an idle producer waits before looking again without a NOTIFY: the worst
     /// case cost of a lost notification.
     pub poll_interval: Duration,
     /// After shutdown is asked, how long in-flight runs get to finish before they are
@@ -79,95 +77,30 @@ impl Default for WorkerOptions {
     }
 }
 
-/// State shared by the fetcher, the backend, the ack middleware and the writer.
-pub(crate) struct Runtime {
-    pub(crate) pool: PgPool,
-    pub(crate) opts: WorkerOptions,
-    /// `locked_by` of this run's claims.
-    pub(crate) worker_id: String,
-    pub(crate) table: Arc<HandlerTable>,
-    /// Task names with a dead-letter hook (their dead jobs enter the hook outbox).
-    pub(crate) hooked: Vec<String>,
-    /// Hooks called once a stopping worker has handed a run of their task back.
-    pub(crate) release_hooks: HashMap<&'static str, ReleaseHook>,
-    pub(crate) backoff: Backoff,
-    /// Jobs leased by this process (claimed, running, or outcome not yet written):
-    /// id → attempt. The lease extender renews exactly these.
-    held: Mutex<HashMap<JobId, i32>>,
-    /// Claimed jobs whose run has not ended: the slots in use.
-    busy: AtomicUsize,
-    /// A slot or a lease was freed: the fetcher may claim again.
-    pub(crate) slot_freed: Notify,
-    /// Jobs may be ready (NOTIFY, reconnect, a sweep, a periodic tick).
-    pub(crate) wake: Notify,
-    /// Jobs went dead: their hooks may have work.
-    pub(crate) dead_letters: Notify,
-    /// Fires `shutdown_timeout` after shutdown began: in-flight runs are cut off.
-    pub(crate) hard_stop: CancellationToken,
-    /// Held while renewing leases or writing outcomes: both update the same held rows,
-    /// and two statements locking them in different (hash-join) orders deadlock, which
-    /// costs a second of `deadlock_timeout` and a retry.
-    pub(crate) row_writes: tokio::sync::Mutex<()>,
-    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+impl WorkerOptions {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.backoff_base,
+            cap: self.backoff_cap,
+        }
+    }
+
+    fn max_attempts(&self) -> i32 {
+        self.max_attempts.try_into().unwrap_or(i32::MAX)
+    }
 }
 
-impl Runtime {
-    pub(crate) fn lease_ms(&self) -> i64 {
-        i64::try_from(self.opts.lease.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    /// Slots the fetcher may claim for. Also bounded by outcomes not yet written, so a
-    /// slow database slows claiming instead of piling up unacknowledged runs.
-    pub(crate) fn free_slots(&self) -> usize {
-        let concurrency = self.opts.concurrency;
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        let backlog_room = (concurrency * 8).saturating_sub(held);
-        concurrency
-            .saturating_sub(self.busy.load(Ordering::Acquire))
-            .min(backlog_room)
-    }
-
-    pub(crate) fn hold(&self, claims: impl Iterator<Item = (JobId, i32)>) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        for (id, attempt) in claims {
-            held.insert(id, attempt);
-            self.busy.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    pub(crate) fn held(&self) -> (Vec<JobId>, Vec<i32>) {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, attempt)| (*id, *attempt))
-            .unzip()
-    }
-
-    /// A run ended (or was never started): queue its outcome and free its slot.
-    pub(crate) fn finish(&self, outcome: Outcome) {
-        // The writer outlives every run; if it is gone the process is exiting and
-        // the lease sweep will recover the job.
-        let _ = self.outcomes.send(outcome);
-        self.busy.fetch_sub(1, Ordering::AcqRel);
-        self.slot_freed.notify_one();
-    }
-
-    /// Outcomes written: stop renewing those leases.
-    pub(crate) fn release_leases(&self, settled: impl Iterator<Item = (JobId, i32)>) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        for (id, attempt) in settled {
-            if held.get(&id) == Some(&attempt) {
-                held.remove(&id);
-            }
-        }
-        drop(held);
-        self.slot_freed.notify_one();
-    }
+/// What one [`Workers::run_once`] did: runs by how they ended, and dead-letter hooks run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Runs whose handler succeeded (archived as completed).
+    pub completed: usize,
+    /// Runs that failed with attempts left (pending again, at a later `run_at`).
+    pub retried: usize,
+    /// Runs that ended their job (archived as dead).
+    pub dead: usize,
+    /// Dead-letter hooks called.
+    pub dead_letter_hooks: usize,
 }
 
 /// The worker runtime of one process.
@@ -175,19 +108,15 @@ pub struct Workers {
     pool: PgPool,
     opts: WorkerOptions,
     table: HandlerTable,
-    hooks: HashMap<&'static str, Hook>,
+    hooks: dead_letter::Hooks,
     release_hooks: HashMap<&'static str, ReleaseHook>,
     periodic: Vec<Periodic>,
 }
 
-/// A type-erased hand-back hook: `(job id, payload as stored)`.
-pub(crate) type ReleaseHook =
-    Arc<dyn Fn(JobId, serde_json::Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
-
 impl Workers {
     /// `pool` must allow a few connections beyond the handlers' own needs: the LISTEN
-    /// connection holds one for the whole run, and the fetcher, the outcome writer and
-    /// the housekeeping tasks each use one at a time.
+    /// connection holds one for the whole run, and the producer, the completer and
+    /// the maintenance services each use one at a time.
     pub fn new(pool: PgPool, opts: WorkerOptions) -> Self {
         Self {
             pool,
@@ -222,7 +151,8 @@ impl Workers {
         F: Fn(JobId, serde_json::Value, String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let hook: Hook = Arc::new(move |id, payload, error| hook(id, payload, error).boxed());
+        let hook: dead_letter::Hook =
+            Arc::new(move |id, payload, error| hook(id, payload, error).boxed());
         self.hooks.insert(J::NAME, hook);
     }
 
@@ -255,6 +185,23 @@ impl Workers {
         Ok(())
     }
 
+    /// A runtime for one run of these workers over `pool`, and its outcomes' receiver.
+    fn runtime(&self, pool: PgPool) -> (Arc<Runtime>, mpsc::UnboundedReceiver<Outcome>) {
+        let (rt, outcomes) = Runtime::new(
+            pool,
+            format!(
+                "{}:{}",
+                self.opts.worker_name,
+                uuid::Uuid::new_v4().simple()
+            ),
+            self.table.names(),
+            self.hooks.keys().map(|k| k.to_string()).collect(),
+            self.opts.lease,
+            self.opts.concurrency,
+        );
+        (Arc::new(rt), outcomes)
+    }
+
     /// Runs until `shutdown` resolves, then stops claiming, gives in-flight runs
     /// `shutdown_timeout` to finish, hands back the rest (not counted as attempts),
     /// writes the last outcomes and returns. Database errors never end it: every part
@@ -263,158 +210,163 @@ impl Workers {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), QueueError> {
+        let (rt, outcomes) = self.runtime(sql::async_commit_pool(&self.pool, 6));
         let Workers {
-            pool,
             opts,
             table,
             hooks,
             release_hooks,
             periodic,
+            ..
         } = self;
-        let concurrency = opts.concurrency.max(1);
-        let (outcomes, outcome_rx) = tokio::sync::mpsc::unbounded_channel();
-        let rt = Arc::new(Runtime {
-            pool: super::async_commit_pool(&pool, 6),
-            worker_id: format!("{}:{}", opts.worker_name, uuid::Uuid::new_v4().simple()),
-            table: Arc::new(table),
-            hooked: hooks.keys().map(|k| k.to_string()).collect(),
-            release_hooks,
-            backoff: Backoff {
-                base: opts.backoff_base,
-                cap: opts.backoff_cap,
-            },
-            opts: WorkerOptions {
-                concurrency,
-                ..opts
-            },
-            held: Mutex::default(),
-            busy: AtomicUsize::new(0),
-            slot_freed: Notify::new(),
-            wake: Notify::new(),
-            dead_letters: Notify::new(),
-            hard_stop: CancellationToken::new(),
-            row_writes: tokio::sync::Mutex::new(()),
-            outcomes,
-        });
-        if rt.table.is_empty() {
+        if table.is_empty() {
             tracing::warn!(
                 "worker runtime started with no handlers registered: it will run nothing"
             );
         }
 
-        // Housekeeping lives until the last outcome is written (leases must be renewed
+        // Maintenance lives until the last outcome is written (leases must be renewed
         // until then).
         let background = CancellationToken::new();
         let mut tasks: Vec<JoinHandle<()>> = vec![
-            tokio::spawn(fetcher::listen(rt.clone(), background.clone())),
-            tokio::spawn(fetcher::extend_leases(rt.clone(), background.clone())),
-            tokio::spawn(fetcher::sweep_expired(rt.clone(), background.clone())),
+            tokio::spawn(producer::listen(rt.clone(), background.clone())),
+            tokio::spawn(maintenance::extend_leases(rt.clone(), background.clone())),
+            tokio::spawn(maintenance::sweep_expired(rt.clone(), background.clone())),
             tokio::spawn(dead_letter::run(
                 rt.clone(),
                 Arc::new(hooks),
                 background.clone(),
             )),
-            tokio::spawn(prune_archive(rt.clone(), background.clone())),
+            tokio::spawn(maintenance::prune_archive(
+                rt.clone(),
+                opts.archive_retention,
+                background.clone(),
+            )),
         ];
-        tasks.extend(
-            periodic
-                .into_iter()
-                .map(|p| tokio::spawn(periodic::run(rt.clone(), p, background.clone()))),
+        tasks.extend(periodic.into_iter().map(|p| {
+            tokio::spawn(periodic::run(
+                rt.clone(),
+                p,
+                opts.max_attempts(),
+                background.clone(),
+            ))
+        }));
+        let completer_done = CancellationToken::new();
+        let completer = tokio::spawn(
+            Completer {
+                rt: rt.clone(),
+                release_hooks,
+            }
+            .run(outcomes, completer_done.clone()),
         );
-        let writer_done = CancellationToken::new();
-        let writer = tokio::spawn(completer::run(rt.clone(), outcome_rx, writer_done.clone()));
 
-        let (claimed_tx, claimed_rx) = tokio::sync::mpsc::unbounded_channel();
-        let stop_fetching = CancellationToken::new();
-        let fetcher = tokio::spawn(fetcher::run(rt.clone(), claimed_tx, stop_fetching.clone()));
+        let (claimed_tx, claimed_rx) = mpsc::unbounded_channel();
+        let stop_claiming = CancellationToken::new();
+        let producer = tokio::spawn(
+            Producer {
+                rt: rt.clone(),
+                backoff: opts.backoff(),
+                poll_interval: opts.poll_interval,
+            }
+            .run(claimed_tx, stop_claiming.clone()),
+        );
 
-        let backend = PgBackend {
-            claimed: claimed_rx,
-            rt: rt.clone(),
-        };
-        let tracing_layer = apalis::layers::tracing::TraceLayer::new()
-            .make_span_with(|task: &Task<ClaimedJob>| {
-                let ctx = task.args.ctx;
-                tracing::debug_span!(
-                    "job",
-                    id = ctx.job_id,
-                    task = ctx.task_name,
-                    attempt = ctx.attempt
-                )
-            })
-            .on_failure(DefaultOnFailure::new().level(Level::WARN));
-        let worker = WorkerBuilder::new(rt.worker_id.as_str())
-            .backend(backend)
-            .concurrency(concurrency)
-            .layer(CatchPanicLayer::with_panic_handler(panicked))
-            .timeout(rt.opts.job_timeout)
-            .layer(tracing_layer)
-            .build(Router {
-                table: rt.table.clone(),
-            });
-
+        let executor = Arc::new(Executor {
+            table,
+            job_timeout: opts.job_timeout,
+        });
         let stopping = {
             let rt = rt.clone();
+            let shutdown_timeout = opts.shutdown_timeout;
             async move {
                 shutdown.await;
                 tracing::info!("worker shutting down: no new claims, finishing in-flight jobs");
-                // The fetcher ends between claims, so no claimed row is left unseen.
-                stop_fetching.cancel();
-                if let Err(e) = fetcher.await {
-                    tracing::error!(error = %e, "fetcher task failed");
+                // The producer ends between claims, so no claimed row is left unseen.
+                stop_claiming.cancel();
+                if let Err(e) = producer.await {
+                    tracing::error!(error = %e, "producer task failed");
                 }
-                let rt = rt.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(rt.opts.shutdown_timeout).await;
+                    tokio::time::sleep(shutdown_timeout).await;
                     rt.hard_stop.cancel();
                 });
-                Ok::<(), apalis_core::error::WorkerError>(())
             }
         };
-        let result = worker
-            .run_until(stopping)
-            .await
-            .map_err(|e| QueueError::Worker(e.to_string()));
+        let result = apalis::run(rt.clone(), executor, claimed_rx, stopping).await;
 
         // Every run has ended and its outcome is queued: write them, then stop the rest.
-        writer_done.cancel();
-        if let Err(e) = writer.await {
-            tracing::error!(error = %e, "outcome writer task failed");
+        completer_done.cancel();
+        if let Err(e) = completer.await {
+            tracing::error!(error = %e, "completer task failed");
         }
         background.cancel();
         for task in tasks {
             if let Err(e) = task.await {
-                tracing::error!(error = %e, "queue housekeeping task failed");
+                tracing::error!(error = %e, "queue maintenance task failed");
             }
         }
         result
     }
-}
 
-/// Deletes completed jobs past the retention period, a bounded batch at a time, hourly.
-async fn prune_archive(rt: Arc<Runtime>, stop: CancellationToken) {
-    let retention_ms = i64::try_from(rt.opts.archive_retention.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        let pruned = sqlx::query(
-            "DELETE FROM queue_jobs_done WHERE id IN (
-                SELECT id FROM queue_jobs_done
-                WHERE status = 'completed' AND finished_at < now() - $1 * interval '1 millisecond'
-                LIMIT 10000)",
-        )
-        .bind(retention_ms)
-        .execute(&rt.pool)
-        .await;
-        let pause = match pruned {
-            Ok(done) if done.rows_affected() == 10000 => Duration::from_secs(1),
-            Ok(_) => Duration::from_secs(3600),
-            Err(e) => {
-                tracing::warn!(error = %e, "pruning the job archive failed");
-                Duration::from_secs(60)
-            }
+    /// Claims and runs the ready jobs on the caller's task until none is ready, writing
+    /// each round's outcomes and running the dead-letter hooks of the jobs that died,
+    /// then returns what it did: Arrange / enqueue / `run_once` / assert, with no
+    /// background worker and no waiting. Jobs run as under [`run`](Self::run) (same
+    /// claim, decode, timeout, panic catching, settling and outcome statements), up to
+    /// `concurrency` at a time, on the caller's `pool` (no lease renewal: a run longer
+    /// than `lease` may be swept by another worker). A retry scheduled meanwhile is
+    /// ready when the database's clock passes its `run_at`; see
+    /// [`run_once_at`](Self::run_once_at) to run it without waiting.
+    pub async fn run_once(&self) -> Result<RunReport, QueueError> {
+        self.drain(None).await
+    }
+
+    /// [`run_once`](Self::run_once) as if the time were `now` (River's injected
+    /// `timeNowFunc`): jobs whose `run_at` is at or before `now` are ready. Only which
+    /// jobs are due follows `now`; what the statements write (leases, retry times,
+    /// timestamps) still follows the database's clock.
+    pub async fn run_once_at(&self, now: DateTime<Utc>) -> Result<RunReport, QueueError> {
+        self.drain(Some(now)).await
+    }
+
+    async fn drain(&self, due_by: Option<DateTime<Utc>>) -> Result<RunReport, QueueError> {
+        let (rt, mut outcomes) = self.runtime(self.pool.clone());
+        let producer = Producer {
+            rt: rt.clone(),
+            backoff: self.opts.backoff(),
+            // Unused: nothing waits here.
+            poll_interval: self.opts.poll_interval,
         };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = stop.cancelled() => return,
+        let executor = Executor {
+            table: self.table.clone(),
+            job_timeout: self.opts.job_timeout,
+        };
+        let completer = Completer {
+            rt: rt.clone(),
+            release_hooks: self.release_hooks.clone(),
+        };
+        let mut report = RunReport::default();
+        loop {
+            let jobs = producer.claim(rt.concurrency(), due_by).await?;
+            if jobs.is_empty() {
+                return Ok(report);
+            }
+            futures::future::join_all(jobs.into_iter().map(|job| executor.run(&rt, job))).await;
+            let mut batch = Vec::new();
+            while let Ok(outcome) = outcomes.try_recv() {
+                match outcome {
+                    Outcome::Completed { .. } => report.completed += 1,
+                    Outcome::Retry { .. } => report.retried += 1,
+                    Outcome::Dead { .. } => report.dead += 1,
+                    Outcome::Released { .. } => {}
+                }
+                batch.push(outcome);
+            }
+            let written = completer.write(&batch).await;
+            rt.release_leases(batch.iter().map(Outcome::key));
+            if written?.dead && !self.hooks.is_empty() {
+                report.dead_letter_hooks += dead_letter::dispatch(&rt, &self.hooks).await?;
+            }
         }
     }
 }

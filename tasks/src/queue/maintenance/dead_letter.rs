@@ -7,40 +7,30 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
-use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
 
-use super::{JobId, QueueError, worker::Runtime};
+use crate::queue::{error::QueueError, job::JobId, runtime::Runtime, sql};
 
 /// A type-erased hook: `(job id, payload as stored, last error)`. The payload may not
 /// decode (that can be why the job died), so hooks get it as JSON.
 pub(crate) type Hook =
     Arc<dyn Fn(JobId, serde_json::Value, String) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Hooks by task name.
+pub(crate) type Hooks = HashMap<&'static str, Hook>;
+
 /// How often the outbox is checked when nothing went dead here (it picks up hooks a
 /// crashed process left behind).
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 100;
 
-pub(crate) async fn run(
-    rt: Arc<Runtime>,
-    hooks: Arc<HashMap<&'static str, Hook>>,
-    stop: CancellationToken,
-) {
+pub(crate) async fn run(rt: Arc<Runtime>, hooks: Arc<Hooks>, stop: CancellationToken) {
     if hooks.is_empty() {
         return;
     }
     loop {
-        loop {
-            match dispatch_once(&rt, &hooks).await {
-                // A full batch: there may be more.
-                Ok(n) if n == BATCH => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dispatching dead-letter hooks failed; retrying");
-                    break;
-                }
-            }
+        if let Err(e) = dispatch(&rt, &hooks).await {
+            tracing::warn!(error = %e, "dispatching dead-letter hooks failed; retrying");
         }
         tokio::select! {
             () = rt.dead_letters.notified() => {}
@@ -50,23 +40,25 @@ pub(crate) async fn run(
     }
 }
 
+/// Runs the hooks of pending dead jobs until the outbox has none left for us; answers
+/// how many ran.
+pub(crate) async fn dispatch(rt: &Runtime, hooks: &Hooks) -> Result<usize, QueueError> {
+    let mut ran = 0;
+    loop {
+        let n = dispatch_once(rt, hooks).await?;
+        ran += n;
+        // A full batch: there may be more.
+        if i64::try_from(n).unwrap_or(i64::MAX) < BATCH {
+            return Ok(ran);
+        }
+    }
+}
+
 /// Runs the hooks of up to [`BATCH`] pending dead jobs, holding their rows locked so
 /// that two processes never run the same hook at once; answers how many ran.
-async fn dispatch_once(
-    rt: &Runtime,
-    hooks: &HashMap<&'static str, Hook>,
-) -> Result<i64, QueueError> {
+async fn dispatch_once(rt: &Runtime, hooks: &Hooks) -> Result<usize, QueueError> {
     let mut tx = rt.pool.begin().await?;
-    let rows: Vec<(JobId, String, Json<serde_json::Value>, Option<String>)> = sqlx::query_as(
-        "SELECT id, task_name, payload, last_error FROM queue_jobs_done
-         WHERE dead_letter_pending AND task_name = ANY($1)
-         ORDER BY id LIMIT $2
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(&rt.hooked)
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = sql::take_dead_letters(&mut tx, &rt.hooked, BATCH).await?;
     let mut done = Vec::with_capacity(rows.len());
     for (job_id, task_name, payload, error) in rows {
         let Some(hook) = hooks.get(task_name.as_str()) else {
@@ -75,10 +67,7 @@ async fn dispatch_once(
         hook(job_id, payload.0, error.unwrap_or_default()).await;
         done.push(job_id);
     }
-    sqlx::query("UPDATE queue_jobs_done SET dead_letter_pending = false WHERE id = ANY($1)")
-        .bind(&done)
-        .execute(&mut *tx)
-        .await?;
+    sql::clear_dead_letters(&mut tx, &done).await?;
     tx.commit().await?;
-    Ok(i64::try_from(done.len()).unwrap_or(BATCH))
+    Ok(done.len())
 }

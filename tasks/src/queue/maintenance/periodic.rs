@@ -10,7 +10,13 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::{EnqueueOptions, Job, JobId, QueueError, enqueue, worker::Runtime};
+use crate::queue::{
+    client::{EnqueueOptions, enqueue},
+    error::QueueError,
+    job::{Job, JobId},
+    runtime::Runtime,
+    sql,
+};
 
 type EnqueueFn = Arc<
     dyn for<'c> Fn(&'c mut PgConnection, EnqueueOptions) -> BoxFuture<'c, Result<JobId, QueueError>>
@@ -55,7 +61,13 @@ impl Periodic {
     }
 }
 
-pub(crate) async fn run(rt: Arc<Runtime>, periodic: Periodic, stop: CancellationToken) {
+/// Fires `periodic` on each of its ticks until `stop`; its jobs get `max_attempts`.
+pub(crate) async fn run(
+    rt: Arc<Runtime>,
+    periodic: Periodic,
+    max_attempts: i32,
+    stop: CancellationToken,
+) {
     let mut last: Option<DateTime<Utc>> = None;
     loop {
         let now = Utc::now();
@@ -71,7 +83,7 @@ pub(crate) async fn run(rt: Arc<Runtime>, periodic: Periodic, stop: Cancellation
         last = Some(tick);
         // A database outage skips the tick after a few tries rather than firing it late.
         for failures in 1..=5u32 {
-            match fire(&rt, &periodic, tick).await {
+            match fire(&rt, &periodic, tick, max_attempts).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(name = %periodic.name, error = %e, "periodic job could not be enqueued");
@@ -87,24 +99,19 @@ pub(crate) async fn run(rt: Arc<Runtime>, periodic: Periodic, stop: Cancellation
 
 /// Claims `tick` and enqueues its job in one transaction; answers whether this process
 /// won the tick.
-async fn fire(rt: &Runtime, periodic: &Periodic, tick: DateTime<Utc>) -> Result<bool, QueueError> {
+async fn fire(
+    rt: &Runtime,
+    periodic: &Periodic,
+    tick: DateTime<Utc>,
+    max_attempts: i32,
+) -> Result<bool, QueueError> {
     let mut tx = rt.pool.begin().await?;
-    let won: Option<String> = sqlx::query_scalar(
-        "INSERT INTO queue_periodic (name, last_tick) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET last_tick = EXCLUDED.last_tick
-         WHERE queue_periodic.last_tick < EXCLUDED.last_tick
-         RETURNING name",
-    )
-    .bind(&periodic.name)
-    .bind(tick)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if won.is_none() {
+    if !sql::claim_tick(&mut tx, &periodic.name, tick).await? {
         return Ok(false);
     }
     let opts = EnqueueOptions {
         unique_key: Some(format!("periodic:{}:{}", periodic.name, tick.to_rfc3339())),
-        max_attempts: Some(rt.opts.max_attempts.try_into().unwrap_or(i32::MAX)),
+        max_attempts: Some(max_attempts),
         ..EnqueueOptions::default()
     };
     (periodic.enqueue)(&mut tx, opts).await?;

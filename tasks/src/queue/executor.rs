@@ -1,0 +1,182 @@
+//! The executor: runs one claimed job to its [`Outcome`]. It looks the handler up by
+//! task name, decodes the payload into the typed job, runs the handler under the job
+//! timeout with panics caught, and [`settle`]s the result: completed, retry (when
+//! attempts are left) or dead. The runtime's hard stop cuts a run off at shutdown, and
+//! the job is handed back.
+//!
+//! Every run goes through [`Executor::run`], whether apalis drives it (the long-running
+//! worker, `apalis.rs`) or the caller's own task does (`Workers::run_once`), so both
+//! settle a job the same way.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tracing::Instrument;
+
+use super::{
+    job::{ClaimedJob, Job, JobContext, JobError, JobOutput},
+    runtime::{Outcome, Runtime},
+};
+
+type ErasedHandler = Arc<
+    dyn Fn(&RawValue, JobContext) -> BoxFuture<'static, Result<JobOutput, JobError>> + Send + Sync,
+>;
+
+/// Typed handlers by task name.
+#[derive(Clone, Default)]
+pub(crate) struct HandlerTable {
+    handlers: HashMap<&'static str, ErasedHandler>,
+}
+
+impl HandlerTable {
+    pub(crate) fn insert<J, F, Fut, R>(&mut self, handler: F)
+    where
+        J: Job,
+        F: Fn(J, JobContext) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, JobError>> + Send + 'static,
+        R: Serialize + Send,
+    {
+        let erased: ErasedHandler = Arc::new(move |payload: &RawValue, ctx: JobContext| {
+            // A payload that does not decode can never succeed: it fails permanently, so
+            // it dead-letters alone instead of stalling the worker.
+            let job: J = match serde_json::from_str(payload.get()) {
+                Ok(job) => job,
+                Err(e) => {
+                    let error =
+                        JobError::Permanent(format!("undecodable {} payload: {e}", J::NAME));
+                    return futures::future::ready(Err(error)).boxed();
+                }
+            };
+            let run = handler(job, ctx);
+            async move {
+                let output = run.await?;
+                let value = serde_json::to_string(&output).map_err(|e| {
+                    JobError::Permanent(format!("cannot encode the job's result: {e}"))
+                })?;
+                Ok((value != "null").then_some(value))
+            }
+            .boxed()
+        });
+        self.handlers.insert(J::NAME, erased);
+    }
+
+    /// The registered task names, as handlers see them.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+    }
+
+    /// Decodes and runs `job` with its handler.
+    async fn call(&self, job: &ClaimedJob) -> Result<JobOutput, JobError> {
+        match self.handlers.get(job.ctx.task_name) {
+            Some(handler) => handler(&job.payload, job.ctx).await,
+            None => Err(JobError::Permanent(format!(
+                "no handler for {}",
+                job.ctx.task_name
+            ))),
+        }
+    }
+}
+
+/// Runs claimed jobs with the registered handlers.
+pub(crate) struct Executor {
+    pub(crate) table: HandlerTable,
+    /// A run longer than this fails (and is retried).
+    pub(crate) job_timeout: Duration,
+}
+
+impl Executor {
+    /// Runs `job` to its outcome and hands that to the runtime ([`Runtime::finish`]).
+    /// Past the runtime's hard stop the run is dropped and the job handed back.
+    pub(crate) async fn run(&self, rt: &Runtime, job: ClaimedJob) {
+        let ctx = job.ctx;
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.execute(job) => outcome,
+            () = rt.hard_stop.cancelled() => Outcome::Released { id: ctx.job_id, attempt: ctx.attempt },
+        };
+        rt.finish(outcome);
+    }
+
+    /// Decode, run (timed, panics caught) and settle, inside a `job` span.
+    async fn execute(&self, job: ClaimedJob) -> Outcome {
+        let ctx = job.ctx;
+        let span = tracing::debug_span!(
+            "job",
+            id = ctx.job_id,
+            task = ctx.task_name,
+            attempt = ctx.attempt
+        );
+        async move {
+            tracing::debug!("task.start");
+            let started = Instant::now();
+            // The handler's synchronous part runs inside the first poll, so a panic there
+            // is caught too.
+            let run = AssertUnwindSafe(async { self.table.call(&job).await }).catch_unwind();
+            let result = match tokio::time::timeout(self.job_timeout, run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(panicked(panic.as_ref())),
+                Err(_elapsed) => Err(JobError::Retry {
+                    error: "timed out".to_owned(),
+                    after: None,
+                }),
+            };
+            let ms = started.elapsed().as_millis();
+            match &result {
+                Ok(_) => tracing::debug!(done_in = format_args!("{ms}ms"), "task.done"),
+                Err(e) => {
+                    tracing::warn!(done_in = format_args!("{ms}ms"), result = %e, "task.failed")
+                }
+            }
+            settle(ctx, result)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// What the queue does with a run's result.
+fn settle(ctx: JobContext, result: Result<JobOutput, JobError>) -> Outcome {
+    let (id, attempt) = (ctx.job_id, ctx.attempt);
+    let (error, after) = match result {
+        Ok(result) => {
+            return Outcome::Completed {
+                id,
+                attempt,
+                result,
+            };
+        }
+        Err(JobError::Permanent(error)) => return Outcome::Dead { id, attempt, error },
+        Err(JobError::Retry { error, after }) => (error, after),
+    };
+    match after.or(ctx.planned_retry_delay) {
+        Some(delay) if !ctx.is_last_attempt() => Outcome::Retry {
+            id,
+            attempt,
+            error,
+            delay,
+        },
+        _ => Outcome::Dead { id, attempt, error },
+    }
+}
+
+/// A panic is a permanent failure of that job alone.
+fn panicked(panic: &(dyn Any + Send)) -> JobError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    JobError::Permanent(format!("handler panicked: {message}"))
+}

@@ -1,0 +1,108 @@
+//! The engine's one vocabulary for a job, used by every room of the queue: the [`Job`]
+//! trait a payload type implements, its [`JobId`], the [`JobContext`] a handler runs
+//! under, the [`JobError`] it fails with, and [`ClaimedJob`], a claimed row on its way
+//! from the producer to the executor. Nothing here knows of apalis; its `Task` wraps a
+//! [`ClaimedJob`] in `apalis.rs` only.
+
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
+
+/// A job's id: the `queue_jobs` row id, kept when the job moves to the archive.
+pub type JobId = i64;
+
+/// A typed job. Payloads carry ids, not data, so a retried job reads current state.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The task name stored with each job; it picks the handler, so it must stay stable
+    /// across deployments while jobs of the type may still be queued.
+    const NAME: &'static str;
+}
+
+/// A handler's failure. Whether to retry is decided by the variant, never by parsing
+/// the message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Transient: run again after `after`, or after the queue's backoff
+    /// ([`JobContext::planned_retry_delay`]) when `None`; dead once attempts run out.
+    #[error("{error}")]
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// Will never succeed: the job goes straight to dead.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    /// A transient error retried on the queue's backoff schedule.
+    pub fn retry(error: impl std::fmt::Display) -> Self {
+        Self::Retry {
+            error: error.to_string(),
+            after: None,
+        }
+    }
+
+    /// A failure that no retry can mend: the job goes dead at once.
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        Self::Permanent(error.to_string())
+    }
+}
+
+/// The claim a handler runs under.
+///
+/// `attempt` is the engine's attempt counter, the one source of truth: the row's
+/// `attempts` column, counted up by the claim statement itself (River's
+/// `JobGetAvailable`), so it already includes the run it describes.
+#[derive(Debug, Clone, Copy)]
+pub struct JobContext {
+    pub(crate) job_id: JobId,
+    pub(crate) task_name: &'static str,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) planned_retry_delay: Option<Duration>,
+}
+
+impl JobContext {
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    pub fn task_name(&self) -> &'static str {
+        self.task_name
+    }
+
+    /// 1-based: the number of times this job has been claimed, this run included.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.unsigned_abs()
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unsigned_abs()
+    }
+
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// The delay the queue will wait before the next attempt if this one fails with
+    /// `JobError::Retry { after: None }` (drawn once per claim, so a handler can record
+    /// the real `next_retry_at` on its own rows); `None` on the last attempt.
+    pub fn planned_retry_delay(&self) -> Option<Duration> {
+        self.planned_retry_delay
+    }
+}
+
+/// A claimed job on its way from the producer to the executor: the claim and the
+/// payload as stored (decoded only by the handler table, so an undecodable payload fails
+/// its own run and nothing else).
+#[derive(Debug)]
+pub(crate) struct ClaimedJob {
+    pub(crate) ctx: JobContext,
+    pub(crate) payload: Box<RawValue>,
+}
+
+/// A handler's successful output, serialised for the archive's `result` column (`None`
+/// for JSON null, so unit handlers store nothing).
+pub(crate) type JobOutput = Option<String>;
