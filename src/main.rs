@@ -21,7 +21,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// and refused do not stay resident. Not at once: purging every freed run immediately
 /// (`dirty_decay_ms:0`) cost a sixth of ingest throughput in madvise calls and the TLB
 /// shootdowns they trigger (13.7–14.0k against 16.3–17.4k acknowledged webhooks/s).
-#[allow(non_upper_case_globals)]
+/// SAFETY: the one symbol of this name in the binary (jemalloc reads it; nothing else
+/// exports it), a NUL-terminated static string.
+#[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 

@@ -132,6 +132,7 @@ fn start(
         .stdin(Stdio::null())
         .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
     }
