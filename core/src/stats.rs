@@ -338,18 +338,6 @@ pub async fn lock_matching_for_retry(
     Ok(q.build_query_as::<RetryCandidate>().fetch_all(conn).await?)
 }
 
-/// Drops the jobs a `failed` log was still waiting on, so an operator retry leaves one
-/// job per log (a dead letter's job is already finished: nothing matches).
-pub async fn cancel_waiting_jobs(conn: &mut PgConnection, job_ids: &[i64]) -> Result<u64> {
-    Ok(
-        sqlx::query("DELETE FROM queue_jobs WHERE id = ANY($1) AND status = 'pending'")
-            .bind(job_ids)
-            .execute(conn)
-            .await?
-            .rows_affected(),
-    )
-}
-
 /// Delivery attempts started since `since`, by kind and result (the HTTP status code,
 /// or the attempt's state when there was no answer: `failed` for a network error or
 /// timeout, `unknown` when cut off by a crash, `in_flight`).

@@ -695,7 +695,7 @@ impl LogsApi {
             &job_options(&state),
         )
         .await?;
-        stats::cancel_waiting_jobs(&mut tx, &c.old_job_id.into_iter().collect::<Vec<_>>()).await?;
+        queue::cancel_pending(&mut tx, &c.old_job_id.into_iter().collect::<Vec<_>>()).await?;
         hookq_core::logs::transitions::reset_for_retry(&mut *tx, &[c.id], &[job]).await?;
         tx.commit().await.map_err(hookq_core::Error::from)?;
         ops.notifier.kick();
@@ -744,7 +744,7 @@ impl LogsApi {
             .collect();
         let job_ids = queue::enqueue_many(&mut tx, &jobs, &job_options(&state)).await?;
         let old: Vec<i64> = found.iter().filter_map(|c| c.old_job_id).collect();
-        stats::cancel_waiting_jobs(&mut tx, &old).await?;
+        queue::cancel_pending(&mut tx, &old).await?;
         let reset =
             hookq_core::logs::transitions::reset_for_retry(&mut *tx, &ids, &job_ids).await?;
         tx.commit().await.map_err(hookq_core::Error::from)?;

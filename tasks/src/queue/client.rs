@@ -189,6 +189,13 @@ impl<J: Job> JobsForRows<J> {
     }
 }
 
+/// Cancels the jobs among `ids` that have not started, on the caller's connection (an
+/// operator retry drops the job a `failed` log still waited on, in the transaction that
+/// enqueues its new one, so each log keeps one job). Answers how many were cancelled.
+pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, QueueError> {
+    sql::cancel_pending(conn, ids).await
+}
+
 /// Finds a job wherever it is (live, or in the archive once finished); `None` once a
 /// completed job was pruned.
 pub async fn get_job(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, QueueError> {

@@ -76,8 +76,8 @@ mod sql;
 mod worker;
 
 pub use client::{
-    DEFAULT_MAX_ATTEMPTS, EnqueueOptions, JobsForRows, Notifier, enqueue, enqueue_many, get_job,
-    queue_stats,
+    DEFAULT_MAX_ATTEMPTS, EnqueueOptions, JobsForRows, Notifier, cancel_pending, enqueue,
+    enqueue_many, get_job, queue_stats,
 };
 pub use error::QueueError;
 pub use job::{Job, JobContext, JobError, JobId};

@@ -174,6 +174,21 @@ pub(crate) fn insert_jobs_for_rows(rows: &str, job_id: &str, row_id: &str, first
     )
 }
 
+/// Deletes the jobs among `ids` that still wait (`pending`); answers how many went.
+/// A running or finished job is left alone.
+pub(crate) async fn cancel_pending(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<u64, QueueError> {
+    Ok(
+        sqlx::query("DELETE FROM queue_jobs WHERE id = ANY($1) AND status = 'pending'")
+            .bind(ids)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// `SELECT pg_notify(NOTIFY_CHANNEL, '')`: wakes every LISTENing worker.
 pub(crate) async fn notify(pool: &PgPool) -> Result<(), QueueError> {
     sqlx::query("SELECT pg_notify($1, '')")
