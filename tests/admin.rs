@@ -282,8 +282,8 @@ async fn resources_crud_with_conflicts_references_and_write_only_secrets() {
             json!({"reply_delivery": "none", "callback_url": null}),
         )
         .await;
-    // An unset optional field is left out of answers, never `null` (the schema's promise).
-    assert_eq!((s, v.get("callback_url")), (200, None), "{v}");
+    // An unset field is present as `null` (declared nullable), never left out.
+    assert_eq!((s, v.get("callback_url")), (200, Some(&Value::Null)), "{v}");
 
     // Posts: unique per integration.
     let (s, post) = a
@@ -296,7 +296,7 @@ async fn resources_crud_with_conflicts_references_and_write_only_secrets() {
         (
             s,
             post["replies_enabled"].as_bool(),
-            post.get("persona_id").is_none()
+            post.get("persona_id") == Some(&Value::Null)
         ),
         (201, Some(true), true),
         "{post}"
@@ -604,54 +604,102 @@ async fn openapi_declares_the_bearer_scheme_on_admin_routes() {
     );
 }
 
-/// Every `null` anywhere in `v`, by JSON pointer.
-fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::Null => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                nulls(item, &format!("{at}/{i}"), out);
+/// Checks `v` against `schema` of the OpenAPI document `doc`: every property an object
+/// schema declares is present, and `null` only where the document declares it nullable.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    let nullable = schema["nullable"].as_bool().unwrap_or(false);
+    let mut schema = schema;
+    loop {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            schema = &doc["components"]["schemas"][name];
+        } else if let Some(one) = schema["allOf"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s.get("$ref").is_some()))
+        {
+            schema = one;
+        } else {
+            break;
+        }
+    }
+    if v.is_null() {
+        if !(nullable || schema["nullable"].as_bool().unwrap_or(false)) {
+            errs.push(format!("{at}: null, not declared nullable"));
+        }
+        return;
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in values.iter().enumerate() {
+            conforms(doc, items, item, &format!("{at}/{i}"), errs);
+        }
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, ps) in props {
+            if ps["writeOnly"].as_bool() == Some(true) {
+                continue;
+            }
+            match v.get(k) {
+                None => errs.push(format!("{at}/{k}: missing")),
+                Some(fv) => conforms(doc, ps, fv, &format!("{at}/{k}"), errs),
             }
         }
-        Value::Object(fields) => {
-            for (k, item) in fields {
-                nulls(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
     }
 }
 
-/// Answers match the OpenAPI document: unset optional fields are absent, never `null`
-/// (scripts/schemathesis checks the same against the schema); error answers keep their
-/// own code and detail; a value PostgreSQL cannot store (a NUL character) is a 422, not
-/// a 503 that invites retrying forever.
+/// Issue 13.5: answers have one shape. Every field the OpenAPI document declares for an
+/// answer is present, also when it has no value (an unset resource field, the oldest
+/// pending age of an empty queue), as `null` where the document declares it nullable;
+/// error answers keep their own code and detail; a value PostgreSQL cannot store (a NUL
+/// character) is a 422, not a 503 that invites retrying forever.
 #[tokio::test]
-async fn answers_omit_unset_fields_and_errors_keep_their_code() {
+async fn answers_carry_every_declared_field_and_errors_keep_their_code() {
     let app = spawn_app(Options::default()).await;
     let a = Admin { app: &app };
+    let doc: Value = serde_json::from_str(&hookq_api::openapi_json()).unwrap();
     let id = app
         .ingest("/webhooks/instagram", &compact("c_nulls", "hello"))
         .await[0];
     app.wait_status(id, "processed").await;
-    for path in [
-        "/api/users".to_string(),
-        "/api/integrations".to_string(),
-        "/api/persona-templates".to_string(),
-        "/api/personas".to_string(),
-        "/api/posts".to_string(),
-        "/api/webhook-logs".to_string(),
-        "/api/webhook-logs/stats".to_string(),
-        format!("/api/webhook-logs/{id}"),
+    let (s, _) = a
+        .post(
+            "/api/persona-templates",
+            json!({"name": "bare", "reply_template": "Thanks!"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut checked = 0;
+    for (path, schema_path) in [
+        ("/api/users".to_string(), "/api/users"),
+        ("/api/integrations".to_string(), "/api/integrations"),
+        (
+            "/api/persona-templates".to_string(),
+            "/api/persona-templates",
+        ),
+        ("/api/personas".to_string(), "/api/personas"),
+        ("/api/posts".to_string(), "/api/posts"),
+        ("/api/webhook-logs".to_string(), "/api/webhook-logs"),
+        (
+            "/api/webhook-logs/stats".to_string(),
+            "/api/webhook-logs/stats",
+        ),
+        (format!("/api/webhook-logs/{id}"), "/api/webhook-logs/{id}"),
     ] {
         let (s, v) = a.get(&path).await;
         assert_eq!(s, 200, "{path}: {v}");
-        let mut found = Vec::new();
-        nulls(&v, "", &mut found);
-        assert!(found.is_empty(), "{path} answered null at {found:?}: {v}");
+        let op = &doc["paths"][schema_path]["get"];
+        let content = op["responses"]["200"]["content"].as_object().unwrap();
+        let schema = &content.values().next().unwrap()["schema"];
+        let mut errs = Vec::new();
+        conforms(&doc, schema, &v, "", &mut errs);
+        assert!(errs.is_empty(), "{path}: {errs:?}\n{v}");
+        checked += 1;
     }
-    let (_, log) = a.get(&format!("/api/webhook-logs/{id}")).await;
-    assert!(log.get("next_retry_at").is_none(), "{log}");
+    assert_eq!(checked, 8);
+    let (_, stats) = a.get("/api/webhook-logs/stats").await;
+    assert!(
+        stats["queue"]["oldest_pending_age_secs"].is_null(),
+        "an empty queue has no oldest pending age, and says so: {stats}"
+    );
 
     let (s, v) = a
         .get("/api/users/00000000-0000-0000-0000-000000000000")
@@ -675,6 +723,70 @@ async fn answers_omit_unset_fields_and_errors_keep_their_code() {
     assert_eq!(
         (s, v["error"].as_str()),
         (422, Some("unknown_event_shape")),
+        "{v}"
+    );
+    app.stop().await;
+}
+
+/// Issue 13.4: a list's `total` describes the same data as its pages. Right after a
+/// burst, a client that pages while `offset < total` collects every log that exists (a
+/// total from a cached aggregate lagged the burst and such a client stopped early).
+#[tokio::test]
+async fn paging_while_offset_is_below_total_collects_every_log_after_a_burst() {
+    let app = spawn_app(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let a = Admin { app: &app };
+    // A first read, as a dashboard polling the list would make.
+    let (s, v) = a.get("/api/webhook-logs?status=pending").await;
+    assert_eq!((s, v["total"].as_i64()), (200, Some(0)), "{v}");
+    let (s, v) = a.get("/api/webhook-logs").await;
+    assert_eq!((s, v["total"].as_i64()), (200, Some(0)), "{v}");
+    // The burst.
+    let inserted: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO webhook_logs (dedup_key, source, event_type, handling, payload)
+         SELECT 'burst-' || i, 'instagram', 'comments', 'reply', '{}'
+         FROM generate_series(1, 45) AS i RETURNING id",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    for filter in ["", "status=pending&"] {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut offset = 0;
+        loop {
+            let (s, v) = a
+                .get(&format!(
+                    "/api/webhook-logs?{filter}limit=7&offset={offset}"
+                ))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let total = v["total"].as_i64().unwrap();
+            assert_eq!(total, 45, "total with {filter:?} at offset {offset}: {v}");
+            for item in v["items"].as_array().unwrap() {
+                seen.insert(item["id"].as_i64().unwrap());
+            }
+            offset += 7;
+            if offset >= total {
+                break;
+            }
+        }
+        let want: std::collections::BTreeSet<i64> = inserted.iter().copied().collect();
+        assert_eq!(seen, want, "pages with {filter:?}");
+    }
+    // The resources' lists count the same way.
+    let before = a.get("/api/users").await.1["total"].as_i64().unwrap();
+    let (s, _) = a
+        .post("/api/users", json!({"external_id": "burst_user"}))
+        .await;
+    assert_eq!(s, 201);
+    let (_, v) = a.get("/api/users").await;
+    assert_eq!(v["total"].as_i64(), Some(before + 1), "{v}");
+    assert_eq!(
+        v["items"].as_array().unwrap().len() as i64,
+        before + 1,
         "{v}"
     );
     app.stop().await;

@@ -55,7 +55,13 @@ fn found<T>(row: Option<T>) -> Result<T> {
 /// static string.
 macro_rules! table_reads {
     ($list:ident, $get:ident, $delete:ident, $ty:ty, $table:literal) => {
+        /// One page and the table's row count, read in one snapshot so the total
+        /// describes the same rows as the page.
         pub async fn $list(pool: &PgPool, limit: i64, offset: i64) -> Result<Listed<$ty>> {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
             let items = sqlx::query_as(concat!(
                 "SELECT * FROM ",
                 $table,
@@ -63,11 +69,12 @@ macro_rules! table_reads {
             ))
             .bind(limit)
             .bind(offset)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?;
             let total = sqlx::query_scalar(concat!("SELECT count(*) FROM ", $table))
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await?;
+            tx.commit().await?;
             Ok(Listed { items, total })
         }
 

@@ -38,7 +38,6 @@ pub struct LogsApi;
 
 /// A log in a list: everything but the payload.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct LogItem {
     pub id: i64,
     pub source: String,
@@ -46,19 +45,30 @@ pub struct LogItem {
     /// `pending`, `processing`, `processed`, `failed` or `dead_letter`.
     pub status: String,
     pub attempts: i32,
+    #[oai(nullable)]
     pub outcome: Option<String>,
+    #[oai(nullable)]
     pub skip_reason: Option<String>,
+    #[oai(nullable)]
     pub error_message: Option<String>,
+    #[oai(nullable)]
     pub integration_id: Option<Uuid>,
+    #[oai(nullable)]
     pub sender_name: Option<String>,
     /// The first 200 characters of the event's text.
+    #[oai(nullable)]
     pub message_preview: Option<String>,
+    #[oai(nullable)]
     pub reply_text: Option<String>,
+    #[oai(nullable)]
     pub job_id: Option<i64>,
     pub duplicate_count: i32,
+    #[oai(nullable)]
     pub correlation_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub processed_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub next_retry_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
@@ -92,7 +102,6 @@ impl From<LogSummary> for LogItem {
 /// One log, whole: the payload as received, what the pipeline made of it, and its job
 /// with every failed attempt.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct LogDetail {
     pub id: i64,
     pub dedup_key: String,
@@ -102,41 +111,62 @@ pub struct LogDetail {
     pub handling: String,
     pub status: String,
     pub attempts: i32,
+    #[oai(nullable)]
     pub error_message: Option<String>,
+    #[oai(nullable)]
     pub outcome: Option<String>,
+    #[oai(nullable)]
     pub skip_reason: Option<String>,
+    #[oai(nullable)]
     pub reply_text: Option<String>,
+    #[oai(nullable)]
     pub account_id: Option<String>,
+    #[oai(nullable)]
     pub user_external_id: Option<String>,
+    #[oai(nullable)]
     pub persona_external_id: Option<String>,
+    #[oai(nullable)]
     pub post_external_id: Option<String>,
+    #[oai(nullable)]
     pub item_id: Option<String>,
+    #[oai(nullable)]
     pub sender_id: Option<String>,
+    #[oai(nullable)]
     pub sender_name: Option<String>,
+    #[oai(nullable)]
     pub message_text: Option<String>,
+    #[oai(nullable)]
     pub integration_id: Option<Uuid>,
+    #[oai(nullable)]
     pub persona_id: Option<Uuid>,
     /// The event exactly as received (one event of a batch).
     pub payload: serde_json::Value,
+    #[oai(nullable)]
     pub occurred_at: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub processed_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub next_retry_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub job_id: Option<i64>,
     pub duplicate_count: i32,
+    #[oai(nullable)]
     pub correlation_id: Option<String>,
     pub updated_at: DateTime<Utc>,
-    /// The processing job, with each failed run's error (absent once the archive has
+    /// The processing job, with each failed run's error (null once the archive has
     /// pruned it).
+    #[oai(nullable)]
     pub job: Option<Job>,
     /// The reply's delivery (`callback` / `graph_api` integrations), with every attempt.
+    #[oai(nullable)]
     pub delivery: Option<Delivery>,
 }
 
 /// Where a reply is on its way out.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct Delivery {
     /// `callback` or `graph_api`.
     pub kind: String,
@@ -144,28 +174,37 @@ pub struct Delivery {
     pub webhook_id: String,
     /// `pending`, `sending`, `retrying`, `delivered`, `failed` or `unknown`.
     pub status: String,
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
     /// The platform's id for the sent message, and what it later reported about it.
+    #[oai(nullable)]
     pub provider_message_id: Option<String>,
+    #[oai(nullable)]
     pub provider_status: Option<String>,
+    #[oai(nullable)]
     pub provider_error: Option<String>,
     pub attempts: Vec<DeliveryAttemptView>,
 }
 
 /// One request hookq made to deliver a reply.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct DeliveryAttemptView {
     pub attempt: i32,
     /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
     pub state: String,
     pub url: String,
+    #[oai(nullable)]
     pub status_code: Option<i32>,
+    #[oai(nullable)]
     pub duration_ms: Option<i32>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -297,21 +336,24 @@ fn fold_by(groups: &[GroupCount], key: impl Fn(&GroupCount) -> &str) -> Vec<Name
 
 /// Receipt-to-processed time of the logs processed in the window.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct ProcessingTime {
     pub window_minutes: u32,
     pub processed: i64,
+    #[oai(nullable)]
     pub mean_ms: Option<f64>,
+    #[oai(nullable)]
     pub p50_ms: Option<f64>,
+    #[oai(nullable)]
     pub p95_ms: Option<f64>,
+    #[oai(nullable)]
     pub p99_ms: Option<f64>,
     /// Mean runs per processed log (above 1 when retries happened).
+    #[oai(nullable)]
     pub mean_attempts: Option<f64>,
 }
 
 /// The queue's backlog.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct QueueState {
     /// Jobs ready to run and not yet claimed.
     pub depth: i64,
@@ -320,6 +362,7 @@ pub struct QueueState {
     pub scheduled: i64,
     pub dead: i64,
     /// Seconds the oldest ready job has waited.
+    #[oai(nullable)]
     pub oldest_pending_age_secs: Option<f64>,
 }
 
@@ -334,7 +377,6 @@ pub struct Throughput {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct LogStats {
     /// Every log kept.
     pub total: i64,
@@ -342,7 +384,8 @@ pub struct LogStats {
     /// Largest first.
     pub by_event_type: Vec<NamedCount>,
     pub by_source: Vec<NamedCount>,
-    /// processed / (processed + dead_letter); absent before anything finished.
+    /// processed / (processed + dead_letter); null before anything finished.
+    #[oai(nullable)]
     pub success_rate: Option<f64>,
     pub processing_time: ProcessingTime,
     pub queue: QueueState,
@@ -383,9 +426,9 @@ pub struct Retried {
 /// One push of the live feed: logs created or changed since the last push, oldest
 /// change first, and (every two seconds) the counts by status.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct LiveUpdate {
     pub logs: Vec<LogItem>,
+    #[oai(nullable)]
     pub counts: Option<StatusCounts>,
 }
 
@@ -492,15 +535,14 @@ fn conflict(detail: String) -> AdminError {
 impl LogsApi {
     /// Logs, newest first, filtered by any of `status`, `event_type`, `source`,
     /// `integration_id` and a receipt window (`since` inclusive, `until` exclusive,
-    /// RFC 3339). Without `integration_id`/`since`/`until`, `total` comes from the
-    /// counts cached for up to 2 s.
+    /// RFC 3339). `total` counts every log the filter matches, read in the same
+    /// snapshot as the page.
     #[oai(path = "/", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         _auth: AdminAuth,
         state: Data<&AppState>,
-        ops: Data<&OpsState>,
         status: Query<Option<String>>,
         event_type: Query<Option<String>>,
         source: Query<Option<String>>,
@@ -520,16 +562,7 @@ impl LogsApi {
         )?;
         let (limit, offset) = paging(limit.0, offset.0);
         let pool = &state.pool;
-        let items = stats::list(pool, &filter, limit.into(), offset.into()).await?;
-        let total = if stats::countable_from_groups(&filter) {
-            let groups = ops
-                .counts
-                .get(async || stats::group_counts(pool).await)
-                .await?;
-            stats::total_from_groups(&filter, &groups)
-        } else {
-            stats::count(pool, &filter).await?
-        };
+        let (items, total) = stats::page(pool, &filter, limit.into(), offset.into()).await?;
         Ok(Json(Page {
             items: items.into_iter().map(LogItem::from).collect(),
             total,

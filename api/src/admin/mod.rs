@@ -5,9 +5,11 @@
 //! `hookq_core::stats` and the queue, and errors into statuses through
 //! [`crate::error`].
 //!
-//! Answers leave an unset optional field out (`#[oai(skip_serializing_if_is_none)]` on
-//! every answer object), never `null`, which is what the OpenAPI document promises
-//! (such fields are optional, not nullable). Requests are the other way round: a
+//! Answers have one shape: every field an answer object declares is always present, an
+//! unset one as `null`, and such fields are declared `nullable` in the OpenAPI document
+//! (issue 13.5: they used to be left out, which a generated client or a dashboard reading
+//! `queue.oldest_pending_age_secs` of the stats could not tell from a missing feature). Requests
+//! are the same way round: a
 //! `PATCH` field that takes `null` to clear it is declared `nullable`.
 
 pub mod logs;

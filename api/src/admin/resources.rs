@@ -90,7 +90,6 @@ pub struct UserPatch {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct Integration {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -102,9 +101,11 @@ pub struct Integration {
     pub has_access_token: bool,
     /// `none`, `callback` or `graph_api`.
     pub reply_delivery: String,
+    #[oai(nullable)]
     pub callback_url: Option<String>,
     /// Whether a callback signing secret is stored (never returned).
     pub has_callback_secret: bool,
+    #[oai(nullable)]
     pub default_persona_id: Option<Uuid>,
     /// Off after an endpoint answered 410 Gone, until an operator turns it back on.
     pub delivery_enabled: bool,
@@ -168,13 +169,13 @@ pub struct IntegrationPatch {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct PersonaTemplate {
     pub id: Uuid,
     pub name: String,
     /// Placeholders: `{sender_name}`, `{message}`, `{persona_name}`, `{post_caption}`.
     pub reply_template: String,
     /// For an LLM (`REPLY_LLM_URL`).
+    #[oai(nullable)]
     pub system_prompt: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -257,12 +258,12 @@ pub struct PersonaPatch {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct Post {
     pub id: Uuid,
     /// The media id payloads name; unique per integration.
     pub external_id: String,
     pub integration_id: Uuid,
+    #[oai(nullable)]
     pub persona_id: Option<Uuid>,
     pub caption: String,
     pub replies_enabled: bool,

@@ -19,7 +19,6 @@ pub struct JobAttempt {
 
 /// A job as the queue holds it.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct Job {
     pub id: i64,
     pub task_name: String,
@@ -29,13 +28,17 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Every failed run's error, oldest first.
     pub errors: Vec<JobAttempt>,
     /// What the handler returned (completed jobs).
+    #[oai(nullable)]
     pub result: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
