@@ -16,10 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hookq_core::devdb::{ClusterOptions, LocalCluster};
 use hookq_tasks::queue::{
     self, EnqueueOptions, Job, JobContext, JobError, Notifier, WorkerOptions, Workers,
 };
+use hookq_testkit::devdb::{ClusterOptions, LocalCluster};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
             sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
                 .execute(&pool)
                 .await?;
-            hookq_core::demo::load(&pool).await?;
+            hookq_testkit::demo::load(&pool).await?;
             sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
         }
         Some("queue") => queue_bench().await?,
@@ -255,7 +255,7 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
         .to_string();
         let sig = format!(
             "sha256={}",
-            hookq_core::signature::hmac_hex(secret.as_bytes(), body.as_bytes())
+            hookq_core::intake::signature::hmac_hex(secret.as_bytes(), body.as_bytes())
         );
         let t = Instant::now();
         let ack: serde_json::Value = http

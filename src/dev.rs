@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use futures::FutureExt;
 use hookq_core::{
     config::{Config, DatabaseConfig, Secret},
-    devdb::{ClusterOptions, LocalCluster},
-    signature,
+    intake::signature,
 };
+use hookq_testkit::devdb::{ClusterOptions, LocalCluster};
 use sqlx::{Connection, PgConnection};
 
 use crate::runtime;
@@ -75,7 +75,7 @@ pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     hookq_core::db::migrate(&pool)
         .await
         .context("migration failed")?;
-    hookq_core::demo::load(&pool)
+    hookq_testkit::demo::load(&pool)
         .await
         .context("loading demo data")?;
 

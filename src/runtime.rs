@@ -85,7 +85,7 @@ fn worker_pool_size(max_async_tasks: usize) -> u32 {
 /// One worker process (what the supervisor runs `TASKIQ_WORKERS` of).
 pub async fn worker_process(config: Config) -> Result<()> {
     let pool = connect(&config, worker_pool_size(config.max_async_tasks)).await?;
-    hookq_tasks::worker::run(pool, &config, shutdown_signal()).await?;
+    hookq_tasks::pipeline::run(pool, &config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use hookq_core::{config::Config, signature};
+use hookq_core::{config::Config, intake::signature};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
@@ -97,15 +97,15 @@ fn sample_body(kind: Sample, seq: u64, run: &str) -> Body {
         Sample::Comment => (
             "/webhooks/instagram",
             false,
-            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": now,
+            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": now,
                 "changes": [{"field": "comments", "value": {"from": {"id": format!("u{seq}"), "username": "loadtest"},
                 "media": {"id": "post_123"}, "id": format!("ig_{id}"), "text": format!("Comment {seq}")}}]}]}),
         ),
         Sample::Message => (
             "/webhooks/instagram",
             false,
-            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": now * 1000,
-                "messaging": [{"sender": {"id": format!("u{seq}")}, "recipient": {"id": hookq_core::demo::DEMO_IG_ACCOUNT},
+            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": now * 1000,
+                "messaging": [{"sender": {"id": format!("u{seq}")}, "recipient": {"id": hookq_testkit::demo::DEMO_IG_ACCOUNT},
                 "timestamp": now * 1000, "message": {"mid": format!("m_{id}"), "text": format!("Message {seq}")}}]}]}),
         ),
         Sample::Bridge => (

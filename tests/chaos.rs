@@ -745,7 +745,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
     .await;
     set_delivery(
         app.pool(),
-        hookq_core::demo::DEMO_IG_ACCOUNT,
+        hookq_testkit::demo::DEMO_IG_ACCOUNT,
         "callback",
         Some(&url),
     )
@@ -997,7 +997,7 @@ async fn sigterm_during_slow_deliveries_leaves_nothing_processing_and_replies_on
     )
     .await;
     let (mut sup, sup_pid) = start_workers(&env, 2).await;
-    let ingestor = hookq_tasks::ingest::Ingestor::new(
+    let ingestor = hookq_tasks::intake::Ingestor::new(
         db.pool.clone(),
         hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
         3,
@@ -1005,7 +1005,7 @@ async fn sigterm_during_slow_deliveries_leaves_nothing_processing_and_replies_on
     let mut ids = Vec::new();
     for i in 0..60 {
         let body = comment_on("post_slow", &format!("slow_{i}"));
-        let events = hookq_core::events::parse_instagram(body.as_bytes()).unwrap();
+        let events = hookq_core::intake::parse_instagram(body.as_bytes()).unwrap();
         ids.extend(ingestor.ingest(&events, None).await.unwrap().ids);
     }
     wait_requests(&receiver, 1).await;

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use common::*;
 use hookq_core::{
+    comment::ports::Directory,
     delivery::{
         self, Limits,
-        send::Target,
         store::{self, Claim},
     },
-    demo::DEMO_IG_ACCOUNT,
-    directory::{Directory, PgDirectory},
-    model::ReplyDelivery,
+    directory::PgDirectory,
+    resources::ReplyDelivery,
 };
+use hookq_tasks::outbound::send::Target;
+use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use serde_json::Value;
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
@@ -698,7 +699,7 @@ async fn endpoint_limits_defer_claims() {
         let (reply, target) = &replies[i];
         let pool = app.pool().clone();
         async move {
-            store::claim(&pool, reply, target, None, &limits)
+            store::claim(&pool, reply, &target.endpoint, None, &limits)
                 .await
                 .unwrap()
         }

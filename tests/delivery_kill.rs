@@ -9,11 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hookq_core::{delivery, demo::DEMO_IG_ACCOUNT, logs};
+use hookq_core::{delivery, logs};
 use hookq_tasks::{
     jobs::ProcessWebhook,
     queue::{self, EnqueueOptions},
 };
+use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use hookq_testkit::wait_for;
 use wiremock::{Mock, ResponseTemplate, matchers::method};
 

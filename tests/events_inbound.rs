@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use hookq_core::{delivery, demo::DEMO_IG_ACCOUNT};
+use hookq_core::delivery;
+use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 
 const FB_PAGE: &str = "448242228374517";
 const WA_PHONE_ID: &str = "106540352242922";

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hookq_core::demo::DEMO_IG_ACCOUNT;
+use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

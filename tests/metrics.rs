@@ -6,7 +6,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
-use hookq_core::demo::DEMO_IG_ACCOUNT;
+use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use hookq_testkit::wait_for;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -601,7 +601,9 @@ async fn retention_deletes_old_processed_logs_in_batches_and_keeps_dead_letters(
             .unwrap();
         }
     }
-    let purged = hookq_tasks::retention::purge(pool, 30, 2).await.unwrap();
+    let purged = hookq_tasks::ops::retention::purge(pool, 30, 2)
+        .await
+        .unwrap();
     assert_eq!(purged.deleted, 5, "three batches of at most 2");
     let left: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM webhook_logs GROUP BY status ORDER BY status")
@@ -617,7 +619,7 @@ async fn retention_deletes_old_processed_logs_in_batches_and_keeps_dead_letters(
         ]
     );
     assert_eq!(
-        hookq_tasks::retention::purge(pool, 30, 2)
+        hookq_tasks::ops::retention::purge(pool, 30, 2)
             .await
             .unwrap()
             .deleted,
@@ -640,7 +642,7 @@ async fn retention_job_runs_from_the_queue() {
     let mut tx = pool.begin().await.unwrap();
     let job = hookq_tasks::queue::enqueue(
         &mut tx,
-        &hookq_tasks::retention::PurgeLogs { retention_days: 2 },
+        &hookq_tasks::ops::retention::PurgeLogs { retention_days: 2 },
         &Default::default(),
     )
     .await
@@ -717,7 +719,8 @@ async fn api_process_logs_are_json_and_never_hold_secrets() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let bridge = fixture("bridge_message_received.json");
-    let bridge_sig = hookq_core::signature::hmac_hex(BRIDGE_SECRET.as_bytes(), bridge.as_bytes());
+    let bridge_sig =
+        hookq_core::intake::signature::hmac_hex(BRIDGE_SECRET.as_bytes(), bridge.as_bytes());
     let r = http
         .post(format!("{base}/webhooks/whatsapp"))
         .header("X-Webhook-Signature", &bridge_sig)

@@ -95,8 +95,8 @@ async fn a_batch_of_three_comments_makes_three_rows() {
             "from": {"id": "u1", "username": "ana"}, "media": {"id": "m1"}, "id": id, "text": "Nice!"}})
     };
     let body = serde_json::json!({"object": "instagram", "entry": [
-        {"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": 1785412861, "changes": [change("c1"), change("c2")]},
-        {"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": 1785412862, "changes": [change("c3")]}
+        {"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": 1785412861, "changes": [change("c1"), change("c2")]},
+        {"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": 1785412862, "changes": [change("c3")]}
     ]})
     .to_string();
     let (status, ack) = json(app.post_instagram(&body).await).await;
@@ -145,8 +145,8 @@ async fn each_skip_reason_is_recorded() {
     let closed = compact("s_closed", "hello").replace("\"post_123\"", "\"post_closed\"");
     cases.push((closed, "replies_disabled"));
     // The account's own comment (Meta shape: from.id == entry.id).
-    let own = serde_json::json!({"object": "instagram", "entry": [{"id": hookq_core::demo::DEMO_IG_ACCOUNT, "time": 1,
-        "changes": [{"field": "comments", "value": {"from": {"id": hookq_core::demo::DEMO_IG_ACCOUNT, "username": "acme"},
+    let own = serde_json::json!({"object": "instagram", "entry": [{"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": 1,
+        "changes": [{"field": "comments", "value": {"from": {"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "username": "acme"},
         "media": {"id": "m1"}, "id": "own_1", "text": "Thanks all!"}}]}]})
     .to_string();
     cases.push((own, "own_message"));
@@ -167,7 +167,7 @@ async fn each_skip_reason_is_recorded() {
 async fn missing_data_is_dead_lettered_with_a_clear_message() {
     let app = spawn_app(Options::default()).await;
     // An account no integration has.
-    let body = fixture("ig_comments.json").replace(hookq_core::demo::DEMO_IG_ACCOUNT, "999000");
+    let body = fixture("ig_comments.json").replace(hookq_testkit::demo::DEMO_IG_ACCOUNT, "999000");
     let (_, ack) = json(app.post_instagram(&body).await).await;
     let row = app
         .wait_status(ack["ids"][0].as_i64().unwrap(), "dead_letter")
@@ -617,7 +617,7 @@ async fn a_dead_job_dead_letters_only_the_log_it_still_owns() {
         let (pool, config) = (pool.clone(), app.config.clone());
         async move {
             let mut rx = rx;
-            hookq_tasks::worker::run(pool, &config, async move {
+            hookq_tasks::pipeline::run(pool, &config, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await

@@ -33,13 +33,13 @@ async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
     );
 
     // The restarted set still processes work: ingest through the real transaction.
-    let ingestor = hookq_tasks::ingest::Ingestor::new(
+    let ingestor = hookq_tasks::intake::Ingestor::new(
         db.pool.clone(),
         hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
         3,
     );
     let events =
-        hookq_core::events::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();
+        hookq_core::intake::parse_instagram(compact("proc_1", "hello").as_bytes()).unwrap();
     let id = ingestor.ingest(&events, None).await.unwrap().ids[0];
     wait_for(
         20,
@@ -186,7 +186,7 @@ async fn dev_without_a_database_runs_its_own_postgres() {
 /// Stops the cluster and removes its folder when the test ends, passed or not.
 struct ClusterFolder {
     root: std::path::PathBuf,
-    cluster: Option<hookq_core::devdb::LocalCluster>,
+    cluster: Option<hookq_testkit::devdb::LocalCluster>,
 }
 
 impl Drop for ClusterFolder {
@@ -206,7 +206,7 @@ impl Drop for ClusterFolder {
 #[tokio::test]
 #[ignore = "starts a second PostgreSQL cluster: run by scripts/test"]
 async fn dev_cluster_starts_from_a_deep_folder_and_says_why_when_it_cannot() {
-    use hookq_core::devdb::{ClusterOptions, LocalCluster};
+    use hookq_testkit::devdb::{ClusterOptions, LocalCluster};
     use sqlx::Connection;
 
     let root = std::env::temp_dir().join(format!("hookq-deep-{}", std::process::id()));

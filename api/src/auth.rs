@@ -4,7 +4,7 @@
 //! The token is compared in constant time. With no token configured every admin route
 //! answers 401: an unset variable must never mean "open".
 
-use hookq_core::signature::token_eq;
+use hookq_core::intake::signature::token_eq;
 use poem::Request;
 use poem_openapi::{SecurityScheme, auth::Bearer};
 

@@ -14,9 +14,9 @@
 
 use hookq_core::{
     db::{DbFailure, classify},
-    events::ParseError,
+    intake::ParseError,
 };
-use hookq_tasks::{ingest::IngestError, queue::QueueError};
+use hookq_tasks::{intake::IngestError, queue::QueueError};
 use poem::{Response, error::ResponseError, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
 

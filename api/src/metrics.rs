@@ -26,7 +26,7 @@
 
 use std::{fmt::Write, sync::OnceLock, time::Instant};
 
-use hookq_core::stats;
+use hookq_core::logs::reads as stats;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode, web::Data};
 use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};

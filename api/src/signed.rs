@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 
 use bytes::Bytes;
-use hookq_core::{config::Config, signature};
+use hookq_core::{config::Config, intake::signature};
 use poem::{Request, RequestBody, error::ReadBodyError};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use hookq_core::{config::Config, db::Availability};
-use hookq_tasks::{ingest::Ingestor, queue::Notifier};
+use hookq_tasks::{intake::Ingestor, queue::Notifier};
 use sqlx::PgPool;
 
 #[derive(Clone)]

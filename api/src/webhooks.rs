@@ -3,15 +3,15 @@
 //! A body reaches these handlers only once [`SignedBody`] has checked its signature on
 //! the raw bytes; the parsers then work on the decoded value (and replace any NUL in it
 //! with U+FFFD, so such an event is stored rather than refused: see
-//! [`storable`](hookq_core::events::storable)). An event the ingest seam still finds
+//! [`storable`](hookq_core::intake::storable)). An event the ingest seam still finds
 //! unstorable is that request's own `422`, never a `503` for it or for the requests that
 //! shared its batch.
 
 use hookq_core::{
-    events::{ParsedEvent, parse_instagram, parse_whatsapp},
-    signature,
+    intake::signature,
+    intake::{ParsedEvent, parse_instagram, parse_whatsapp},
 };
-use hookq_tasks::ingest::IngestError;
+use hookq_tasks::intake::IngestError;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,

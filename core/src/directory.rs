@@ -13,41 +13,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    comment::ports::Directory,
     error::Result,
-    model::{Integration, Persona, PersonaTemplate, Post, User},
+    resources::{Integration, Persona, PersonaTemplate, Post, User},
 };
-
-#[async_trait]
-pub trait Directory: Send + Sync {
-    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<User>>;
-    async fn integration_by_account(
-        &self,
-        platform: &str,
-        account_id: &str,
-    ) -> Result<Option<Integration>>;
-    async fn integrations_of_user(&self, user_id: Uuid, platform: &str)
-    -> Result<Vec<Integration>>;
-    async fn integration(&self, id: Uuid) -> Result<Option<Integration>>;
-    async fn post(&self, integration_id: Uuid, external_id: &str) -> Result<Option<Post>>;
-    /// A post with this external id on any of the user's integrations for `platform`
-    /// (the compact shape names the post but not the account).
-    async fn post_of_user(
-        &self,
-        user_id: Uuid,
-        platform: &str,
-        external_id: &str,
-    ) -> Result<Option<Post>>;
-    async fn persona(&self, id: Uuid) -> Result<Option<(Persona, PersonaTemplate)>>;
-    async fn persona_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> Result<Option<(Persona, PersonaTemplate)>>;
-    /// The directory's change counter as a statement that started a log read it
-    /// (`directory_version`, bumped by triggers on every write to the tables above). A
-    /// caching directory drops what it holds when the counter moves past what it was
-    /// filled under; an uncached one has nothing to do.
-    fn observe_version(&self, _version: i64) {}
-}
 
 #[derive(Clone)]
 pub struct PgDirectory {

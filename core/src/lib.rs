@@ -1,22 +1,48 @@
-//! hookq's domain: configuration, the inbound event model, signature checks,
-//! repositories and the comment use case. Knows nothing of HTTP or of the job queue.
+//! hookq's domain: what a webhook is, what happens to it, and the tables that remember
+//! it. Knows nothing of HTTP (no server, no client) or of the job queue: the rooms are
+//! cut by responsibility, and each opens with what lives there and why.
+//!
+//! | room | holds |
+//! |---|---|
+//! | [`intake`] | signature checks, the inbound event model and its parsers, storability |
+//! | [`logs`] | `webhook_logs`: its row, its status vocabulary, every transition, every read |
+//! | [`comment`] | the comment use case, a function over the [`comment::ports`] |
+//! | [`delivery`] | the at-most-once reply delivery protocol and its tables |
+//! | [`resources`] | the five admin resources: users, integrations, templates, personas, posts |
+//! | [`directory`] | the use case's cached read-only lookups of those resources |
+//! | [`config`], [`db`], [`error`] | configuration read once; database failures classified once; the domain's error |
 
-pub mod admin;
+/// Implements `as_str`/`parse`/`Display` for a fieldless enum stored as text in Postgres.
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// The value as stored.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+            /// The value a stored text names; `None` for any other text.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$variant),)+ _ => None }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+pub mod comment;
 pub mod config;
 pub mod db;
 pub mod delivery;
-pub mod demo;
-pub mod devdb;
 pub mod directory;
 pub mod error;
-pub mod events;
-pub mod llm;
+pub mod intake;
 pub mod logs;
-pub mod model;
-pub mod reply;
-pub mod rules;
-pub mod signature;
-pub mod stats;
-pub mod usecase;
+pub mod resources;
 
 pub use error::{Error, FailureKind, Result};

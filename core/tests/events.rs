@@ -1,6 +1,6 @@
 //! Webhook body parsing: every spec fixture, batching, dedup keys, and hostile input.
 
-use hookq_core::events::{
+use hookq_core::intake::{
     AccountRef, Handling, MAX_EVENTS_PER_BODY, ParseError, ParsedEvent, Source, parse_instagram,
     parse_whatsapp,
 };

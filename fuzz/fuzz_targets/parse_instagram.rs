@@ -4,13 +4,13 @@
 //! value would fail its whole ingest batch.
 #![no_main]
 
-use hookq_core::events::storable;
+use hookq_core::intake::storable;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(events) = hookq_core::events::parse_instagram(data) {
+    if let Ok(events) = hookq_core::intake::parse_instagram(data) {
         assert!(!events.is_empty());
-        assert!(events.len() <= hookq_core::events::MAX_EVENTS_PER_BODY);
+        assert!(events.len() <= hookq_core::intake::MAX_EVENTS_PER_BODY);
         for e in events {
             assert!(e.payload.is_object());
             assert!(!e.dedup_key.is_empty() && e.dedup_key.len() <= 600);

@@ -2,7 +2,7 @@
 //! and the real signature of the same body always verifies.
 #![no_main]
 
-use hookq_core::signature::{hmac_hex, standard_sign, standard_verify, verify_meta};
+use hookq_core::intake::signature::{hmac_hex, standard_sign, standard_verify, verify_meta};
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: &str = "fuzz-secret";

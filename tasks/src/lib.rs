@@ -1,15 +1,25 @@
-//! Job types, the queue engine (its jobs run as apalis workers), the worker runtime and its
-//! process supervisor. Depends on `hookq-core`; knows nothing of HTTP.
+//! Everything that runs jobs: the queue engine, the webhook pipeline's job handlers, the
+//! intake writer that stores webhooks with their jobs, outbound HTTP, operator actions and
+//! the worker process supervisor. Depends on `hookq-core`; serves no HTTP.
+//!
+//! | room | holds |
+//! |---|---|
+//! | [`queue`] | the Postgres job queue (River's shape; apalis at one edge) |
+//! | [`intake`] | group-committed storing of webhooks, each log with its job |
+//! | [`pipeline`] | the worker process: `process_webhook` (the comment use case) and `deliver_reply`, the reply outbox, the grouped log writers |
+//! | [`outbound`] | every outbound HTTP request: reply delivery, the SSRF guard, the LLM |
+//! | [`ops`] | operator actions and housekeeping: retry, retention |
+//! | [`batch`] | the group-commit primitive intake and the pipeline share |
+//! | [`jobs`], [`error`], [`supervisor`] | the pipeline's job types; this crate's error; the worker process supervisor |
 
-pub mod delivery;
+pub mod batch;
 pub mod error;
-pub mod group;
-pub mod ingest;
+pub mod intake;
 pub mod jobs;
-pub mod logstore;
+pub mod ops;
+pub mod outbound;
+pub mod pipeline;
 pub mod queue;
-pub mod retention;
 pub mod supervisor;
-pub mod worker;
 
 pub use error::Error;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use hookq_core::{
-    directory::{CachedDirectory, Directory, PgDirectory},
-    logs::{LogStore, PgLogStore},
+    comment::ports::{Directory, LogStore},
+    directory::{CachedDirectory, PgDirectory},
+    logs::PgLogStore,
 };
 use hookq_testkit::fresh_db;
 use sqlx::PgPool;
@@ -21,7 +22,7 @@ async fn version(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn cached_lookups_are_dropped_when_the_directory_version_moves() {
     let db = fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
+    hookq_testkit::demo::load(&db.pool).await.unwrap();
     let dir = CachedDirectory::new(Arc::new(PgDirectory {
         pool: db.pool.clone(),
     }));

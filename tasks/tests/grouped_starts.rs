@@ -1,11 +1,11 @@
 //! Grouped run starts against real Postgres (the grouping itself is unit-tested in
-//! `hookq_tasks::group`): under concurrency each caller gets its own log back, a log that is not startable answers `None`, and two
+//! `hookq_tasks::batch`): under concurrency each caller gets its own log back, a log that is not startable answers `None`, and two
 //! starts of one log (a re-run racing a late run) both start, one after the other.
 
 use std::sync::Arc;
 
-use hookq_core::{events::ParsedEvent, logs::LogStore};
-use hookq_tasks::{ingest::Ingestor, logstore::GroupedLogStore, queue::Notifier};
+use hookq_core::{comment::ports::LogStore, intake::ParsedEvent};
+use hookq_tasks::{intake::Ingestor, pipeline::starts::GroupedLogStore, queue::Notifier};
 use hookq_testkit::{comment_event, fresh_db};
 use tokio::sync::Barrier;
 

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use hookq_tasks::{ingest::Ingestor, queue::Notifier};
+use hookq_tasks::{intake::Ingestor, queue::Notifier};
 use hookq_testkit::{comment_event, fresh_db};
 use tokio::sync::Barrier;
 

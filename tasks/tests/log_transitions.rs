@@ -7,7 +7,7 @@
 use chrono::{Duration, Utc};
 use hookq_core::{
     logs::transitions::{self as t, Owner, Reply, Transition},
-    model::{LogStatus, Outcome},
+    logs::{LogStatus, Outcome},
 };
 use hookq_testkit::fresh_db;
 use sqlx::PgPool;

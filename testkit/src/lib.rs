@@ -1,14 +1,19 @@
-//! Test support: one throwaway local Postgres per test run, and a fresh, migrated
-//! database per test.
+//! Development and test support: a local PostgreSQL cluster launcher ([`devdb`], used by
+//! `hookq dev` and the tests), the demo data ([`demo`]), and a fresh, migrated database
+//! per test. Not the domain (`hookq-core`): nothing here is part of a running service's
+//! behaviour, only of the ways a developer starts one.
 //!
 //! The cluster is `HOOKQ_TEST_DATABASE_URL` (an admin URL) when set, else a private
 //! cluster under `$HOOKQ_TEST_PG_DIR` (default `/tmp/hookq-test-pg`) started on first use
 //! and shared by every test process. Each test gets `CREATE DATABASE … TEMPLATE` of a
 //! template database migrated once per migration set, which takes milliseconds.
 
+pub mod demo;
+pub mod devdb;
+
 use std::path::PathBuf;
 
-use hookq_core::devdb::{ClusterOptions, LocalCluster};
+use devdb::{ClusterOptions, LocalCluster};
 // Database names in DDL cannot be bind parameters; ours are generated hex and UUIDs.
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
@@ -190,8 +195,8 @@ where
 
 /// A compact Instagram comment for the demo user and persona, keyed (dedup key, item
 /// id and payload) by `key`: what the ingest and worker tests store.
-pub fn comment_event(key: &str) -> hookq_core::events::ParsedEvent {
-    use hookq_core::events::{AccountRef, Handling, ParsedEvent, Source};
+pub fn comment_event(key: &str) -> hookq_core::intake::ParsedEvent {
+    use hookq_core::intake::{AccountRef, Handling, ParsedEvent, Source};
     ParsedEvent {
         dedup_key: key.to_owned(),
         source: Source::Instagram,

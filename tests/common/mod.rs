@@ -7,7 +7,7 @@ use std::{collections::HashMap, process::Stdio, time::Duration};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use hookq_core::{config::Config, signature};
+use hookq_core::{config::Config, intake::signature};
 use hookq_testkit::{TestDb, fresh_db, wait_for};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -85,7 +85,9 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     env.extend(opts.env);
     let config = config_from(&env);
     if opts.demo {
-        hookq_core::demo::load(&db.pool).await.expect("demo data");
+        hookq_testkit::demo::load(&db.pool)
+            .await
+            .expect("demo data");
     }
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -110,7 +112,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
         let config = config.clone();
         let shutdown = stopped(rx.clone());
         tasks.push(tokio::spawn(async move {
-            hookq_tasks::worker::run(pool, &config, shutdown)
+            hookq_tasks::pipeline::run(pool, &config, shutdown)
                 .await
                 .unwrap();
         }));
@@ -309,7 +311,7 @@ pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// on it needs ([`base_env`] plus `extra`).
 pub async fn demo_env(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
     let db = fresh_db().await;
-    hookq_core::demo::load(&db.pool).await.unwrap();
+    hookq_testkit::demo::load(&db.pool).await.unwrap();
     let mut env = base_env(&db.url);
     env.extend(env_of(extra));
     (db, env)

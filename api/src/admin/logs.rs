@@ -12,15 +12,11 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use hookq_core::{
-    logs::LogRow,
-    model::LogStatus,
-    stats::{self, GroupCount, LogFilter, LogSummary},
+use hookq_core::logs::{
+    LogRow, LogStatus,
+    reads::{self as stats, GroupCount, LogFilter, LogSummary},
 };
-use hookq_tasks::{
-    jobs::ProcessWebhook,
-    queue::{self, EnqueueOptions},
-};
+use hookq_tasks::{ops::retry, queue};
 use poem::{IntoResponse, Response, web::Data};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -712,31 +708,24 @@ impl LogsApi {
         ops: Data<&OpsState>,
         id: Path<i64>,
     ) -> AdminResult<Retried> {
-        let mut tx = state.pool.begin().await.map_err(hookq_core::Error::from)?;
-        let c = stats::lock_for_retry(&mut tx, id.0)
-            .await?
-            .ok_or(hookq_core::Error::NotFound)?;
-        if !c.status_ok {
-            return Err(conflict(format!(
-                "log {} is {}: only failed or dead_letter logs can be retried",
-                c.id, c.status
-            )));
-        }
-        let job = queue::enqueue(
-            &mut tx,
-            &ProcessWebhook { log_id: c.id },
-            &job_options(&state),
+        let selection = retry::Selection::One(id.0);
+        match retry::retry_logs(
+            &state.pool,
+            &ops.notifier,
+            selection,
+            state.config.max_attempts,
         )
-        .await?;
-        queue::cancel_pending(&mut tx, &c.old_job_id.into_iter().collect::<Vec<_>>()).await?;
-        hookq_core::logs::transitions::reset_for_retry(&mut *tx, &[c.id], &[job]).await?;
-        tx.commit().await.map_err(hookq_core::Error::from)?;
-        ops.notifier.kick();
-        tracing::info!(log_id = c.id, job_id = job, "operator retry");
-        Ok(Json(Retried {
-            retried: 1,
-            ids: vec![c.id],
-        }))
+        .await?
+        {
+            retry::Retried::Logs(ids) => Ok(Json(Retried {
+                retried: ids.len() as u32,
+                ids,
+            })),
+            retry::Retried::NotFound => Err(ApiError::NotFound.into()),
+            retry::Retried::NotRetryable { id, status } => Err(conflict(format!(
+                "log {id} is {status}: only failed or dead_letter logs can be retried"
+            ))),
+        }
     }
 
     /// The same for every `failed`/`dead_letter` log matching the filter body (oldest
@@ -768,27 +757,25 @@ impl LogsApi {
             .into());
         }
         let limit = f.limit.unwrap_or(1000).clamp(1, 10_000);
-        let mut tx = state.pool.begin().await.map_err(hookq_core::Error::from)?;
-        let found = stats::lock_matching_for_retry(&mut tx, &filter, limit.into()).await?;
-        let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
-        let jobs: Vec<ProcessWebhook> = ids
-            .iter()
-            .map(|&log_id| ProcessWebhook { log_id })
-            .collect();
-        let job_ids = queue::enqueue_many(&mut tx, &jobs, &job_options(&state)).await?;
-        let old: Vec<i64> = found.iter().filter_map(|c| c.old_job_id).collect();
-        queue::cancel_pending(&mut tx, &old).await?;
-        let reset =
-            hookq_core::logs::transitions::reset_for_retry(&mut *tx, &ids, &job_ids).await?;
-        tx.commit().await.map_err(hookq_core::Error::from)?;
-        if !reset.is_empty() {
-            ops.notifier.kick();
+        let selection = retry::Selection::Matching {
+            filter: &filter,
+            limit: limit.into(),
+        };
+        match retry::retry_logs(
+            &state.pool,
+            &ops.notifier,
+            selection,
+            state.config.max_attempts,
+        )
+        .await?
+        {
+            retry::Retried::Logs(ids) => Ok(Json(Retried {
+                retried: ids.len() as u32,
+                ids,
+            })),
+            // A filter selects; it names no log that could be missing or in the wrong state.
+            other => Err(ApiError::Internal(format!("bulk retry answered {other:?}")).into()),
         }
-        tracing::info!(count = reset.len(), "operator bulk retry");
-        Ok(Json(Retried {
-            retried: reset.len() as u32,
-            ids: reset,
-        }))
     }
 
     /// Deletes one log.
@@ -807,13 +794,6 @@ impl LogsApi {
 }
 
 /// Retried jobs get `HOOKQ_MAX_ATTEMPTS` fresh attempts.
-fn job_options(state: &AppState) -> EnqueueOptions {
-    EnqueueOptions {
-        max_attempts: Some(state.config.max_attempts.try_into().unwrap_or(i32::MAX)),
-        ..EnqueueOptions::default()
-    }
-}
-
 /// How far back each poll looks past the newest change it has seen: a transaction that
 /// stamped `updated_at` before committing becomes visible late, and this overlap still
 /// catches it. Rows already sent are skipped by `(id, updated_at)`.

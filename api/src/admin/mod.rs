@@ -1,8 +1,8 @@
 //! The admin API under `/api` (contract sections 3 and 7): webhook logs, the five
 //! resources, and jobs. Every route takes [`AdminAuth`](crate::auth::AdminAuth).
 //!
-//! Handlers stay thin: they turn HTTP shapes into calls on `hookq_core::admin`,
-//! `hookq_core::stats` and the queue, and errors into statuses through
+//! Handlers stay thin: they turn HTTP shapes into calls on `hookq_core::resources`,
+//! `hookq_core::logs::reads` and the queue, and errors into statuses through
 //! [`crate::error`].
 //!
 //! Answers have one shape: every field an answer object declares is always present, an
@@ -136,7 +136,7 @@ pub type AdminResult<T> = Result<Json<T>, AdminError>;
 #[derive(Clone)]
 pub struct OpsState {
     pub notifier: Notifier,
-    pub counts: Arc<Cached<Vec<hookq_core::stats::GroupCount>>>,
+    pub counts: Arc<Cached<Vec<hookq_core::logs::reads::GroupCount>>>,
 }
 
 impl OpsState {

@@ -6,7 +6,7 @@
 //! whether one is set (`has_access_token`, `has_callback_secret`).
 
 use chrono::{DateTime, Utc};
-use hookq_core::{admin, model};
+use hookq_core::resources as model;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -39,7 +39,7 @@ fn patch<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
 }
 
 fn page<T, U: ParseFromJSON + ToJSON + Send + Sync>(
-    listed: admin::Listed<T>,
+    listed: model::Listed<T>,
     limit: u32,
     offset: u32,
     f: impl Fn(T) -> U,
@@ -325,12 +325,12 @@ impl ResourcesApi {
         s: Data<&AppState>,
         b: Json<NewUser>,
     ) -> CreateResult<User> {
-        let new = admin::NewUser {
+        let new = model::NewUser {
             external_id: b.0.external_id,
             name: b.0.name,
         };
         Ok(Created::Created(Json(
-            admin::create_user(&s.pool, &new).await?.into(),
+            model::create_user(&s.pool, &new).await?.into(),
         )))
     }
 
@@ -345,7 +345,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<User>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            admin::list_users(&s.pool, l.into(), o.into()).await?,
+            model::list_users(&s.pool, l.into(), o.into()).await?,
             l,
             o,
             User::from,
@@ -359,7 +359,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<User> {
-        Ok(Json(admin::get_user(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_user(&s.pool, id.0).await?.into()))
     }
 
     #[oai(path = "/users/:id", method = "patch")]
@@ -370,11 +370,11 @@ impl ResourcesApi {
         id: Path<Uuid>,
         b: Json<UserPatch>,
     ) -> AdminResult<User> {
-        let p = admin::UserPatch {
+        let p = model::UserPatch {
             external_id: b.0.external_id,
             name: b.0.name,
         };
-        Ok(Json(admin::update_user(&s.pool, id.0, &p).await?.into()))
+        Ok(Json(model::update_user(&s.pool, id.0, &p).await?.into()))
     }
 
     /// Deletes a user with its integrations and personas.
@@ -385,7 +385,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Deleted> {
-        admin::delete_user(&s.pool, id.0).await?;
+        model::delete_user(&s.pool, id.0).await?;
         Ok(Json(Deleted { deleted: true }))
     }
 
@@ -399,7 +399,7 @@ impl ResourcesApi {
         b: Json<NewIntegration>,
     ) -> CreateResult<Integration> {
         let b = b.0;
-        let new = admin::NewIntegration {
+        let new = model::NewIntegration {
             user_id: b.user_id,
             platform: b.platform,
             account_id: b.account_id,
@@ -410,7 +410,7 @@ impl ResourcesApi {
             default_persona_id: b.default_persona_id,
         };
         Ok(Created::Created(Json(
-            admin::create_integration(&s.pool, &new).await?.into(),
+            model::create_integration(&s.pool, &new).await?.into(),
         )))
     }
 
@@ -424,7 +424,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Integration>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            admin::list_integrations(&s.pool, l.into(), o.into()).await?,
+            model::list_integrations(&s.pool, l.into(), o.into()).await?,
             l,
             o,
             Integration::from,
@@ -438,7 +438,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Integration> {
-        Ok(Json(admin::get_integration(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_integration(&s.pool, id.0).await?.into()))
     }
 
     #[oai(path = "/integrations/:id", method = "patch")]
@@ -450,7 +450,7 @@ impl ResourcesApi {
         b: Json<IntegrationPatch>,
     ) -> AdminResult<Integration> {
         let b = b.0;
-        let p = admin::IntegrationPatch {
+        let p = model::IntegrationPatch {
             user_id: b.user_id,
             platform: b.platform,
             account_id: b.account_id,
@@ -462,7 +462,7 @@ impl ResourcesApi {
             delivery_enabled: b.delivery_enabled,
         };
         Ok(Json(
-            admin::update_integration(&s.pool, id.0, &p).await?.into(),
+            model::update_integration(&s.pool, id.0, &p).await?.into(),
         ))
     }
 
@@ -474,7 +474,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Deleted> {
-        admin::delete_integration(&s.pool, id.0).await?;
+        model::delete_integration(&s.pool, id.0).await?;
         Ok(Json(Deleted { deleted: true }))
     }
 
@@ -485,13 +485,13 @@ impl ResourcesApi {
         s: Data<&AppState>,
         b: Json<NewPersonaTemplate>,
     ) -> CreateResult<PersonaTemplate> {
-        let new = admin::NewTemplate {
+        let new = model::NewTemplate {
             name: b.0.name,
             reply_template: b.0.reply_template,
             system_prompt: b.0.system_prompt,
         };
         Ok(Created::Created(Json(
-            admin::create_template(&s.pool, &new).await?.into(),
+            model::create_template(&s.pool, &new).await?.into(),
         )))
     }
 
@@ -505,7 +505,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<PersonaTemplate>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            admin::list_templates(&s.pool, l.into(), o.into()).await?,
+            model::list_templates(&s.pool, l.into(), o.into()).await?,
             l,
             o,
             PersonaTemplate::from,
@@ -519,7 +519,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<PersonaTemplate> {
-        Ok(Json(admin::get_template(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_template(&s.pool, id.0).await?.into()))
     }
 
     #[oai(path = "/persona-templates/:id", method = "patch")]
@@ -530,13 +530,13 @@ impl ResourcesApi {
         id: Path<Uuid>,
         b: Json<PersonaTemplatePatch>,
     ) -> AdminResult<PersonaTemplate> {
-        let p = admin::TemplatePatch {
+        let p = model::TemplatePatch {
             name: b.0.name,
             reply_template: b.0.reply_template,
             system_prompt: patch(b.0.system_prompt),
         };
         Ok(Json(
-            admin::update_template(&s.pool, id.0, &p).await?.into(),
+            model::update_template(&s.pool, id.0, &p).await?.into(),
         ))
     }
 
@@ -548,7 +548,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Deleted> {
-        admin::delete_template(&s.pool, id.0).await?;
+        model::delete_template(&s.pool, id.0).await?;
         Ok(Json(Deleted { deleted: true }))
     }
 
@@ -562,7 +562,7 @@ impl ResourcesApi {
         b: Json<NewPersona>,
     ) -> CreateResult<Persona> {
         let b = b.0;
-        let new = admin::NewPersona {
+        let new = model::NewPersona {
             external_id: b.external_id,
             user_id: b.user_id,
             template_id: b.template_id,
@@ -570,7 +570,7 @@ impl ResourcesApi {
             blocklist: b.blocklist,
         };
         Ok(Created::Created(Json(
-            admin::create_persona(&s.pool, &new).await?.into(),
+            model::create_persona(&s.pool, &new).await?.into(),
         )))
     }
 
@@ -584,7 +584,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Persona>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            admin::list_personas(&s.pool, l.into(), o.into()).await?,
+            model::list_personas(&s.pool, l.into(), o.into()).await?,
             l,
             o,
             Persona::from,
@@ -598,7 +598,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Persona> {
-        Ok(Json(admin::get_persona(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_persona(&s.pool, id.0).await?.into()))
     }
 
     #[oai(path = "/personas/:id", method = "patch")]
@@ -610,14 +610,14 @@ impl ResourcesApi {
         b: Json<PersonaPatch>,
     ) -> AdminResult<Persona> {
         let b = b.0;
-        let p = admin::PersonaPatch {
+        let p = model::PersonaPatch {
             external_id: b.external_id,
             user_id: b.user_id,
             template_id: b.template_id,
             name: b.name,
             blocklist: b.blocklist,
         };
-        Ok(Json(admin::update_persona(&s.pool, id.0, &p).await?.into()))
+        Ok(Json(model::update_persona(&s.pool, id.0, &p).await?.into()))
     }
 
     #[oai(path = "/personas/:id", method = "delete")]
@@ -627,7 +627,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Deleted> {
-        admin::delete_persona(&s.pool, id.0).await?;
+        model::delete_persona(&s.pool, id.0).await?;
         Ok(Json(Deleted { deleted: true }))
     }
 
@@ -641,7 +641,7 @@ impl ResourcesApi {
         b: Json<NewPost>,
     ) -> CreateResult<Post> {
         let b = b.0;
-        let new = admin::NewPost {
+        let new = model::NewPost {
             external_id: b.external_id,
             integration_id: b.integration_id,
             persona_id: b.persona_id,
@@ -649,7 +649,7 @@ impl ResourcesApi {
             replies_enabled: b.replies_enabled,
         };
         Ok(Created::Created(Json(
-            admin::create_post(&s.pool, &new).await?.into(),
+            model::create_post(&s.pool, &new).await?.into(),
         )))
     }
 
@@ -663,7 +663,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Post>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            admin::list_posts(&s.pool, l.into(), o.into()).await?,
+            model::list_posts(&s.pool, l.into(), o.into()).await?,
             l,
             o,
             Post::from,
@@ -677,7 +677,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Post> {
-        Ok(Json(admin::get_post(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_post(&s.pool, id.0).await?.into()))
     }
 
     #[oai(path = "/posts/:id", method = "patch")]
@@ -689,14 +689,14 @@ impl ResourcesApi {
         b: Json<PostPatch>,
     ) -> AdminResult<Post> {
         let b = b.0;
-        let p = admin::PostPatch {
+        let p = model::PostPatch {
             external_id: b.external_id,
             integration_id: b.integration_id,
             persona_id: patch(b.persona_id),
             caption: b.caption,
             replies_enabled: b.replies_enabled,
         };
-        Ok(Json(admin::update_post(&s.pool, id.0, &p).await?.into()))
+        Ok(Json(model::update_post(&s.pool, id.0, &p).await?.into()))
     }
 
     #[oai(path = "/posts/:id", method = "delete")]
@@ -706,7 +706,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Deleted> {
-        admin::delete_post(&s.pool, id.0).await?;
+        model::delete_post(&s.pool, id.0).await?;
         Ok(Json(Deleted { deleted: true }))
     }
 }

@@ -20,19 +20,20 @@
 //! `statuses`) and Bridge `connection.status` events are applied through
 //! [`DeliveryReports`], so the use case stays a function over traits.
 
-pub mod guard;
-pub mod send;
 pub mod store;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{error::Result, logs::LogRow, model::ReplyDelivery};
+use crate::{
+    comment::ports::{ConnectionReport, ProviderReport},
+    logs::LogRow,
+    resources::ReplyDelivery,
+};
 
 pub use store::{PgDeliveryStore, delivery_attempts, latest_connection_statuses, outbound_reply};
 
@@ -175,79 +176,28 @@ impl Default for Limits {
     }
 }
 
-/// What the use case hands the outbox once a reply exists.
-#[derive(Debug, Clone)]
-pub struct ReplyRecord<'a> {
-    pub log_id: i64,
-    pub text: &'a str,
-    pub integration_id: Option<Uuid>,
-    pub persona_id: Option<Uuid>,
-    pub delivery: ReplyDelivery,
-}
-
-/// What recording a reply did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// `none` delivery (or already delivered): the log is `processed`, outcome `replied`.
-    Finished,
-    /// Staged with its delivery job; the log stays `processing` until delivery ends.
-    Delivering,
-    /// A delivery of this reply is already under way (a stale re-run of the log's job).
-    AlreadyDelivering,
-    /// The log was no longer `processing`: another run finished it; nothing written.
-    NotProcessing,
-}
-
-/// Stores a generated reply and, in the same transaction, either finishes the log or
-/// stages its delivery with the job that will deliver it. Implemented next to the queue
-/// (`hookq-tasks`), so the use case never sees queue types.
-#[async_trait]
-pub trait ReplyOutbox: Send + Sync {
-    async fn record_reply(&self, reply: &ReplyRecord<'_>) -> Result<Recorded>;
-}
-
-/// A platform's report about one of our outbound messages.
+/// Where one delivery request goes, as the delivery tables record it (the request itself,
+/// with its body and credentials, is built by the outbound HTTP room in `hookq-tasks`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderReport {
-    /// The id the platform gave the message when we sent it.
-    pub message_id: String,
-    /// `sent`, `delivered`, `read` or `failed` (as the platform names it).
-    pub status: String,
-    pub error: Option<String>,
-    pub at: Option<DateTime<Utc>>,
+pub struct Endpoint {
+    pub kind: ReplyDelivery,
+    /// The URL as stored and shown: no query string, no credentials.
+    pub shown_url: String,
+    /// What the rate limits count by: `callback:<host:port>`, or
+    /// `graph_api:<integration id>` (Meta limits per token, so one busy account must not
+    /// slow the others).
+    pub limit_key: String,
 }
 
-/// The outbound reply a report matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Matched {
-    pub reply_id: i64,
-    pub integration_id: Option<Uuid>,
-}
-
-/// A Bridge `connection.status` event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionReport {
-    pub connection_key: String,
-    pub session_id: Option<String>,
-    pub phone_number: Option<String>,
-    pub status: String,
-    pub at: Option<DateTime<Utc>>,
-    pub data: Value,
-}
-
-/// Where the use case sends delivery reports and connection statuses.
-#[async_trait]
-pub trait DeliveryReports: Send + Sync {
-    /// Applies the report to the outbound reply whose provider message id it names;
-    /// `None` when no reply matches.
-    async fn apply_report(&self, report: &ProviderReport) -> Result<Option<Matched>>;
-    /// Keeps the report as its connection's latest status (unless a newer one is known).
-    async fn record_connection(
-        &self,
-        log_id: i64,
-        integration_id: Option<Uuid>,
-        report: &ConnectionReport,
-    ) -> Result<()>;
+/// The endpoint took the reply.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub status_code: u16,
+    pub duration: Duration,
+    /// The id the platform gave the message (Graph `id`, Send API `message_id`, Cloud API
+    /// `messages[0].id`, or a callback receiver's `message_id`/`id`), for matching later
+    /// status reports.
+    pub provider_message_id: Option<String>,
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {

@@ -16,11 +16,14 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    ConnectionReport, ConnectionStatus, DeliveryAttempt, DeliveryReports, Limits, Matched,
-    OUTCOME_UNKNOWN, OutboundReply, ProviderReport,
-    send::{Sent, Target},
+    ConnectionStatus, DeliveryAttempt, Endpoint, Limits, OUTCOME_UNKNOWN, OutboundReply, Sent,
 };
-use crate::{error::Result, logs::transitions, model::ReplyDelivery};
+use crate::{
+    comment::ports::{ConnectionReport, DeliveryReports, Matched, ProviderReport},
+    error::Result,
+    logs::transitions,
+    resources::ReplyDelivery,
+};
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -150,7 +153,7 @@ pub enum Claim {
 pub async fn claim(
     pool: &PgPool,
     reply: &OutboundReply,
-    target: &Target,
+    target: &Endpoint,
     job_id: Option<i64>,
     limits: &Limits,
 ) -> Result<Claim> {

@@ -4,7 +4,11 @@
 //! named and guarded by its declared from-states (the table of who may move a log from
 //! where to where is there, and nowhere else).
 
+pub mod reads;
+mod status;
 pub mod transitions;
+
+pub use status::{LogStatus, Outcome, SkipReason};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -12,9 +16,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    comment::ports::{LogStore, Started},
     error::Result,
-    events::{AccountRef, Handling, ParsedEvent},
-    model::{Outcome, SkipReason},
+    intake::{AccountRef, Handling, ParsedEvent},
 };
 
 /// One stored event, as the worker and the API see it.
@@ -129,35 +133,6 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<LogRow>> {
         .bind(id)
         .fetch_optional(pool)
         .await?)
-}
-
-/// The log store the use case drives. A trait so the use case can be tested and
-/// decorated (metrics, caching) without touching it.
-#[async_trait::async_trait]
-pub trait LogStore: Send + Sync {
-    /// pending/failed/processing → processing, counting the run. `None` when the log is
-    /// already finished (or gone): the job has nothing left to do.
-    async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>>;
-    /// processing → processed.
-    async fn finish(
-        &self,
-        id: i64,
-        outcome: Outcome,
-        skip: Option<SkipReason>,
-        integration_id: Option<Uuid>,
-    ) -> Result<bool>;
-    /// processing → failed, with the time of the next run.
-    async fn fail(&self, id: i64, error: &str, next_retry_at: DateTime<Utc>) -> Result<bool>;
-    /// pending/processing/failed → dead_letter.
-    async fn dead_letter(&self, id: i64, error: &str) -> Result<bool>;
-}
-
-/// A log a run has just started, and the directory version the starting statement saw.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Started {
-    #[sqlx(flatten)]
-    pub log: LogRow,
-    pub directory_version: i64,
 }
 
 #[derive(Clone)]

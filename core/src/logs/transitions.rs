@@ -26,7 +26,7 @@
 //! tries; the use case's own finishing moves require `processing` (its run holds the log).
 //! Deleting one log by id (an operator's delete) is the only write not guarded by
 //! status. Ingest's insert is the statement that makes a log (`pending`, with its job):
-//! `hookq_tasks::ingest`'s writer, one statement per batch with the jobs.
+//! `hookq_tasks::intake`'s writer, one statement per batch with the jobs.
 //!
 //! `tasks/tests/log_transitions.rs` walks every transition from every state.
 
@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::Started;
 use crate::{
     error::Result,
-    model::{LogStatus, Outcome, SkipReason},
+    logs::{LogStatus, Outcome, SkipReason},
 };
 
 use LogStatus::{DeadLetter, Failed, Pending, Processed, Processing};

@@ -42,7 +42,7 @@ use super::{
     error::QueueError,
     executor::Executor,
     job::ClaimedJob,
-    runtime::{Outcome, Runtime},
+    runtime::{Runtime, Settled},
 };
 
 /// Runs the claimed jobs arriving on `claimed` as one apalis worker until `stopping`
@@ -118,7 +118,7 @@ impl Backend for PgBackend {
     ) -> Poll<Result<(), QueueError>> {
         self.claimed.close();
         while let Ok(job) = self.claimed.try_recv() {
-            self.rt.finish(Outcome::Released {
+            self.rt.finish(Settled::Released {
                 id: job.ctx.job_id,
                 attempt: job.ctx.attempt,
             });

@@ -5,7 +5,7 @@
 //!   exists exactly when the caller's own writes do (River's `InsertTx`).
 //! - [`JobsForRows`] writes one job per row that another insert of the caller's own
 //!   statement creates: intake stores a batch of webhook logs and their jobs in ONE
-//!   statement (one round trip, one commit; see `tasks/src/ingest/writer.rs`), and this
+//!   statement (one round trip, one commit; see `tasks/src/intake/writer.rs`), and this
 //!   is how it does so without spelling the queue's columns or the job's JSON itself.
 //! - [`Notifier`] wakes workers once the caller has committed.
 //! - [`get_job`] / [`queue_stats`] read one job (live or finished) and the queue's shape.

@@ -1,5 +1,5 @@
 //! The completer: writes outcomes back in batches. Every finished run becomes an
-//! [`Outcome`] on the runtime's channel, and one task turns whatever has accumulated
+//! [`Settled`] on the runtime's channel, and one task turns whatever has accumulated
 //! into at most three statements (archive, retry, hand back; see `sql.rs`), each built
 //! on `unnest` arrays and matched on the run's claim, so a stale run never touches a job
 //! claimed again since.
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     error::QueueError,
     job::JobId,
-    runtime::{Outcome, Runtime},
+    runtime::{Runtime, Settled},
     sql::{self, Finished, Retried},
 };
 
@@ -48,7 +48,7 @@ impl Completer {
     /// Drains `rx` until `done` fires and the channel is empty.
     pub(crate) async fn run(
         self,
-        mut rx: mpsc::UnboundedReceiver<Outcome>,
+        mut rx: mpsc::UnboundedReceiver<Settled>,
         done: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(64);
@@ -113,7 +113,7 @@ impl Completer {
     /// Writes `batch` once (under the runtime's row-write lock), then wakes the
     /// dead-letter dispatcher if a job went dead and runs the hand-back hooks of the
     /// jobs handed back. The leases stay held: the caller releases them.
-    pub(crate) async fn write(&self, batch: &[Outcome]) -> Result<Written, QueueError> {
+    pub(crate) async fn write(&self, batch: &[Settled]) -> Result<Written, QueueError> {
         let rt = &self.rt;
         let (written, released) = rt.write_held(write(rt, batch)).await?;
         if written.dead {
@@ -131,22 +131,22 @@ impl Completer {
 
 async fn write(
     rt: &Runtime,
-    batch: &[Outcome],
+    batch: &[Settled],
 ) -> Result<(Written, Vec<(JobId, String, serde_json::Value)>), QueueError> {
     let mut finished = Finished::default();
     let mut retried = Retried::default();
     let mut release: (Vec<JobId>, Vec<i32>) = (Vec::new(), Vec::new());
     for outcome in batch {
         match outcome {
-            Outcome::Completed {
+            Settled::Completed {
                 id,
                 attempt,
                 result,
             } => finished.push(*id, *attempt, None, result.clone()),
-            Outcome::Dead { id, attempt, error } => {
+            Settled::Dead { id, attempt, error } => {
                 finished.push(*id, *attempt, Some(error.clone()), None)
             }
-            Outcome::Retry {
+            Settled::Retry {
                 id,
                 attempt,
                 error,
@@ -159,7 +159,7 @@ async fn write(
                     .delay_ms
                     .push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
             }
-            Outcome::Released { id, attempt } => {
+            Settled::Released { id, attempt } => {
                 release.0.push(*id);
                 release.1.push(*attempt);
             }

@@ -1,4 +1,4 @@
-//! The executor: runs one claimed job to its [`Outcome`]. It looks the handler up by
+//! The executor: runs one claimed job to its [`Settled`]. It looks the handler up by
 //! task name, decodes the payload into the typed job, runs the handler under the job
 //! timeout with panics caught, and [`settle`]s the result: completed, retry (when
 //! attempts are left) or dead. The runtime's hard stop cuts a run off at shutdown, and
@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     job::{ClaimedJob, Job, JobContext, JobError, JobOutput},
-    runtime::{Outcome, Runtime},
+    runtime::{Runtime, Settled},
 };
 
 type ErasedHandler = Arc<
@@ -104,13 +104,13 @@ impl Executor {
         let outcome = tokio::select! {
             biased;
             outcome = self.execute(job) => outcome,
-            () = rt.hard_stop.cancelled() => Outcome::Released { id: ctx.job_id, attempt: ctx.attempt },
+            () = rt.hard_stop.cancelled() => Settled::Released { id: ctx.job_id, attempt: ctx.attempt },
         };
         rt.finish(outcome);
     }
 
     /// Decode, run (timed, panics caught) and settle, inside a `job` span.
-    async fn execute(&self, job: ClaimedJob) -> Outcome {
+    async fn execute(&self, job: ClaimedJob) -> Settled {
         let ctx = job.ctx;
         let span = tracing::debug_span!(
             "job",
@@ -147,27 +147,27 @@ impl Executor {
 }
 
 /// What the queue does with a run's result.
-fn settle(ctx: JobContext, result: Result<JobOutput, JobError>) -> Outcome {
+fn settle(ctx: JobContext, result: Result<JobOutput, JobError>) -> Settled {
     let (id, attempt) = (ctx.job_id, ctx.attempt);
     let (error, after) = match result {
         Ok(result) => {
-            return Outcome::Completed {
+            return Settled::Completed {
                 id,
                 attempt,
                 result,
             };
         }
-        Err(JobError::Permanent(error)) => return Outcome::Dead { id, attempt, error },
+        Err(JobError::Permanent(error)) => return Settled::Dead { id, attempt, error },
         Err(JobError::Retry { error, after }) => (error, after),
     };
     match after.or(ctx.planned_retry_delay) {
-        Some(delay) if !ctx.is_last_attempt() => Outcome::Retry {
+        Some(delay) if !ctx.is_last_attempt() => Settled::Retry {
             id,
             attempt,
             error,
             delay,
         },
-        _ => Outcome::Dead { id, attempt, error },
+        _ => Settled::Dead { id, attempt, error },
     }
 }
 

@@ -25,9 +25,9 @@
 //! | 0 | `error.rs` | [`QueueError`] |
 //! | 0 | `backoff.rs` | retry delays (exponential, capped, full jitter) |
 //! | 1 | `record.rs` | what reads return: [`JobStatus`], [`JobRecord`], [`QueueStats`] |
-//! | 1 | `runtime.rs` | the shared state of one worker run (`Runtime`: slots, leases, wake-ups, hard stop, row-write lock, with their invariants) and `Outcome` |
+//! | 1 | `runtime.rs` | the shared state of one worker run (`Runtime`: slots, leases, wake-ups, hard stop, row-write lock, with their invariants) and `Settled` |
 //! | 2 | `sql.rs` | every statement on `queue_jobs`, `queue_jobs_done`, `queue_periodic` and the NOTIFY channel, and the bookkeeping pool |
-//! | 2 | `executor.rs` | the handler table; decode, run, time out, catch panics, settle → `Outcome` |
+//! | 2 | `executor.rs` | the handler table; decode, run, time out, catch panics, settle → `Settled` |
 //! | 3 | `client.rs` | the only producer of job rows ([`enqueue`], [`enqueue_many`], [`JobsForRows`]), [`Notifier`], [`get_job`], [`queue_stats`] |
 //! | 3 | `producer.rs` | claiming, and the LISTEN connection that wakes it |
 //! | 3 | `completer.rs` | batched outcome writes, hand-back hooks |

@@ -16,7 +16,7 @@ use super::{
     backoff::Backoff,
     error::QueueError,
     job::{ClaimedJob, JobContext},
-    runtime::{Outcome, Runtime},
+    runtime::{Runtime, Settled},
     sql,
 };
 
@@ -132,7 +132,7 @@ impl Producer {
             // The claim filtered on registered names, so the lookup cannot miss; if it
             // did, the job goes back untouched rather than leaking a slot.
             let Some(task_name) = rt.task_name(&row.task_name) else {
-                rt.finish(Outcome::Released {
+                rt.finish(Settled::Released {
                     id: row.id,
                     attempt: row.attempts,
                 });

@@ -1,6 +1,6 @@
 //! The floor of the worker engine: [`Runtime`], the one piece of state its rooms share
 //! (slots, held leases, wake-up signals, the hard stop, the row-write lock), and
-//! [`Outcome`], how one run ended. Nothing else in the queue defines shared state, and
+//! [`Settled`], how one run ended. Nothing else in the queue defines shared state, and
 //! this file imports nothing of the engine but the job vocabulary.
 //!
 //! # Invariants, kept by the methods below (the fields are private)
@@ -36,7 +36,7 @@ use super::job::{JobId, JobOutput};
 
 /// How one run of a job ended.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum Settled {
     /// Handler succeeded: archive as completed.
     Completed {
         id: JobId,
@@ -61,14 +61,14 @@ pub(crate) enum Outcome {
     Released { id: JobId, attempt: i32 },
 }
 
-impl Outcome {
+impl Settled {
     /// The claim this outcome settles: (job id, attempt).
     pub(crate) fn key(&self) -> (JobId, i32) {
         match *self {
-            Outcome::Completed { id, attempt, .. }
-            | Outcome::Retry { id, attempt, .. }
-            | Outcome::Dead { id, attempt, .. }
-            | Outcome::Released { id, attempt } => (id, attempt),
+            Settled::Completed { id, attempt, .. }
+            | Settled::Retry { id, attempt, .. }
+            | Settled::Dead { id, attempt, .. }
+            | Settled::Released { id, attempt } => (id, attempt),
         }
     }
 }
@@ -103,7 +103,7 @@ pub(crate) struct Runtime {
     pub(crate) hard_stop: CancellationToken,
     /// Held while a statement updates held rows (see the module doc).
     row_writes: tokio::sync::Mutex<()>,
-    outcomes: mpsc::UnboundedSender<Outcome>,
+    outcomes: mpsc::UnboundedSender<Settled>,
 }
 
 impl Runtime {
@@ -115,7 +115,7 @@ impl Runtime {
         hooked: Vec<String>,
         lease: Duration,
         concurrency: usize,
-    ) -> (Self, mpsc::UnboundedReceiver<Outcome>) {
+    ) -> (Self, mpsc::UnboundedReceiver<Settled>) {
         let (outcomes, receiver) = mpsc::unbounded_channel();
         let rt = Self {
             pool,
@@ -185,7 +185,7 @@ impl Runtime {
 
     /// A run ended (or was never started): queue its outcome and free its slot. Called
     /// exactly once per held job.
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(crate) fn finish(&self, outcome: Settled) {
         // The completer outlives every run; if it is gone the process is exiting and
         // the lease sweep will recover the job.
         let _ = self.outcomes.send(outcome);

@@ -26,7 +26,7 @@ use super::{
         periodic::{self, Periodic},
     },
     producer::{self, Producer},
-    runtime::{Outcome, Runtime},
+    runtime::{Runtime, Settled},
     sql,
 };
 
@@ -186,7 +186,7 @@ impl Workers {
     }
 
     /// A runtime for one run of these workers over `pool`, and its outcomes' receiver.
-    fn runtime(&self, pool: PgPool) -> (Arc<Runtime>, mpsc::UnboundedReceiver<Outcome>) {
+    fn runtime(&self, pool: PgPool) -> (Arc<Runtime>, mpsc::UnboundedReceiver<Settled>) {
         let (rt, outcomes) = Runtime::new(
             pool,
             format!(
@@ -355,15 +355,15 @@ impl Workers {
             let mut batch = Vec::new();
             while let Ok(outcome) = outcomes.try_recv() {
                 match outcome {
-                    Outcome::Completed { .. } => report.completed += 1,
-                    Outcome::Retry { .. } => report.retried += 1,
-                    Outcome::Dead { .. } => report.dead += 1,
-                    Outcome::Released { .. } => {}
+                    Settled::Completed { .. } => report.completed += 1,
+                    Settled::Retry { .. } => report.retried += 1,
+                    Settled::Dead { .. } => report.dead += 1,
+                    Settled::Released { .. } => {}
                 }
                 batch.push(outcome);
             }
             let written = completer.write(&batch).await;
-            rt.release_leases(batch.iter().map(Outcome::key));
+            rt.release_leases(batch.iter().map(Settled::key));
             if written?.dead && !self.hooks.is_empty() {
                 report.dead_letter_hooks += dead_letter::dispatch(&rt, &self.hooks).await?;
             }
