@@ -766,7 +766,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
     }
     for &id in &first {
         let row = app.wait_finished(id).await;
-        assert_eq!(row.status, "dead_letter", "{row:?}");
+        assert_eq!(row.status.as_str(), "dead_letter", "{row:?}");
     }
     let tries_first: i64 =
         sqlx::query_scalar("SELECT count(*) FROM delivery_attempts WHERE log_id = ANY($1)")
@@ -813,7 +813,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
     let back_at = Instant::now();
     for &id in &second {
         let row = app.wait_finished(id).await;
-        assert_eq!(row.status, "processed", "{row:?}");
+        assert_eq!(row.status.as_str(), "processed", "{row:?}");
     }
     let resumed_in = back_at.elapsed();
     // Resumed per the schedule: no attempt came sooner than its backoff step after the
@@ -847,7 +847,7 @@ async fn a_callback_endpoint_down_then_back_resumes_and_bulk_retry_delivers_once
     assert_eq!(status, 200, "{body}");
     for &id in &first {
         let row = app.wait_finished(id).await;
-        assert_eq!(row.status, "processed", "{row:?}");
+        assert_eq!(row.status.as_str(), "processed", "{row:?}");
     }
     let reqs = server.received_requests().await.unwrap();
     let mut seen: HashMap<String, usize> = HashMap::new();

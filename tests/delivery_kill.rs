@@ -80,7 +80,8 @@ async fn a_worker_killed_mid_request_never_sends_twice() {
             .await
             .unwrap()
             .unwrap()
-            .status,
+            .status
+            .as_str(),
         "unknown"
     );
     // Give a wrongly re-sending worker the chance to show itself.
@@ -113,7 +114,7 @@ async fn a_worker_killed_mid_request_never_sends_twice() {
     );
     tx.commit().await.unwrap();
     let row = app.wait_status(id, "processed").await;
-    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert_eq!(row.outcome.map(|o| o.as_str()), Some("replied"));
     let reqs = wait_requests(&server, 1).await;
     assert_eq!(reqs.len(), 1);
     assert_eq!(

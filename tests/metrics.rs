@@ -889,7 +889,7 @@ async fn worker_logs_carry_the_requests_correlation_id() {
     });
     // Processed is set by the delivery job once the callback answered.
     let row = app.wait_status(id, "processed").await;
-    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert_eq!(row.outcome.map(|o| o.as_str()), Some("replied"));
     assert_eq!(wait_requests(&server, 1).await.len(), 1);
 
     nix::sys::signal::kill(

@@ -46,7 +46,7 @@ async fn supervisor_restarts_a_killed_worker_and_drains_on_sigterm() {
         "the log to be processed by a worker process",
         || async {
             let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
-            (row.status == "processed").then_some(())
+            (row.status.as_str() == "processed").then_some(())
         },
     )
     .await;
@@ -141,10 +141,10 @@ async fn dev_round_trip(
     let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
     let row = wait_for(30, "the curl's comment to be replied", || async {
         let row = hookq_core::logs::get(&pool, id).await.unwrap()?;
-        (row.status == "processed").then_some(row)
+        (row.status.as_str() == "processed").then_some(row)
     })
     .await;
-    assert_eq!(row.outcome.as_deref(), Some("replied"));
+    assert_eq!(row.outcome.map(|o| o.as_str()), Some("replied"));
     assert!(row.reply_text.is_some());
     pool.close().await;
     signal(child.id().unwrap(), Signal::SIGTERM);

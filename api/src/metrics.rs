@@ -26,7 +26,7 @@
 
 use std::{fmt::Write, sync::OnceLock, time::Instant};
 
-use hookq_core::logs::reads as stats;
+use hookq_core::logs::{LogStatus, reads as stats};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode, web::Data};
 use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};
@@ -191,15 +191,15 @@ async fn render(
         writeln!(
             w,
             "hookq_webhook_logs{{source=\"{}\",event_type=\"{}\",status=\"{}\"}} {}",
-            label(&g.source),
+            label(g.source.as_str()),
             label(&g.event_type),
-            label(&g.status),
+            label(g.status.as_str()),
             g.count
         )?;
     }
     let dead: i64 = groups
         .iter()
-        .filter(|g| g.status == "dead_letter")
+        .filter(|g| g.status == LogStatus::DeadLetter)
         .map(|g| g.count)
         .sum();
     writeln!(

@@ -97,7 +97,7 @@ async fn starting_a_log_reads_the_directory_version_and_commits_the_mark() {
         .unwrap()
         .expect("pending log starts");
     assert_eq!(started.directory_version, version(&db.pool).await);
-    assert_eq!(started.log.status, "processing");
+    assert_eq!(started.log.status, hookq_core::logs::LogStatus::Processing);
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM webhook_logs WHERE id = $1")
             .bind(id)

@@ -53,7 +53,7 @@ async fn concurrent_starts_each_get_their_own_log() {
         }
         let started = started.unwrap_or_else(|| panic!("log {id} not started"));
         assert_eq!(started.log.id, *id, "each caller gets its own log");
-        assert_eq!(started.log.status, "processing");
+        assert_eq!(started.log.status.as_str(), "processing");
         assert!(
             started.log.attempts == *attempt as i32 || started.log.attempts == 7,
             "attempts is this start's or the later one's: {}",

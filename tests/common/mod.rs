@@ -154,7 +154,7 @@ impl TestApp {
             let pool = pool.clone();
             async move {
                 let row = hookq_core::logs::get(&pool, id).await.unwrap()?;
-                (row.status == status).then_some(row)
+                (row.status.as_str() == status).then_some(row)
             }
         })
         .await

@@ -73,12 +73,12 @@ impl From<LogSummary> for LogItem {
     fn from(l: LogSummary) -> Self {
         LogItem {
             id: l.id,
-            source: l.source,
+            source: l.source.as_str().into(),
             event_type: l.event_type,
-            status: l.status,
+            status: l.status.as_str().into(),
             attempts: l.attempts,
-            outcome: l.outcome,
-            skip_reason: l.skip_reason,
+            outcome: l.outcome.map(|o| o.as_str().into()),
+            skip_reason: l.skip_reason.map(|s| s.as_str().into()),
             error_message: l.error_message,
             integration_id: l.integration_id,
             sender_name: l.sender_name,
@@ -212,7 +212,7 @@ impl Delivery {
         Delivery {
             kind: r.kind,
             webhook_id: r.webhook_id,
-            status: r.status,
+            status: r.status.as_str().into(),
             last_error: r.last_error,
             next_attempt_at: r.next_attempt_at,
             delivered_at: r.delivered_at,
@@ -241,14 +241,14 @@ impl LogDetail {
         LogDetail {
             id: l.id,
             dedup_key: l.dedup_key,
-            source: l.source,
+            source: l.source.as_str().into(),
             event_type: l.event_type,
-            handling: l.handling,
-            status: l.status,
+            handling: l.handling.as_str().into(),
+            status: l.status.as_str().into(),
             attempts: l.attempts,
             error_message: l.error_message,
-            outcome: l.outcome,
-            skip_reason: l.skip_reason,
+            outcome: l.outcome.map(|o| o.as_str().into()),
+            skip_reason: l.skip_reason.map(|s| s.as_str().into()),
             reply_text: l.reply_text,
             account_id: l.account_id,
             user_external_id: l.user_external_id,
@@ -301,7 +301,7 @@ impl StatusCounts {
     pub fn from_groups(groups: &[GroupCount]) -> Self {
         let mut c = StatusCounts::default();
         for g in groups {
-            c.add(&g.status, g.count);
+            c.add(g.status.as_str(), g.count);
         }
         c
     }
@@ -603,7 +603,7 @@ impl LogsApi {
         Ok(Json(LogStats {
             total: groups.iter().map(|g| g.count).sum(),
             by_event_type: fold_by(&groups, |g| &g.event_type),
-            by_source: fold_by(&groups, |g| &g.source),
+            by_source: fold_by(&groups, |g| g.source.as_str()),
             success_rate: (finished > 0).then(|| by_status.processed as f64 / finished as f64),
             by_status,
             processing_time: ProcessingTime {

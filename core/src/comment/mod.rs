@@ -141,7 +141,7 @@ async fn record_failure(deps: &Deps, log_id: i64, err: &Error, attempt: Attempt)
 }
 
 async fn run(deps: &Deps, log: &LogRow) -> Result<Done> {
-    match log.handling() {
+    match log.handling {
         Handling::Record => record(deps, log).await,
         Handling::DeliveryStatus => delivery_status(deps, log).await,
         Handling::Reply => reply(deps, log).await,
@@ -158,7 +158,7 @@ async fn integration_of_account(
     Ok(match account {
         Some(acc) => deps
             .directory
-            .integration_by_account(&log.source, acc)
+            .integration_by_account(log.source.as_str(), acc)
             .await?
             .map(|i| i.id),
         None => None,

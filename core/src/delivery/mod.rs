@@ -41,8 +41,9 @@ pub use store::{PgDeliveryStore, delivery_attempts, latest_connection_statuses, 
 pub const OUTCOME_UNKNOWN: &str = "delivery outcome unknown";
 
 /// `outbound_replies.status` (see `migrations/0003_delivery.sql` for each state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ReplyState {
     Pending,
     Sending,
@@ -86,7 +87,7 @@ pub struct OutboundReply {
     pub integration_id: Option<Uuid>,
     pub kind: String,
     pub webhook_id: String,
-    pub status: String,
+    pub status: ReplyState,
     pub attempts: i32,
     pub round_base: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -101,10 +102,6 @@ pub struct OutboundReply {
 }
 
 impl OutboundReply {
-    pub fn state(&self) -> Option<ReplyState> {
-        ReplyState::parse(&self.status)
-    }
-
     /// Tries made in the current round (first staging, or the latest resend).
     pub fn round_tries(&self) -> u32 {
         (self.attempts - self.round_base).max(0).unsigned_abs()
@@ -304,15 +301,19 @@ pub fn connection_report(log: &LogRow) -> Option<ConnectionReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        intake::{Handling, Source},
+        logs::LogStatus,
+    };
 
     fn log(event_type: &str, item_id: Option<&str>, payload: Value) -> LogRow {
         let now = Utc::now();
         LogRow {
             id: 1,
             dedup_key: "k".into(),
-            source: "whatsapp".into(),
+            source: Source::Whatsapp,
             event_type: event_type.into(),
-            handling: "delivery_status".into(),
+            handling: Handling::DeliveryStatus,
             account_id: None,
             user_external_id: None,
             persona_external_id: None,
@@ -325,7 +326,7 @@ mod tests {
             occurred_at: None,
             payload,
             integration_id: None,
-            status: "processing".into(),
+            status: LogStatus::Processing,
             attempts: 1,
             error_message: None,
             outcome: None,

@@ -20,8 +20,9 @@ pub use parse::{parse_instagram, parse_whatsapp};
 use serde::{Deserialize, Serialize};
 
 /// Which route and platform family an event came from (`webhook_logs.source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Source {
     /// Instagram Graph webhooks and the compact comment shape (`object: instagram`).
     Instagram,
@@ -29,6 +30,17 @@ pub enum Source {
     Facebook,
     /// WhatsApp: Bridge events and Cloud API `whatsapp_business_account` payloads.
     Whatsapp,
+}
+
+impl Handling {
+    /// The value as stored in `webhook_logs.handling`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handling::Reply => "reply",
+            Handling::Record => "record",
+            Handling::DeliveryStatus => "delivery_status",
+        }
+    }
 }
 
 impl Source {
@@ -51,8 +63,9 @@ impl Source {
 }
 
 /// What the pipeline does with an event once its data is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Handling {
     /// A comment, mention or inbound message: content rules, then a reply.
     Reply,

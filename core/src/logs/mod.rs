@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     comment::ports::{LogStore, Started},
     error::Result,
-    intake::{AccountRef, Handling, ParsedEvent},
+    intake::{AccountRef, Handling, ParsedEvent, Source},
 };
 
 /// One stored event, as the worker and the API see it.
@@ -26,9 +26,9 @@ use crate::{
 pub struct LogRow {
     pub id: i64,
     pub dedup_key: String,
-    pub source: String,
+    pub source: Source,
     pub event_type: String,
-    pub handling: String,
+    pub handling: Handling,
     pub account_id: Option<String>,
     pub user_external_id: Option<String>,
     pub persona_external_id: Option<String>,
@@ -41,11 +41,11 @@ pub struct LogRow {
     pub occurred_at: Option<DateTime<Utc>>,
     pub payload: serde_json::Value,
     pub integration_id: Option<Uuid>,
-    pub status: String,
+    pub status: LogStatus,
     pub attempts: i32,
     pub error_message: Option<String>,
-    pub outcome: Option<String>,
-    pub skip_reason: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub skip_reason: Option<SkipReason>,
     pub reply_text: Option<String>,
     pub persona_id: Option<Uuid>,
     pub received_at: DateTime<Utc>,
@@ -56,24 +56,6 @@ pub struct LogRow {
     pub duplicate_count: i32,
     pub correlation_id: Option<String>,
     pub updated_at: DateTime<Utc>,
-}
-
-impl LogRow {
-    pub fn handling(&self) -> Handling {
-        match self.handling.as_str() {
-            "reply" => Handling::Reply,
-            "delivery_status" => Handling::DeliveryStatus,
-            _ => Handling::Record,
-        }
-    }
-}
-
-fn handling_str(h: Handling) -> &'static str {
-    match h {
-        Handling::Reply => "reply",
-        Handling::Record => "record",
-        Handling::DeliveryStatus => "delivery_status",
-    }
 }
 
 /// One event flattened into its `webhook_logs` columns. Built by the request that
@@ -111,7 +93,7 @@ impl NewLog {
             dedup_key: e.dedup_key.clone(),
             source: e.source.as_str(),
             event_type: e.event_type.clone(),
-            handling: handling_str(e.handling),
+            handling: e.handling.as_str(),
             account_id,
             user_external_id,
             persona_external_id: e.persona_external_id.clone(),

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
-    logs::LogStatus,
+    intake::Source,
+    logs::{LogStatus, Outcome, SkipReason},
 };
 
 /// Which logs a list, a count or a bulk retry applies to. Every field is optional;
@@ -73,12 +74,12 @@ impl LogFilter {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LogSummary {
     pub id: i64,
-    pub source: String,
+    pub source: Source,
     pub event_type: String,
-    pub status: String,
+    pub status: LogStatus,
     pub attempts: i32,
-    pub outcome: Option<String>,
-    pub skip_reason: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub skip_reason: Option<SkipReason>,
     pub error_message: Option<String>,
     pub integration_id: Option<Uuid>,
     pub sender_name: Option<String>,
@@ -158,9 +159,9 @@ pub async fn db_now(pool: &PgPool) -> Result<DateTime<Utc>> {
 /// One `(status, event_type, source)` group and its size.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct GroupCount {
-    pub status: String,
+    pub status: LogStatus,
     pub event_type: String,
-    pub source: String,
+    pub source: Source,
     pub count: i64,
 }
 
@@ -288,16 +289,15 @@ pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Vec<MinuteBucket>
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RetryCandidate {
     pub id: i64,
-    pub status: String,
-    pub status_ok: bool,
+    pub status: LogStatus,
     pub old_job_id: Option<i64>,
 }
 
-/// Locks one log for an operator retry; `None` when it does not exist. `status_ok` is
-/// false when it is not `failed`/`dead_letter` (answered 409).
+/// Locks one log for an operator retry, whatever its state (the caller checks it against
+/// [`RESET_FOR_RETRY`](super::transitions::RESET_FOR_RETRY)); `None` when it does not exist.
 pub async fn lock_for_retry(conn: &mut PgConnection, id: i64) -> Result<Option<RetryCandidate>> {
     Ok(sqlx::query_as(
-        "SELECT id, status, status IN ('failed', 'dead_letter') AS status_ok, job_id AS old_job_id
+        "SELECT id, status, job_id AS old_job_id
          FROM webhook_logs WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
@@ -312,11 +312,16 @@ pub async fn lock_matching_for_retry(
     filter: &LogFilter,
     limit: i64,
 ) -> Result<Vec<RetryCandidate>> {
-    let mut q = QueryBuilder::new(
-        "SELECT id, status, true AS status_ok, job_id AS old_job_id FROM webhook_logs",
-    );
+    let mut q = QueryBuilder::new("SELECT id, status, job_id AS old_job_id FROM webhook_logs");
     filter.push_where(&mut q);
-    q.push(" AND status IN ('failed', 'dead_letter') ORDER BY received_at, id LIMIT ")
+    let retryable: Vec<&str> = super::transitions::RESET_FOR_RETRY
+        .from
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    q.push(" AND status = ANY(")
+        .push_bind(retryable)
+        .push(") ORDER BY received_at, id LIMIT ")
         .push_bind(limit)
         .push(" FOR UPDATE SKIP LOCKED");
     Ok(q.build_query_as::<RetryCandidate>().fetch_all(conn).await?)

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// `webhook_logs.status`: the pipeline's state machine. Every transition's SQL names
 /// the states it may start from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum LogStatus {
     /// Stored and its job enqueued, in the same transaction; no worker has it yet.
     Pending,
@@ -23,8 +24,9 @@ pub enum LogStatus {
 }
 text_enum!(LogStatus { Pending => "pending", Processing => "processing", Processed => "processed", Failed => "failed", DeadLetter => "dead_letter" });
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Outcome {
     Replied,
     Skipped,
@@ -34,8 +36,9 @@ pub enum Outcome {
 text_enum!(Outcome { Replied => "replied", Skipped => "skipped", Recorded => "recorded" });
 
 /// Why a reply-able event got no reply (contract section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum SkipReason {
     /// The account's own comment, or a message echo: replying would loop.
     OwnMessage,

@@ -39,7 +39,7 @@ pub enum Retried {
     /// [`Selection::One`] named no log.
     NotFound,
     /// [`Selection::One`] named a log in another state: nothing was changed.
-    NotRetryable { id: i64, status: String },
+    NotRetryable { id: i64, status: LogStatus },
 }
 
 /// Retries the selected logs; their new jobs get `max_attempts` runs.
@@ -53,7 +53,7 @@ pub async fn retry_logs(
     let found: Vec<RetryCandidate> = match selection {
         Selection::One(id) => match reads::lock_for_retry(&mut tx, id).await? {
             None => return Ok(Retried::NotFound),
-            Some(c) if !retryable(&c.status) => {
+            Some(c) if !transitions::RESET_FOR_RETRY.allows(c.status) => {
                 return Ok(Retried::NotRetryable {
                     id: c.id,
                     status: c.status,
@@ -84,10 +84,4 @@ pub async fn retry_logs(
     }
     tracing::info!(count = reset.len(), ids = ?reset, "operator retry");
     Ok(Retried::Logs(reset))
-}
-
-/// Whether an operator may retry a log in `status` (the from-states of
-/// [`transitions::RESET_FOR_RETRY`]).
-fn retryable(status: &str) -> bool {
-    LogStatus::parse(status).is_some_and(|s| transitions::RESET_FOR_RETRY.allows(s))
 }

@@ -28,7 +28,7 @@ use hookq_core::{
     config::Secret,
     delivery::{Endpoint, OutboundReply, REQUEST_TIMEOUT, Sent},
     error::{Error, Result},
-    intake::{signature, storable},
+    intake::{Source, signature, storable},
     logs::LogRow,
     resources::{Integration, ReplyDelivery},
 };
@@ -168,7 +168,7 @@ impl Target {
                         .sender_id
                         .as_deref()
                         .ok_or_else(|| permanent("the message names no sender to answer"))?;
-                    let body = if log.source == "whatsapp" {
+                    let body = if log.source == Source::Whatsapp {
                         let mut b = json!({
                             "messaging_product": "whatsapp",
                             "recipient_type": "individual",

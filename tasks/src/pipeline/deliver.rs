@@ -221,10 +221,10 @@ impl Deliverer {
         let Some(reply) = reply else {
             return Ok(());
         };
-        match reply.state() {
-            Some(ReplyState::Pending | ReplyState::Retrying) => {}
-            Some(ReplyState::Sending) => return self.sending_found(&reply, job_id).await,
-            _ => return Ok(()),
+        match reply.status {
+            ReplyState::Pending | ReplyState::Retrying => {}
+            ReplyState::Sending => return self.sending_found(&reply, job_id).await,
+            ReplyState::Delivered | ReplyState::Failed | ReplyState::Unknown => return Ok(()),
         }
         let Some(log) = log else {
             return Ok(());
@@ -433,7 +433,7 @@ impl Deliverer {
         };
         let settled = async {
             match store::outbound_reply(&self.pool, log_id).await? {
-                Some(reply) if reply.state() == Some(ReplyState::Sending) => {
+                Some(reply) if reply.status == ReplyState::Sending => {
                     self.sending_found(&reply, job_id).await
                 }
                 _ => Ok(()),
@@ -458,13 +458,13 @@ impl Deliverer {
             let Some(reply) = store::outbound_reply(&self.pool, log_id).await? else {
                 return Ok(());
             };
-            match reply.state() {
-                Some(ReplyState::Sending) => self.sending_found(&reply, job_id).await,
-                Some(ReplyState::Pending | ReplyState::Retrying) => {
+            match reply.status {
+                ReplyState::Sending => self.sending_found(&reply, job_id).await,
+                ReplyState::Pending | ReplyState::Retrying => {
                     self.fail_unsent(&reply, &format!("delivery job died: {error}"))
                         .await
                 }
-                _ => Ok(()),
+                ReplyState::Delivered | ReplyState::Failed | ReplyState::Unknown => Ok(()),
             }
         }
         .await;
