@@ -18,11 +18,53 @@ use devdb::{ClusterOptions, LocalCluster};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
+/// A test's own database. Dropped with the value when the test passed (its connections,
+/// child processes' included, are ended by `DROP DATABASE … WITH (FORCE)`); kept when
+/// the test panicked, so its rows can be read afterwards (the name is printed), or when
+/// `HOOKQ_TEST_KEEP_DB` is set.
 pub struct TestDb {
     pub pool: PgPool,
     /// URL of this test's own database (hand it to child processes as `DATABASE_URL`).
     pub url: String,
     pub name: String,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test database kept for inspection: {}", self.url);
+            return;
+        }
+        if std::env::var_os("HOOKQ_TEST_KEEP_DB").is_some() {
+            return;
+        }
+        let Some(admin_url) = SERVER.get().map(|s| s.admin_url.clone()) else {
+            return;
+        };
+        let name = self.name.clone();
+        // Drop runs on the test's runtime, which cannot be blocked on; a thread with a
+        // runtime of its own does the one statement. A cluster a fault test left stopped
+        // just keeps the database (the next run's cluster is new anyway).
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+                .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("test database not dropped: {}", self.name);
+        }
+    }
 }
 
 struct Server {

@@ -1,6 +1,6 @@
 // Drives the hookq dashboard in Debian's headless Chromium (playwright-core, no browser
 // download): sign in, watch a log arrive live, open it, retry a dead letter, retry all
-// dead letters, and save a screenshot. Run by tests/dashboard.rs, which starts hookq
+// dead letters, and save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
 // and passes: HOOKQ_BASE, HOOKQ_TOKEN, META_SECRET, SCREENSHOT.
 import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';

@@ -43,6 +43,7 @@ pub enum Retried {
 }
 
 /// Retries the selected logs; their new jobs get `max_attempts` runs.
+#[tracing::instrument(skip(pool, notifier))]
 pub async fn retry_logs(
     pool: &PgPool,
     notifier: &Notifier,

@@ -38,7 +38,6 @@ use hookq_core::{
     resources::ReplyDelivery,
 };
 use sqlx::{PgConnection, PgPool};
-use tracing::Instrument;
 
 use super::finish::ReplyFinisher;
 use crate::{
@@ -189,15 +188,13 @@ impl Deliverer {
     /// Traced in a `deliver_reply` span with `log_id`, `job_id` and `correlation_id` (the
     /// id of the request that stored the log, recorded once the log is read), as the
     /// `process_webhook` run that staged the reply is.
+    #[tracing::instrument(
+        name = "deliver_reply",
+        skip_all,
+        fields(log_id = job.log_id, job_id = ctx.job_id(), correlation_id = tracing::field::Empty)
+    )]
     pub async fn deliver(&self, job: DeliverReply, ctx: JobContext) -> Result<(), JobError> {
-        let span = tracing::info_span!(
-            "deliver_reply",
-            log_id = job.log_id,
-            job_id = ctx.job_id(),
-            correlation_id = tracing::field::Empty,
-        );
         self.run(job.log_id, ctx.job_id())
-            .instrument(span)
             .await
             .map_err(|e| match e.kind() {
                 FailureKind::Permanent => JobError::Permanent(e.to_string()),

@@ -16,7 +16,6 @@ use hookq_core::{
     logs::transitions,
 };
 use sqlx::PgPool;
-use tracing::Instrument;
 
 use self::{
     deliver::{Deliverer, PgOutbox},
@@ -143,21 +142,12 @@ pub async fn run(
 /// `correlation_id`: the use case records the last from the row its start transition
 /// returns (no extra read), so every line the run writes names the request that stored
 /// the event, as the API's "webhook stored" line does.
+#[tracing::instrument(
+    name = "process_webhook",
+    skip_all,
+    fields(log_id = job.log_id, job_id = ctx.job_id(), correlation_id = tracing::field::Empty)
+)]
 pub async fn process_webhook(
-    deps: &Deps,
-    job: ProcessWebhook,
-    ctx: JobContext,
-) -> Result<(), JobError> {
-    let span = tracing::info_span!(
-        "process_webhook",
-        log_id = job.log_id,
-        job_id = ctx.job_id(),
-        correlation_id = tracing::field::Empty,
-    );
-    run_process_webhook(deps, job, ctx).instrument(span).await
-}
-
-async fn run_process_webhook(
     deps: &Deps,
     job: ProcessWebhook,
     ctx: JobContext,

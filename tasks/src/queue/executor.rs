@@ -19,7 +19,6 @@ use std::{
 use futures::{FutureExt, future::BoxFuture};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tracing::Instrument;
 
 use super::{
     job::{ClaimedJob, Job, JobContext, JobError, JobOutput},
@@ -110,39 +109,35 @@ impl Executor {
     }
 
     /// Decode, run (timed, panics caught) and settle, inside a `job` span.
+    #[tracing::instrument(
+        name = "job",
+        level = "debug",
+        skip_all,
+        fields(id = job.ctx.job_id, task = job.ctx.task_name, attempt = job.ctx.attempt)
+    )]
     async fn execute(&self, job: ClaimedJob) -> Settled {
         let ctx = job.ctx;
-        let span = tracing::debug_span!(
-            "job",
-            id = ctx.job_id,
-            task = ctx.task_name,
-            attempt = ctx.attempt
-        );
-        async move {
-            tracing::debug!("task.start");
-            let started = Instant::now();
-            // The handler's synchronous part runs inside the first poll, so a panic there
-            // is caught too.
-            let run = AssertUnwindSafe(async { self.table.call(&job).await }).catch_unwind();
-            let result = match tokio::time::timeout(self.job_timeout, run).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(panicked(panic.as_ref())),
-                Err(_elapsed) => Err(JobError::Retry {
-                    error: "timed out".to_owned(),
-                    after: None,
-                }),
-            };
-            let ms = started.elapsed().as_millis();
-            match &result {
-                Ok(_) => tracing::debug!(done_in = format_args!("{ms}ms"), "task.done"),
-                Err(e) => {
-                    tracing::warn!(done_in = format_args!("{ms}ms"), result = %e, "task.failed")
-                }
+        tracing::debug!("task.start");
+        let started = Instant::now();
+        // The handler's synchronous part runs inside the first poll, so a panic there
+        // is caught too.
+        let run = AssertUnwindSafe(async { self.table.call(&job).await }).catch_unwind();
+        let result = match tokio::time::timeout(self.job_timeout, run).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(panicked(panic.as_ref())),
+            Err(_elapsed) => Err(JobError::Retry {
+                error: "timed out".to_owned(),
+                after: None,
+            }),
+        };
+        let ms = started.elapsed().as_millis();
+        match &result {
+            Ok(_) => tracing::debug!(done_in = format_args!("{ms}ms"), "task.done"),
+            Err(e) => {
+                tracing::warn!(done_in = format_args!("{ms}ms"), result = %e, "task.failed")
             }
-            settle(ctx, result)
         }
-        .instrument(span)
-        .await
+        settle(ctx, result)
     }
 }
 

@@ -1,11 +1,9 @@
 //! The dashboard (issue 5): the embedded page, the live feed over SSE, and the whole
 //! flow in a real headless Chromium (`tests/browser/dashboard.mjs`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn dashboard_page_is_embedded_with_a_strict_csp() {

@@ -5,8 +5,6 @@
 //!
 //! Sizes: `HOOKQ_CHAOS_EVENTS` (default 5,000) webhooks for the worker-kill test.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     process::Stdio,
@@ -17,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use hookq_core::delivery::OUTCOME_UNKNOWN;
 use hookq_testkit::{poll_for, wait_for};

@@ -1,11 +1,9 @@
 //! Real processes: `hookq worker` supervising worker processes, and `hookq dev`
 //! bringing up a working instance whose printed curl gets a reply recorded.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use hookq_testkit::{fresh_db, wait_for};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};

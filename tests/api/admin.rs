@@ -1,11 +1,9 @@
 //! The admin API (issue 5) against a real Postgres and the real API on loopback: auth,
 //! the five resources, webhook logs (list, stats, detail, retry, delete) and jobs.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 struct Admin<'a> {

@@ -4,11 +4,9 @@
 //! goes to `dead_letter` with "delivery outcome unknown", and an operator resend reuses
 //! the same `webhook-id`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use hookq_core::{delivery, logs};
 use hookq_tasks::{
     jobs::ProcessWebhook,

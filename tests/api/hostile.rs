@@ -5,11 +5,9 @@
 //! in a signed body is stored as U+FFFD and processed, and a value the database still
 //! refuses fails only its own request (422), never the others of its ingest batch.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use serde_json::{Value, json};
 use tokio::{

@@ -1,11 +1,9 @@
 //! `/metrics`, retention, and what real `hookq api` and `hookq worker` processes write
 //! to their logs (issue 5).
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 use hookq_testkit::wait_for;
 use serde_json::json;

@@ -83,7 +83,7 @@ async fn a_killed_workers_jobs_run_again_after_lease_expiry() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_worker",
+            "queue_kill::child_worker",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

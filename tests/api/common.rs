@@ -1,6 +1,5 @@
 //! Shared harness for the integration tests: a fresh database, the real API on port 0,
 //! workers in-process or as real `hookq` processes, and signing helpers.
-#![allow(dead_code)]
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 

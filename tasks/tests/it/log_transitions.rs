@@ -78,7 +78,7 @@ fn the_declared_transitions_are_the_documented_table() {
         .collect();
     assert_eq!(declared, documented);
     // The module doc shows the same rows.
-    let doc = include_str!("../../core/src/logs/transitions.rs");
+    let doc = include_str!("../../../core/src/logs/transitions.rs");
     for (name, from, to) in TABLE {
         let row = format!(
             "//! | [`{name}`] | {} | {} |",

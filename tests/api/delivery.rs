@@ -3,11 +3,9 @@
 //! and a fake chat-completions server; every retry path; 410; private addresses; the
 //! per-endpoint limits; delivery reports.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use hookq_core::{
     comment::ports::Directory,
     delivery::{

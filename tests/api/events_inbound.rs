@@ -3,9 +3,7 @@
 //! connection statuses kept per connection; and a NUL in a message on every route, kept
 //! as U+FFFD.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hookq_core::delivery;
 use hookq_testkit::demo::DEMO_IG_ACCOUNT;
 

@@ -1,11 +1,9 @@
 //! The pipeline end to end (issue 2): signed webhook → one transaction → worker →
 //! comment use case, against a real Postgres and the real API on a loopback port.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use hookq_testkit::wait_for;
 use serde_json::Value;
 

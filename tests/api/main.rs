@@ -1,0 +1,25 @@
+//! hookq from the outside, in one test binary (one link, one `common` harness compiled
+//! once): the real API on `127.0.0.1:0`, real PostgreSQL (a fresh database per test,
+//! dropped when the test passes), real worker processes, and wiremock peers on loopback.
+//!
+//! | module | what it proves |
+//! |---|---|
+//! | `pipeline` | webhook → log + job → worker → outcome, idempotency, signatures, the OpenAPI drift check |
+//! | `events_inbound` | every real payload shape in `tests/fixtures/` ends in the contract's outcome |
+//! | `delivery`, `delivery_kill` | callback and Graph delivery, retries, limits, at-most-once under a worker kill |
+//! | `admin`, `dashboard`, `metrics` | the operator surface: admin API, live page, Prometheus exposition, JSON logs |
+//! | `hostile`, `processes` | bad input answered 4xx losing nothing; the `hookq` commands as processes |
+//! | `chaos` | fault tests (`#[ignore]`, one at a time: `scripts/chaos`) |
+
+mod common;
+
+mod admin;
+mod chaos;
+mod dashboard;
+mod delivery;
+mod delivery_kill;
+mod events_inbound;
+mod hostile;
+mod metrics;
+mod pipeline;
+mod processes;
