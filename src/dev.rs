@@ -27,7 +27,7 @@ const DEV_SECRETS: &[(&str, &str)] = &[
     ("HOOKQ_ADMIN_TOKEN", "dev-admin-token"),
 ];
 
-pub async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
+pub(crate) async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     // Children read their configuration from the environment: pass what dev decided.
     let mut child_env: Vec<(String, String)> = Vec::new();
 
@@ -138,7 +138,7 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr, generated: &[String
 
 /// The contract's compact sample with a fresh comment id, so each run's curl is a new
 /// event (paste it twice to see a duplicate answered).
-pub fn sample_body() -> String {
+pub(crate) fn sample_body() -> String {
     let now = chrono::Utc::now().timestamp();
     serde_json::json!({
         "entry": [{"changes": [{"value": {

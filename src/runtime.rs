@@ -7,7 +7,7 @@ use hookq_core::config::{Config, LogFormat};
 use hookq_tasks::supervisor;
 use sqlx::PgPool;
 
-pub fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -20,7 +20,7 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -30,14 +30,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub async fn connect(config: &Config, max_connections: u32) -> Result<PgPool> {
+pub(crate) async fn connect(config: &Config, max_connections: u32) -> Result<PgPool> {
     let opts = config.require_database()?.connect_options()?;
     hookq_core::db::connect(opts, max_connections)
         .await
         .context("cannot connect to the database")
 }
 
-pub async fn migrate(config: &Config) -> Result<()> {
+pub(crate) async fn migrate(config: &Config) -> Result<()> {
     let pool = connect(config, 2).await?;
     hookq_core::db::migrate(&pool)
         .await
@@ -46,7 +46,7 @@ pub async fn migrate(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn api(config: Config) -> Result<()> {
+pub(crate) async fn api(config: Config) -> Result<()> {
     let pool = connect(&config, 32).await?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -54,7 +54,7 @@ pub async fn api(config: Config) -> Result<()> {
     serve_api(config, pool, listener, shutdown_signal()).await
 }
 
-pub async fn serve_api(
+pub(crate) async fn serve_api(
     config: Config,
     pool: PgPool,
     listener: tokio::net::TcpListener,
@@ -83,7 +83,7 @@ fn worker_pool_size(max_async_tasks: usize) -> u32 {
 }
 
 /// One worker process (what the supervisor runs `TASKIQ_WORKERS` of).
-pub async fn worker_process(config: Config) -> Result<()> {
+pub(crate) async fn worker_process(config: Config) -> Result<()> {
     let pool = connect(&config, worker_pool_size(config.max_async_tasks)).await?;
     hookq_tasks::pipeline::run(pool, &config, shutdown_signal()).await?;
     Ok(())
@@ -91,7 +91,7 @@ pub async fn worker_process(config: Config) -> Result<()> {
 
 /// `hookq worker`: supervises `TASKIQ_WORKERS` children running `hookq worker --single`.
 /// `env` is added to the children's environment (`hookq dev` passes its database).
-pub async fn supervise_workers(config: &Config, env: Vec<(String, String)>) -> Result<()> {
+pub(crate) async fn supervise_workers(config: &Config, env: Vec<(String, String)>) -> Result<()> {
     config.require_database()?;
     let opts = supervisor_options(config, env)?;
     let report = supervisor::supervise(opts, shutdown_signal()).await?;
@@ -103,7 +103,7 @@ pub async fn supervise_workers(config: &Config, env: Vec<(String, String)>) -> R
     Ok(())
 }
 
-pub fn supervisor_options(
+pub(crate) fn supervisor_options(
     config: &Config,
     env: Vec<(String, String)>,
 ) -> Result<supervisor::SupervisorOptions> {

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Sample {
+pub(crate) enum Sample {
     /// The contract's compact comment shape (demo data replies to it).
     Compact,
     /// Meta's `entry[].changes[]` comment shape for the demo account.
@@ -37,7 +37,7 @@ pub enum Sample {
 }
 
 #[derive(Args, Debug)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// Base URL of the running instance.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
@@ -174,7 +174,7 @@ impl Tally {
     }
 }
 
-pub async fn run(args: SendArgs) -> Result<()> {
+pub(crate) async fn run(args: SendArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.duplicate_ratio) {
         bail!("--duplicate-ratio must be between 0 and 1");
     }

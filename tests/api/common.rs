@@ -12,12 +12,12 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-pub const META_SECRET: &str = "test-meta-secret";
-pub const BRIDGE_SECRET: &str = "test-bridge-secret";
-pub const VERIFY_TOKEN: &str = "test-verify-token";
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub(crate) const META_SECRET: &str = "test-meta-secret";
+pub(crate) const BRIDGE_SECRET: &str = "test-bridge-secret";
+pub(crate) const VERIFY_TOKEN: &str = "test-verify-token";
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token";
 
-pub fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/tests/fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
@@ -26,7 +26,7 @@ pub fn fixture(name: &str) -> String {
 }
 
 /// The environment every test instance starts from; tests add or override entries.
-pub fn base_env(db_url: &str) -> HashMap<String, String> {
+pub(crate) fn base_env(db_url: &str) -> HashMap<String, String> {
     [
         ("DATABASE_URL", db_url),
         ("META_APP_SECRET", META_SECRET),
@@ -40,11 +40,11 @@ pub fn base_env(db_url: &str) -> HashMap<String, String> {
     .collect()
 }
 
-pub fn config_from(env: &HashMap<String, String>) -> Config {
+pub(crate) fn config_from(env: &HashMap<String, String>) -> Config {
     Config::from_lookup(|k| env.get(k).cloned()).expect("test config")
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub base: String,
     pub db: TestDb,
     pub config: Config,
@@ -53,7 +53,7 @@ pub struct TestApp {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     pub env: HashMap<String, String>,
     /// Run a worker inside the test process (most tests); fault tests start real
     /// worker processes instead.
@@ -78,7 +78,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-pub async fn spawn_app(opts: Options) -> TestApp {
+pub(crate) async fn spawn_app(opts: Options) -> TestApp {
     let db = fresh_db().await;
     let mut env = base_env(&db.url);
     env.extend(opts.env);
@@ -127,11 +127,11 @@ pub async fn spawn_app(opts: Options) -> TestApp {
 }
 
 impl TestApp {
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.db.pool
     }
 
-    pub async fn post_signed(&self, path: &str, body: &str) -> reqwest::Response {
+    pub(crate) async fn post_signed(&self, path: &str, body: &str) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json")
@@ -142,12 +142,12 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn post_instagram(&self, body: &str) -> reqwest::Response {
+    pub(crate) async fn post_instagram(&self, body: &str) -> reqwest::Response {
         self.post_signed("/webhooks/instagram", body).await
     }
 
     /// Waits until log `id` reaches `status`, returning the row as JSON-ish columns.
-    pub async fn wait_status(&self, id: i64, status: &str) -> hookq_core::logs::LogRow {
+    pub(crate) async fn wait_status(&self, id: i64, status: &str) -> hookq_core::logs::LogRow {
         let pool = self.db.pool.clone();
         wait_for(20, &format!("log {id} to be {status}"), || {
             let pool = pool.clone();
@@ -159,7 +159,7 @@ impl TestApp {
         .await
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
@@ -167,7 +167,7 @@ impl TestApp {
     }
 }
 
-pub fn meta_signature(body: &[u8]) -> String {
+pub(crate) fn meta_signature(body: &[u8]) -> String {
     format!(
         "sha256={}",
         signature::hmac_hex(META_SECRET.as_bytes(), body)
@@ -175,7 +175,7 @@ pub fn meta_signature(body: &[u8]) -> String {
 }
 
 /// A compact-shape comment with its own ids.
-pub fn compact(comment_id: &str, message: &str) -> String {
+pub(crate) fn compact(comment_id: &str, message: &str) -> String {
     serde_json::json!({
         "entry": [{"changes": [{"value": {
             "post_id": "post_123", "item": "comment", "comment_id": comment_id,
@@ -186,7 +186,7 @@ pub fn compact(comment_id: &str, message: &str) -> String {
     .to_string()
 }
 
-pub async fn json(resp: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -194,7 +194,7 @@ pub async fn json(resp: reqwest::Response) -> (u16, Value) {
 }
 
 /// The `hookq` binary under test, with a clean environment plus `env`.
-pub fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
+pub(crate) fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookq"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -207,7 +207,7 @@ pub fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
 
 /// A real `hookq api` on a free loopback port, once it says it listens: (process, base
 /// URL). Its JSON log is read for the bound address, then drained so it never blocks.
-pub async fn api_process(env: &HashMap<String, String>) -> (tokio::process::Child, String) {
+pub(crate) async fn api_process(env: &HashMap<String, String>) -> (tokio::process::Child, String) {
     let mut env = env.clone();
     env.insert("HOOKQ_BIND".into(), "127.0.0.1:0".into());
     env.insert("HOOKQ_LOG_FORMAT".into(), "json".into());
@@ -237,7 +237,7 @@ pub async fn api_process(env: &HashMap<String, String>) -> (tokio::process::Chil
 }
 
 /// Children of `pid`, from /proc (each thread lists the children it spawned).
-pub fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut all: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
@@ -256,12 +256,12 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// Sends `sig` to `pid`; a process already gone is not an error here (the tests check
 /// what they expect of the processes afterwards).
-pub fn signal(pid: u32, sig: Signal) {
+pub(crate) fn signal(pid: u32, sig: Signal) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// A loopback HTTP peer answering every POST with `answer`.
-pub async fn answering(answer: wiremock::ResponseTemplate) -> wiremock::MockServer {
+pub(crate) async fn answering(answer: wiremock::ResponseTemplate) -> wiremock::MockServer {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .respond_with(answer)
@@ -272,7 +272,7 @@ pub async fn answering(answer: wiremock::ResponseTemplate) -> wiremock::MockServ
 
 /// A loopback HTTP peer answering the first `n` POSTs with `first`, every later one with
 /// `then`.
-pub async fn answering_after(
+pub(crate) async fn answering_after(
     first: wiremock::ResponseTemplate,
     n: u64,
     then: wiremock::ResponseTemplate,
@@ -288,18 +288,18 @@ pub async fn answering_after(
 }
 
 /// Whether a process with this pid exists (signal 0).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
 // ---- Delivery and event-routing helpers (issue 4) ----
 
 /// A Standard Webhooks secret for test callbacks (`whsec_` + base64).
-pub const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const GRAPH_TOKEN: &str = "test-graph-token";
+pub(crate) const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const GRAPH_TOKEN: &str = "test-graph-token";
 
 /// `HashMap` from pairs, for `Options.env`.
-pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+pub(crate) fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -308,7 +308,7 @@ pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 
 /// A fresh database with the demo data, and the environment a `hookq` process started
 /// on it needs ([`base_env`] plus `extra`).
-pub async fn demo_env(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
+pub(crate) async fn demo_env(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
     let db = fresh_db().await;
     hookq_testkit::demo::load(&db.pool).await.unwrap();
     let mut env = base_env(&db.url);
@@ -317,20 +317,20 @@ pub async fn demo_env(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String
 }
 
 /// Callbacks to loopback allowed, and a short delivery schedule (one try + 3 retries).
-pub fn delivery_env() -> HashMap<String, String> {
+pub(crate) fn delivery_env() -> HashMap<String, String> {
     env_of(&[
         ("HOOKQ_ALLOW_PRIVATE_CALLBACKS", "1"),
         ("HOOKQ_DELIVERY_BACKOFF", "50ms,100ms,150ms"),
     ])
 }
 
-pub fn bridge_signature(body: &[u8]) -> String {
+pub(crate) fn bridge_signature(body: &[u8]) -> String {
     signature::hmac_hex(BRIDGE_SECRET.as_bytes(), body)
 }
 
 impl TestApp {
     /// A Bridge event to `/webhooks/whatsapp`, signed with `X-Webhook-Signature`.
-    pub async fn post_bridge(&self, body: &str) -> reqwest::Response {
+    pub(crate) async fn post_bridge(&self, body: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/webhooks/whatsapp", self.base))
             .header("Content-Type", "application/json")
@@ -342,7 +342,7 @@ impl TestApp {
     }
 
     /// Posts and returns the acknowledged log ids (asserting a 200).
-    pub async fn ingest(&self, path: &str, body: &str) -> Vec<i64> {
+    pub(crate) async fn ingest(&self, path: &str, body: &str) -> Vec<i64> {
         let resp = if path == "bridge" {
             self.post_bridge(body).await
         } else {
@@ -359,7 +359,7 @@ impl TestApp {
     }
 
     /// Waits until log `id` is finished (`processed` or `dead_letter`).
-    pub async fn wait_finished(&self, id: i64) -> hookq_core::logs::LogRow {
+    pub(crate) async fn wait_finished(&self, id: i64) -> hookq_core::logs::LogRow {
         let pool = self.db.pool.clone();
         wait_for(20, &format!("log {id} to finish"), || {
             let pool = pool.clone();
@@ -373,7 +373,7 @@ impl TestApp {
 }
 
 /// An integration for the demo user with the demo persona as default (`none` delivery).
-pub async fn add_integration(pool: &PgPool, platform: &str, account_id: &str) -> uuid::Uuid {
+pub(crate) async fn add_integration(pool: &PgPool, platform: &str, account_id: &str) -> uuid::Uuid {
     sqlx::query_scalar(
         "INSERT INTO integrations (user_id, platform, account_id, reply_delivery, default_persona_id, access_token)
          SELECT u.id, $1, $2, 'none', p.id, $3 FROM users u, personas p
@@ -390,7 +390,12 @@ pub async fn add_integration(pool: &PgPool, platform: &str, account_id: &str) ->
 
 /// Points the integration of `account_id` at a delivery kind (callback with the test
 /// secret, or graph_api with the test token).
-pub async fn set_delivery(pool: &PgPool, account_id: &str, kind: &str, callback_url: Option<&str>) {
+pub(crate) async fn set_delivery(
+    pool: &PgPool,
+    account_id: &str,
+    kind: &str,
+    callback_url: Option<&str>,
+) {
     sqlx::query(
         "UPDATE integrations SET reply_delivery = $2, callback_url = $3, callback_secret = $4,
                 access_token = $5, delivery_enabled = true
@@ -408,7 +413,7 @@ pub async fn set_delivery(pool: &PgPool, account_id: &str, kind: &str, callback_
 
 /// Checks a received callback's Standard Webhooks headers against the test secret and
 /// returns `(webhook-id, body)`.
-pub fn verify_callback(req: &wiremock::Request) -> (String, Value) {
+pub(crate) fn verify_callback(req: &wiremock::Request) -> (String, Value) {
     let header = |name: &str| {
         req.headers
             .get(name)
@@ -432,7 +437,10 @@ pub fn verify_callback(req: &wiremock::Request) -> (String, Value) {
 }
 
 /// Waits until `server` has received at least `n` requests; returns them all.
-pub async fn wait_requests(server: &wiremock::MockServer, n: usize) -> Vec<wiremock::Request> {
+pub(crate) async fn wait_requests(
+    server: &wiremock::MockServer,
+    n: usize,
+) -> Vec<wiremock::Request> {
     wait_for(
         20,
         &format!("{n} requests at the fake endpoint"),

@@ -230,7 +230,13 @@ fn sse_event(frame: &str) -> Option<serde_json::Value> {
 mod schema {
     use serde_json::Value;
 
-    pub fn check(doc: &Value, schema: &Value, v: &Value, at: &str, problems: &mut Vec<String>) {
+    pub(super) fn check(
+        doc: &Value,
+        schema: &Value,
+        v: &Value,
+        at: &str,
+        problems: &mut Vec<String>,
+    ) {
         if let Some(r) = schema["$ref"].as_str() {
             let target = doc
                 .pointer(r.trim_start_matches('#'))
