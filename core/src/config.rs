@@ -108,6 +108,12 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `HOOKQ_BODY_READ_TIMEOUT`: a webhook body must arrive within this long (408).
     pub body_read_timeout: Duration,
+    /// `HOOKQ_REPLY_RATE_LIMIT`: the replies per rolling window of an integration whose
+    /// own `reply_rate_limit` is unset; `None` (unset): no limit.
+    pub reply_rate_limit: Option<RateLimit>,
+    /// `HOOKQ_MESSAGE_REPLY_WINDOW` (default 24 h): a direct message older than this when
+    /// its reply would be generated is skipped (`window_closed`).
+    pub message_reply_window: Duration,
 }
 
 /// `N/s`, `N/min` or `N/h` requests per source (client address) for one route group;
@@ -283,6 +289,12 @@ impl Config {
                 Duration::from_secs(15),
             )?,
             body_read_timeout: duration(&get, "HOOKQ_BODY_READ_TIMEOUT", Duration::from_secs(30))?,
+            reply_rate_limit: rate(&get, "HOOKQ_REPLY_RATE_LIMIT")?,
+            message_reply_window: duration(
+                &get,
+                "HOOKQ_MESSAGE_REPLY_WINDOW",
+                Duration::from_secs(24 * 3600),
+            )?,
         })
     }
 
@@ -351,13 +363,17 @@ fn duration(
     }
 }
 
-/// `4s,8s,10s` (also `500ms`, bare seconds): one delay per retry.
+/// `4s,8s,10s` (also `500ms`, `5min`, `24h`, bare seconds): one delay per retry.
 pub fn parse_backoff(s: &str) -> Result<Vec<Duration>, String> {
     s.split(',')
         .map(|p| {
             let p = p.trim();
             let (num, mult) = if let Some(n) = p.strip_suffix("ms") {
                 (n, 0.001)
+            } else if let Some(n) = p.strip_suffix("min") {
+                (n, 60.0)
+            } else if let Some(n) = p.strip_suffix('h') {
+                (n, 3600.0)
             } else if let Some(n) = p.strip_suffix('s') {
                 (n, 1.0)
             } else {

@@ -109,6 +109,16 @@ pub struct Integration {
     pub default_persona_id: Option<Uuid>,
     /// Off after an endpoint answered 410 Gone, until an operator turns it back on.
     pub delivery_enabled: bool,
+    /// Its events are stored and answered `200`, but stay `pending` and run nothing
+    /// until it is resumed.
+    pub paused: bool,
+    /// The most replies per rolling window, `N/s`, `N/min` or `N/h`, across every
+    /// worker; null: `HOOKQ_REPLY_RATE_LIMIT`.
+    #[oai(nullable)]
+    pub reply_rate_limit: Option<String>,
+    /// The most of its jobs running at once, across every worker; null: no cap.
+    #[oai(nullable)]
+    pub max_concurrent: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -126,6 +136,9 @@ impl From<model::Integration> for Integration {
             has_callback_secret: i.callback_secret.is_some(),
             default_persona_id: i.default_persona_id,
             delivery_enabled: i.delivery_enabled,
+            paused: i.paused,
+            reply_rate_limit: i.reply_rate_limit,
+            max_concurrent: i.max_concurrent,
             created_at: i.created_at,
             updated_at: i.updated_at,
         }
@@ -149,6 +162,12 @@ pub struct NewIntegration {
     #[oai(write_only)]
     pub callback_secret: Option<String>,
     pub default_persona_id: Option<Uuid>,
+    /// Start paused (default `false`).
+    pub paused: Option<bool>,
+    /// `N/s`, `N/min` or `N/h`; unset: `HOOKQ_REPLY_RATE_LIMIT`.
+    pub reply_rate_limit: Option<String>,
+    /// At least 1; unset: no cap.
+    pub max_concurrent: Option<i32>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -166,6 +185,56 @@ pub struct IntegrationPatch {
     #[oai(nullable)]
     pub default_persona_id: MaybeUndefined<Uuid>,
     pub delivery_enabled: Option<bool>,
+    pub paused: Option<bool>,
+    /// `N/s`, `N/min` or `N/h`; null: back to `HOOKQ_REPLY_RATE_LIMIT`.
+    #[oai(nullable)]
+    pub reply_rate_limit: MaybeUndefined<String>,
+    /// At least 1; null: no cap.
+    #[oai(nullable)]
+    pub max_concurrent: MaybeUndefined<i32>,
+}
+
+/// One integration's queue (contract section 10).
+#[derive(Debug, Clone, Object)]
+pub struct IntegrationStats {
+    /// Its events waiting to run (held by a budget or pause, or not reached yet).
+    pub pending: i64,
+    /// Seconds since the oldest of them was stored; null when none waits.
+    #[oai(nullable)]
+    pub oldest_pending_age_secs: Option<f64>,
+    pub paused: bool,
+    /// Runs counted in the current rate window (running, plus finished within it).
+    pub rate_used: i64,
+    /// The limit in force (its own, else `HOOKQ_REPLY_RATE_LIMIT`); null: none.
+    #[oai(nullable)]
+    pub rate_limit: Option<String>,
+    /// Its jobs running now, across every worker.
+    pub running: i64,
+    /// Its cap on running jobs; null: none.
+    #[oai(nullable)]
+    pub max_concurrent: Option<i32>,
+    /// Median processing time over the last hour (ms); null without data.
+    #[oai(nullable)]
+    pub p50_ms: Option<f64>,
+    /// 95th percentile processing time over the last hour (ms); null without data.
+    #[oai(nullable)]
+    pub p95_ms: Option<f64>,
+}
+
+impl From<model::IntegrationStats> for IntegrationStats {
+    fn from(s: model::IntegrationStats) -> Self {
+        IntegrationStats {
+            pending: s.pending,
+            oldest_pending_age_secs: s.oldest_pending_age_secs,
+            paused: s.paused,
+            rate_used: s.rate_used,
+            rate_limit: s.rate_limit,
+            running: s.running,
+            max_concurrent: s.max_concurrent,
+            p50_ms: s.p50_ms,
+            p95_ms: s.p95_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Object)]
@@ -408,6 +477,9 @@ impl ResourcesApi {
             callback_url: b.callback_url,
             callback_secret: b.callback_secret,
             default_persona_id: b.default_persona_id,
+            paused: b.paused,
+            reply_rate_limit: b.reply_rate_limit,
+            max_concurrent: b.max_concurrent,
         };
         Ok(Created::Created(Json(
             model::create_integration(&s.pool, &new).await?.into(),
@@ -460,9 +532,53 @@ impl ResourcesApi {
             callback_secret: patch(b.callback_secret),
             default_persona_id: patch(b.default_persona_id),
             delivery_enabled: b.delivery_enabled,
+            paused: b.paused,
+            reply_rate_limit: patch(b.reply_rate_limit),
+            max_concurrent: patch(b.max_concurrent),
         };
         Ok(Json(
             model::update_integration(&s.pool, id.0, &p).await?.into(),
+        ))
+    }
+
+    /// Pauses an integration: its events are still stored and answered `200`, but stay
+    /// `pending` and run nothing (spending no attempt) until it is resumed.
+    #[oai(path = "/integrations/:id/pause", method = "post")]
+    async fn pause_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Integration> {
+        Ok(Json(model::set_paused(&s.pool, id.0, true).await?.into()))
+    }
+
+    /// Resumes a paused integration: its held events run, within its budget.
+    #[oai(path = "/integrations/:id/resume", method = "post")]
+    async fn resume_integration(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<Integration> {
+        Ok(Json(model::set_paused(&s.pool, id.0, false).await?.into()))
+    }
+
+    /// Its backlog (`pending`, oldest pending age), whether it is paused, replies in the
+    /// current rate window against its limit, jobs running against `max_concurrent`,
+    /// and p50/p95 processing time over the last hour.
+    #[oai(path = "/integrations/:id/stats", method = "get")]
+    async fn integration_stats(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> AdminResult<IntegrationStats> {
+        let default = s.config.reply_rate_limit.map(|r| (r.requests, r.per));
+        Ok(Json(
+            model::integration_stats(&s.pool, id.0, default)
+                .await?
+                .into(),
         ))
     }
 

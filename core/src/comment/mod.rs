@@ -28,7 +28,7 @@ use crate::{
     },
     delivery,
     error::{Error, FailureKind, Result},
-    intake::{Handling, storable},
+    intake::{self, Handling, storable},
     logs::{LogRow, Outcome, SkipReason},
     resources::{Integration, Persona, PersonaTemplate, Post, ReplyDelivery, User},
 };
@@ -43,6 +43,8 @@ pub struct Deps {
     pub outbox: Arc<dyn ReplyOutbox>,
     /// Applies delivery reports and connection statuses.
     pub reports: Arc<dyn DeliveryReports>,
+    /// A direct message older than this is not answered (`window_closed`).
+    pub message_reply_window: Duration,
 }
 
 /// The run this is, as the queue counts it.
@@ -217,6 +219,7 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
         replies_enabled: r.post.as_ref().is_none_or(|p| p.replies_enabled),
         blocklist: &persona.blocklist,
     });
+    let skip = skip.or_else(|| window_closed(log, deps.message_reply_window));
     if let Some(reason) = skip {
         deps.logs
             .finish(log.id, Outcome::Skipped, Some(reason), integration_id)
@@ -267,6 +270,14 @@ async fn reply(deps: &Deps, log: &LogRow) -> Result<Done> {
         ReplyStored::Delivering | ReplyStored::AlreadyDelivering => Done::Delivering { reply },
         ReplyStored::NotProcessing => Done::AlreadyFinished,
     })
+}
+
+/// `window_closed` for a direct message whose own timestamp is older than `window` now
+/// (contract section 10). A message without a timestamp is answered.
+fn window_closed(log: &LogRow, window: Duration) -> Option<SkipReason> {
+    let at = log.occurred_at?;
+    let age = (Utc::now() - at).to_std().unwrap_or_default();
+    (intake::is_message(&log.event_type) && age > window).then_some(SkipReason::WindowClosed)
 }
 
 /// Marks content the platform sent without text, for the rules.

@@ -341,6 +341,7 @@ mod tests {
             duplicate_count: 0,
             correlation_id: None,
             updated_at: now,
+            conversation_key: None,
         }
     }
 

@@ -131,6 +131,51 @@ pub struct ParsedEvent {
     pub payload: serde_json::Value,
 }
 
+/// Event types answered as direct messages (a conversation with the sender), rather
+/// than as comment replies.
+pub fn is_message(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "message" | "whatsapp_message" | "message.received"
+    )
+}
+
+impl ParsedEvent {
+    /// The conversation this event belongs to, for events that get a reply (contract
+    /// section 10): a direct message's is its account and sender
+    /// (`<source>:<account>:dm:<sender>`); a comment's is its thread, the top-level
+    /// comment it answers or itself (`<source>:<account>:thread:<comment>`; Meta names
+    /// the parent in `value.parent_id`, which for a Page feed's top-level comment is
+    /// the post itself). Events that are only recorded have none.
+    pub fn conversation_key(&self) -> Option<String> {
+        if self.handling != Handling::Reply {
+            return None;
+        }
+        let account = match &self.account {
+            AccountRef::Account { account_id } => account_id.as_str(),
+            AccountRef::Compact { user_external_id } => user_external_id.as_str(),
+            AccountRef::None => "",
+        };
+        let source = self.source.as_str();
+        if is_message(&self.event_type) {
+            let sender = self.sender_id.as_deref()?;
+            return Some(format!("{source}:{account}:dm:{sender}"));
+        }
+        let item = self.item_id.as_deref()?;
+        let parent = [
+            "/entry/0/changes/0/value/parent_id",
+            "/entry/0/changes/0/value/parent_comment_id",
+        ]
+        .iter()
+        .find_map(|p| self.payload.pointer(p).and_then(serde_json::Value::as_str))
+        .filter(|p| !p.is_empty() && Some(*p) != self.post_external_id.as_deref());
+        Some(format!(
+            "{source}:{account}:thread:{}",
+            parent.unwrap_or(item)
+        ))
+    }
+}
+
 /// Why a body could not be turned into events (answered 400 or 422).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParseError {

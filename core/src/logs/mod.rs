@@ -56,6 +56,8 @@ pub struct LogRow {
     pub duplicate_count: i32,
     pub correlation_id: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The conversation it belongs to: its replies are made in the order received.
+    pub conversation_key: Option<String>,
 }
 
 /// One event flattened into its `webhook_logs` columns. Built by the request that
@@ -80,6 +82,8 @@ pub struct NewLog {
     pub occurred_at: Option<DateTime<Utc>>,
     /// The event's payload as JSON text (stored as `jsonb`).
     pub payload: String,
+    /// The conversation it belongs to ([`ParsedEvent::conversation_key`]).
+    pub conversation_key: Option<String>,
 }
 
 impl NewLog {
@@ -106,6 +110,7 @@ impl NewLog {
             occurred_at: e.occurred_at,
             // A `serde_json::Value` always serialises (its map keys are strings).
             payload: e.payload.to_string(),
+            conversation_key: e.conversation_key(),
         }
     }
 }

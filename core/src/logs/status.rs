@@ -51,5 +51,8 @@ pub enum SkipReason {
     RepliesDisabled,
     /// Over 2,200 characters.
     TooLong,
+    /// A direct message older than `HOOKQ_MESSAGE_REPLY_WINDOW` when its reply would be
+    /// generated: the platform refuses replies outside its messaging window.
+    WindowClosed,
 }
-text_enum!(SkipReason { OwnMessage => "own_message", Empty => "empty", Blocklisted => "blocklisted", Spam => "spam", RepliesDisabled => "replies_disabled", TooLong => "too_long" });
+text_enum!(SkipReason { OwnMessage => "own_message", Empty => "empty", Blocklisted => "blocklisted", Spam => "spam", RepliesDisabled => "replies_disabled", TooLong => "too_long", WindowClosed => "window_closed" });

@@ -45,6 +45,13 @@ pub struct Integration {
     pub delivery_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its events are stored and answered, but none runs until it is resumed.
+    pub paused: bool,
+    /// The most replies per rolling window (`N/s`, `N/min`, `N/h`); `None`:
+    /// `HOOKQ_REPLY_RATE_LIMIT`.
+    pub reply_rate_limit: Option<String>,
+    /// The most of its jobs running at once, across every worker; `None`: no cap.
+    pub max_concurrent: Option<i32>,
 }
 
 impl std::fmt::Debug for Integration {
@@ -69,6 +76,9 @@ pub struct NewIntegration {
     pub callback_url: Option<String>,
     pub callback_secret: Option<String>,
     pub default_persona_id: Option<Uuid>,
+    pub paused: Option<bool>,
+    pub reply_rate_limit: Option<String>,
+    pub max_concurrent: Option<i32>,
 }
 
 #[derive(Default)]
@@ -82,6 +92,9 @@ pub struct IntegrationPatch {
     pub callback_secret: Option<Option<String>>,
     pub default_persona_id: Option<Option<Uuid>>,
     pub delivery_enabled: Option<bool>,
+    pub paused: Option<bool>,
+    pub reply_rate_limit: Option<Option<String>>,
+    pub max_concurrent: Option<Option<i32>>,
 }
 
 table_reads!(
@@ -133,6 +146,37 @@ fn check_callback_secret(s: &str) -> Result<()> {
     }
 }
 
+/// A `reply_rate_limit` as stored: `N/s`, `N/min` or `N/h` (also accepted: `/second`,
+/// `/m`, `/minute`, `/hour`).
+fn rate_limit(s: &str) -> Result<String> {
+    let bad = || {
+        Error::Invalid(format!(
+            "reply_rate_limit must be like 20/s, 100/min or 1000/h (got {s:?})"
+        ))
+    };
+    let limit = crate::config::parse_rate_limit(s)
+        .map_err(|_| bad())?
+        .ok_or_else(bad)?;
+    let unit = match limit.per.as_secs() {
+        1 => "s",
+        60 => "min",
+        _ => "h",
+    };
+    if limit.requests > 999_999_999 {
+        return Err(bad());
+    }
+    Ok(format!("{}/{unit}", limit.requests))
+}
+
+fn max_concurrent(n: i32) -> Result<i32> {
+    if n < 1 {
+        return Err(Error::Invalid(format!(
+            "max_concurrent must be at least 1 (got {n}); leave it unset for no cap"
+        )));
+    }
+    Ok(n)
+}
+
 /// What every integration, after a create or an update, must satisfy.
 fn check_integration(i: &Integration) -> Result<()> {
     if i.reply_delivery == ReplyDelivery::Callback.as_str() && i.callback_url.is_none() {
@@ -154,11 +198,18 @@ pub async fn create_integration(pool: &PgPool, new: &NewIntegration) -> Result<I
     if let Some(s) = &new.callback_secret {
         check_callback_secret(s)?;
     }
+    let rate = new
+        .reply_rate_limit
+        .as_deref()
+        .map(rate_limit)
+        .transpose()?;
+    let cap = new.max_concurrent.map(max_concurrent).transpose()?;
     let mut tx = pool.begin().await?;
     let row: Integration = sqlx::query_as(
         "INSERT INTO integrations (user_id, platform, account_id, access_token, reply_delivery,
-             callback_url, callback_secret, default_persona_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+             callback_url, callback_secret, default_persona_id, paused, reply_rate_limit,
+             max_concurrent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, false), $10, $11) RETURNING *",
     )
     .bind(new.user_id)
     .bind(&new.platform)
@@ -168,6 +219,9 @@ pub async fn create_integration(pool: &PgPool, new: &NewIntegration) -> Result<I
     .bind(&new.callback_url)
     .bind(&new.callback_secret)
     .bind(new.default_persona_id)
+    .bind(new.paused)
+    .bind(rate)
+    .bind(cap)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| db_error(e, false))?;
@@ -200,6 +254,10 @@ pub async fn update_integration(
     let (set_url, url) = set(&patch.callback_url);
     let (set_secret, secret) = set(&patch.callback_secret);
     let (set_persona, persona) = set(&patch.default_persona_id);
+    let (set_rate, rate) = set(&patch.reply_rate_limit);
+    let rate = rate.as_deref().map(rate_limit).transpose()?;
+    let (set_cap, cap) = set(&patch.max_concurrent);
+    let cap = cap.map(max_concurrent).transpose()?;
     let mut tx = pool.begin().await?;
     let row: Integration = found(
         sqlx::query_as(
@@ -213,6 +271,9 @@ pub async fn update_integration(
                 callback_secret = CASE WHEN $10 THEN $11 ELSE callback_secret END,
                 default_persona_id = CASE WHEN $12 THEN $13 ELSE default_persona_id END,
                 delivery_enabled = coalesce($14, delivery_enabled),
+                paused = coalesce($15, paused),
+                reply_rate_limit = CASE WHEN $16 THEN $17 ELSE reply_rate_limit END,
+                max_concurrent = CASE WHEN $18 THEN $19 ELSE max_concurrent END,
                 updated_at = now()
              WHERE id = $1 RETURNING *",
         )
@@ -230,6 +291,11 @@ pub async fn update_integration(
         .bind(set_persona)
         .bind(persona)
         .bind(patch.delivery_enabled)
+        .bind(patch.paused)
+        .bind(set_rate)
+        .bind(rate)
+        .bind(set_cap)
+        .bind(cap)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| db_error(e, false))?,
@@ -237,4 +303,104 @@ pub async fn update_integration(
     check_integration(&row)?;
     tx.commit().await?;
     Ok(row)
+}
+
+/// Pauses or resumes an integration (`POST /api/integrations/{id}/pause`, `/resume`).
+/// Its queue group follows in the same transaction (a trigger), and resuming wakes the
+/// workers: held events then run within the integration's budget.
+pub async fn set_paused(pool: &PgPool, id: Uuid, paused: bool) -> Result<Integration> {
+    update_integration(
+        pool,
+        id,
+        &IntegrationPatch {
+            paused: Some(paused),
+            ..IntegrationPatch::default()
+        },
+    )
+    .await
+}
+
+/// An integration's queue as `GET /api/integrations/{id}/stats` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct IntegrationStats {
+    /// Its events waiting to run (held by a budget, paused, or simply not reached yet).
+    pub pending: i64,
+    /// Seconds since the oldest of them was enqueued; `None` when none waits.
+    pub oldest_pending_age_secs: Option<f64>,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Runs counted against the rate limit now: running, plus finished within the window.
+    pub rate_used: i64,
+    /// The rate limit in force (its own, else `HOOKQ_REPLY_RATE_LIMIT`), as `N/unit`.
+    pub rate_limit: Option<String>,
+    /// Its jobs running now, across every worker.
+    pub running: i64,
+    /// Its `max_concurrent`.
+    pub max_concurrent: Option<i32>,
+    /// Median processing time (log started → processed) over the last hour, in ms.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile of the same.
+    pub p95_ms: Option<f64>,
+}
+
+/// The queue of one integration: backlog, budget use and processing times. `default`
+/// is `HOOKQ_REPLY_RATE_LIMIT` (limit, window), which applies when it sets none.
+pub async fn integration_stats(
+    pool: &PgPool,
+    id: Uuid,
+    default_rate: Option<(u32, std::time::Duration)>,
+) -> Result<IntegrationStats> {
+    let i = get_integration(pool, id).await?;
+    let window_ms: Option<i64> = match (&i.reply_rate_limit, default_rate) {
+        (Some(r), _) => Some(match r.rsplit('/').next() {
+            Some("s") => 1_000,
+            Some("min") => 60_000,
+            _ => 3_600_000,
+        }),
+        (None, Some((_, w))) => Some(i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+        (None, None) => None,
+    };
+    let rate_limit = i.reply_rate_limit.clone().or_else(|| {
+        default_rate.map(|(n, w)| {
+            let unit = match w.as_secs() {
+                1 => "s",
+                60 => "min",
+                _ => "h",
+            };
+            format!("{n}/{unit}")
+        })
+    });
+    let key = format!("{}:{}", i.platform, i.account_id);
+    let mut stats: IntegrationStats = sqlx::query_as(
+        "SELECT
+            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'pending') AS pending,
+            (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM queue_jobs
+             WHERE group_key = $1 AND status = 'pending') AS oldest_pending_age_secs,
+            $2 AS paused,
+            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'running')
+              + CASE WHEN $3::bigint IS NULL THEN 0 ELSE (
+                SELECT count(*) FROM queue_jobs_done WHERE group_key = $1
+                AND finished_at > now() - $3 * interval '1 millisecond') END AS rate_used,
+            NULL::text AS rate_limit,
+            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'running') AS running,
+            $4::int4 AS max_concurrent,
+            p.p50_ms, p.p95_ms
+         FROM (SELECT
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50_ms,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms
+               FROM (SELECT extract(epoch FROM processed_at - started_at) * 1000 AS ms
+                     FROM webhook_logs
+                     WHERE integration_id = $5 AND status = 'processed'
+                       AND processed_at > now() - interval '1 hour'
+                       AND started_at IS NOT NULL) t) p",
+    )
+    .bind(&key)
+    .bind(i.paused)
+    .bind(window_ms)
+    .bind(i.max_concurrent)
+    .bind(i.id)
+    .fetch_one(pool)
+    .await?;
+    stats.rate_limit = rate_limit;
+    Ok(stats)
 }

@@ -28,7 +28,7 @@ use super::Ingested;
 use crate::{
     error::Error,
     jobs::ProcessWebhook,
-    queue::{EnqueueOptions, JobsForRows, Notifier},
+    queue::{EnqueueOptions, JobsForRows, Notifier, RowKeys},
 };
 use chrono::{DateTime, Utc};
 use hookq_core::{db::DbFailure, logs::NewLog};
@@ -52,39 +52,53 @@ const DEADLOCK_TRIES: usize = 3;
 /// so the `jobs` CTE only has to reuse them; a dedup-key conflict burns its drawn id,
 /// which is harmless. A key already stored bumps `duplicate_count` once, plus once per
 /// later request of the batch that repeated it (`extra`), as separate transactions
-/// would have. The jobs CTE takes parameters `$18` on ([`JobsForRows::bind`]).
+/// would have. Each job's fair-share group is its log's account (`hookq_log_group`, in
+/// `migrations/0010_fair_share.sql`) and its order key the log's conversation. The jobs
+/// CTE takes parameters `$19` on ([`JobsForRows::bind`]).
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-        $12::text[], $13::bool[], $14::timestamptz[], $15::text[], $16::text[], $17::int4[])
+        $12::text[], $13::bool[], $14::timestamptz[], $15::text[], $16::text[], $17::int4[],
+        $18::text[])
         WITH ORDINALITY AS t(dedup_key, source, event_type, handling, account_id,
             user_external_id, persona_external_id, post_external_id, item_id, sender_id,
-            sender_name, message_text, is_own, occurred_at, payload, correlation_id, extra, ord)
+            sender_name, message_text, is_own, occurred_at, payload, correlation_id, extra,
+            conversation_key, ord)
 ), logs AS (
     INSERT INTO webhook_logs (dedup_key, source, event_type, handling, account_id,
         user_external_id, persona_external_id, post_external_id, item_id, sender_id,
         sender_name, message_text, is_own, occurred_at, payload, correlation_id,
-        duplicate_count, job_id)
+        duplicate_count, conversation_key, job_id)
     SELECT dedup_key, source, event_type, handling, account_id, user_external_id,
         persona_external_id, post_external_id, item_id, sender_id, sender_name,
         message_text, is_own, occurred_at, payload::jsonb, correlation_id, extra,
-        {next_job_id}
+        conversation_key, {next_job_id}
     FROM input
     ORDER BY ord
     ON CONFLICT (dedup_key) DO UPDATE
         SET duplicate_count = webhook_logs.duplicate_count + 1 + EXCLUDED.duplicate_count,
             updated_at = now()
-    RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted
+    RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted, source, account_id,
+        user_external_id, post_external_id, conversation_key
 ), jobs AS (
     {jobs}
 )
 SELECT id, dedup_key, inserted FROM logs
 "#,
         next_job_id = JobsForRows::<ProcessWebhook>::NEXT_JOB_ID,
-        jobs = JobsForRows::<ProcessWebhook>::insert_sql("logs WHERE inserted", "job_id", "id", 18),
+        jobs = JobsForRows::<ProcessWebhook>::insert_sql(
+            "logs WHERE inserted",
+            "job_id",
+            "id",
+            19,
+            RowKeys {
+                group: "hookq_log_group(source, account_id, user_external_id, post_external_id)",
+                order: "conversation_key",
+            }
+        ),
     )
 });
 
@@ -292,6 +306,7 @@ impl<'a> Plan<'a> {
             self.unique.iter().map(|(l, _)| l.occurred_at).collect();
         let payload = text(|l| &l.payload);
         let correlation: Vec<Option<&str>> = self.unique.iter().map(|(_, c)| *c).collect();
+        let conversation = opt(|l| l.conversation_key.as_deref());
         debug_assert_eq!(payload.len(), n);
 
         let mut tries = 0;
@@ -314,7 +329,8 @@ impl<'a> Plan<'a> {
                 .bind(&occurred)
                 .bind(&payload)
                 .bind(&correlation)
-                .bind(&self.extra);
+                .bind(&self.extra)
+                .bind(&conversation);
             let result = JOBS
                 .bind(query, &self.jobs)?
                 // Drains the exchange up to ReadyForQuery, i.e. past the implicit commit.
@@ -408,6 +424,7 @@ mod tests {
             is_own: false,
             occurred_at: None,
             payload: format!(r#"{{"key": "{key}"}}"#),
+            conversation_key: None,
         }
     }
 

@@ -28,20 +28,12 @@ use hookq_core::{
     config::Secret,
     delivery::{Endpoint, OutboundReply, REQUEST_TIMEOUT, Sent},
     error::{Error, Result},
-    intake::{Source, signature, storable},
+    intake::{Source, is_message, signature, storable},
     logs::LogRow,
     resources::{Integration, ReplyDelivery},
 };
 
 use super::guard;
-
-/// Event types answered as direct messages (Send API) rather than comment replies.
-pub fn is_message(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        "message" | "whatsapp_message" | "message.received"
-    )
-}
 
 enum Auth {
     /// Standard Webhooks signing with the integration's `whsec_` secret.

@@ -26,7 +26,7 @@ use crate::{
     error::Error,
     jobs::{DeliverReply, ProcessWebhook},
     outbound::llm::LlmGenerator,
-    queue::{JobContext, JobError, Notifier, WorkerOptions, Workers},
+    queue::{GroupRate, JobContext, JobError, Notifier, WorkerOptions, Workers},
 };
 
 /// The use case's dependencies, backed by Postgres (directory lookups cached per
@@ -53,6 +53,7 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
             max_attempts: config.max_attempts,
         }),
         reports: Arc::new(PgDeliveryStore { pool: pool.clone() }),
+        message_reply_window: config.message_reply_window,
     })
 }
 
@@ -73,6 +74,12 @@ pub async fn run(
         // Within the supervisor's 25 s grace, so runs still going at the deadline are
         // handed back (and their logs with them) before a SIGKILL could cut the process.
         shutdown_timeout: SHUTDOWN_TIMEOUT,
+        // An integration's own reply_rate_limit is its queue group's budget; this is the
+        // budget of every group that sets none.
+        default_group_rate: config.reply_rate_limit.map(|r| GroupRate {
+            limit: r.requests,
+            window: r.per,
+        }),
         ..WorkerOptions::default()
     };
     let notifier = Notifier::spawn(pool.clone());

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::{
     error::QueueError,
-    job::{Job, JobId},
+    job::{Job, JobId, JobKeys, RowKeys},
     record::{JobRecord, QueueStats},
     sql,
 };
@@ -40,6 +40,9 @@ pub struct EnqueueOptions {
     /// Dedupes against live (pending or running) jobs: enqueueing a key that is already
     /// queued returns the queued job's id and inserts nothing. Single jobs only.
     pub unique_key: Option<String>,
+    /// The job's group and conversation ([`JobKeys`]); for [`enqueue_many`], every job's
+    /// unless [`enqueue_many_keyed`] gives each its own.
+    pub keys: JobKeys,
 }
 
 impl EnqueueOptions {
@@ -65,6 +68,7 @@ pub async fn enqueue<J: Job>(
         opts.run_at,
         opts.max_attempts(),
         opts.unique_key.as_deref(),
+        &opts.keys,
     )
     .await?;
     if let Some(id) = inserted {
@@ -85,6 +89,18 @@ pub async fn enqueue_many<J: Job>(
     jobs: &[J],
     opts: &EnqueueOptions,
 ) -> Result<Vec<JobId>, QueueError> {
+    let keys = vec![opts.keys.clone(); jobs.len()];
+    enqueue_many_keyed(conn, jobs, &keys, opts).await
+}
+
+/// [`enqueue_many`] with each job's own [`JobKeys`] (`keys[i]` for `jobs[i]`;
+/// `opts.keys` is not used).
+pub async fn enqueue_many_keyed<J: Job>(
+    conn: &mut PgConnection,
+    jobs: &[J],
+    keys: &[JobKeys],
+    opts: &EnqueueOptions,
+) -> Result<Vec<JobId>, QueueError> {
     if opts.unique_key.is_some() {
         return Err(QueueError::UniqueKeyInBatch);
     }
@@ -99,6 +115,8 @@ pub async fn enqueue_many<J: Job>(
             task: J::NAME,
             source,
         })?;
+    let groups: Vec<String> = keys.iter().map(|k| k.group.clone()).collect();
+    let orders: Vec<Option<String>> = keys.iter().map(|k| k.order.clone()).collect();
     sql::insert_jobs(
         conn,
         J::NAME,
@@ -106,6 +124,8 @@ pub async fn enqueue_many<J: Job>(
         opts.priority,
         opts.run_at,
         opts.max_attempts(),
+        &groups,
+        &orders,
     )
     .await
 }
@@ -164,10 +184,17 @@ impl<J: Job> JobsForRows<J> {
     /// The body of the caller's jobs CTE (`jobs AS (<this>)`): one job per row of `rows`
     /// (a `FROM` source with its `WHERE`, e.g. `"logs WHERE inserted"`), with the id the
     /// row drew in column `job_id` and the row's own id in column `row_id`. It takes five
-    /// parameters, `$first` to `$first + 4`, which [`bind`](Self::bind) supplies. All
-    /// three names are SQL text from the caller's code, never input.
-    pub fn insert_sql(rows: &str, job_id: &str, row_id: &str, first: usize) -> String {
-        sql::insert_jobs_for_rows(rows, job_id, row_id, first)
+    /// parameters, `$first` to `$first + 4`, which [`bind`](Self::bind) supplies. Each
+    /// job's group and conversation are the `keys` expressions over its row. All names
+    /// and expressions are SQL text from the caller's code, never input.
+    pub fn insert_sql(
+        rows: &str,
+        job_id: &str,
+        row_id: &str,
+        first: usize,
+        keys: RowKeys<'_>,
+    ) -> String {
+        sql::insert_jobs_for_rows(rows, job_id, row_id, first, keys)
     }
 
     /// Binds the parameters of [`insert_sql`](Self::insert_sql), in order, after the

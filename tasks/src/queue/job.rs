@@ -12,6 +12,48 @@ use serde_json::value::RawValue;
 /// A job's id: the `queue_jobs` row id, kept when the job moves to the archive.
 pub type JobId = i64;
 
+/// Where a job stands among others (contract section 10): its fair-share group and its
+/// conversation. Both optional; the defaults (`""`, `None`) put a job in no group and no
+/// conversation, as every job was before groups existed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobKeys {
+    /// The fair-share group (for hookq's pipeline: the integration's `platform:account`).
+    /// Claims take ready work round-robin across groups, and the group's budget
+    /// (`queue_groups`: paused, `max_running`, rate limit) holds its jobs back.
+    pub group: String,
+    /// The conversation: a job runs only when no earlier-enqueued live job of the same
+    /// key is left (pending, running or waiting to retry).
+    pub order: Option<String>,
+}
+
+/// A group's rolling rate limit: at most `limit` runs finished in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRate {
+    /// Runs per window, at least 1.
+    pub limit: u32,
+    /// The window's length.
+    pub window: Duration,
+}
+
+/// SQL expressions over a row that give its job's group and order keys (see
+/// [`JobKeys`]); `''` and `NULL` for none.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKeys<'a> {
+    /// The fair-share group.
+    pub group: &'a str,
+    /// The conversation.
+    pub order: &'a str,
+}
+
+impl Default for RowKeys<'_> {
+    fn default() -> Self {
+        Self {
+            group: "''",
+            order: "NULL",
+        }
+    }
+}
+
 /// A typed job. Payloads carry ids, not data, so a retried job reads current state.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The task name stored with each job; it picks the handler, so it must stay stable

@@ -77,10 +77,10 @@ mod worker;
 
 pub use client::{
     DEFAULT_MAX_ATTEMPTS, EnqueueOptions, JobsForRows, Notifier, cancel_pending, enqueue,
-    enqueue_many, get_job, queue_stats,
+    enqueue_many, enqueue_many_keyed, get_job, queue_stats,
 };
 pub use error::QueueError;
-pub use job::{Job, JobContext, JobError, JobId};
+pub use job::{GroupRate, Job, JobContext, JobError, JobId, JobKeys, RowKeys};
 pub use record::{AttemptError, JobRecord, JobStatus, QueueStats};
 pub use sql::NOTIFY_CHANNEL;
 pub use worker::{RunReport, WorkerOptions, Workers};

@@ -6,7 +6,10 @@
 //! Both outlive database outages: each failed round trip is logged and retried after a
 //! pause, and neither ever ends the worker.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -15,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     backoff::Backoff,
     error::QueueError,
-    job::{ClaimedJob, JobContext},
+    job::{ClaimedJob, GroupRate, JobContext},
     runtime::{Runtime, Settled},
     sql,
 };
@@ -34,6 +37,10 @@ fn claim_threshold(concurrency: usize) -> usize {
     (concurrency / 4).max(1)
 }
 
+/// How often a producer looks again whether any group has a budget that needs strict
+/// (serialised) claims: a budget set by an operator binds within this long.
+const BUDGET_CHECK: Duration = Duration::from_secs(1);
+
 /// Claims ready jobs for one runtime.
 pub(crate) struct Producer {
     pub(crate) rt: Arc<Runtime>,
@@ -41,6 +48,19 @@ pub(crate) struct Producer {
     pub(crate) backoff: Backoff,
     /// How long an idle producer waits before looking again without a NOTIFY.
     pub(crate) poll_interval: Duration,
+    /// The rate limit of a group with none of its own.
+    pub(crate) default_rate: Option<GroupRate>,
+    /// Round-robin position and budget check, kept between claims.
+    pub(crate) fair: Mutex<FairState>,
+}
+
+/// A producer's memory of the round-robin across groups.
+#[derive(Debug, Default)]
+pub(crate) struct FairState {
+    /// The last group served: the next claim starts after it.
+    cursor: String,
+    /// Whether claims must be strict, and when that was last looked up.
+    strict: Option<(bool, Instant)>,
 }
 
 impl Producer {
@@ -117,6 +137,8 @@ impl Producer {
         due_by: Option<DateTime<Utc>>,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
         let rt = &self.rt;
+        let strict = self.strict().await?;
+        let cursor = self.fair.lock().expect("fair state").cursor.clone();
         let rows = sql::claim(
             &rt.pool,
             &rt.task_names,
@@ -124,8 +146,16 @@ impl Producer {
             &rt.worker_id,
             rt.lease,
             due_by,
+            sql::Fairness {
+                cursor: &cursor,
+                default_rate: self.default_rate,
+                strict,
+            },
         )
         .await?;
+        if let Some(next) = next_cursor(&cursor, rows.iter().map(|r| r.group_key.as_str())) {
+            self.fair.lock().expect("fair state").cursor = next;
+        }
         rt.hold(rows.iter().map(|r| (r.id, r.attempts)));
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
@@ -153,6 +183,42 @@ impl Producer {
         }
         Ok(jobs)
     }
+}
+
+impl Producer {
+    /// Whether claims must be serialised: a default rate limit applies to every group,
+    /// else only while some group has `max_running` or a rate limit (looked up at most
+    /// every [`BUDGET_CHECK`]).
+    async fn strict(&self) -> Result<bool, QueueError> {
+        if self.default_rate.is_some() {
+            return Ok(true);
+        }
+        let known = self.fair.lock().expect("fair state").strict;
+        if let Some((strict, at)) = known
+            && at.elapsed() < BUDGET_CHECK
+        {
+            return Ok(strict);
+        }
+        let strict = sql::budgets_exist(&self.rt.pool).await?;
+        self.fair.lock().expect("fair state").strict = Some((strict, Instant::now()));
+        Ok(strict)
+    }
+}
+
+/// Where the round-robin goes on after a claim that served `served`: the first group
+/// past `cursor` that got nothing is served first next time, so the cursor moves to the
+/// last group served in rotation order (the largest past the cursor, else, having
+/// wrapped around, the largest of all). `None` when nothing was served.
+fn next_cursor<'a>(cursor: &str, served: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut past: Option<&str> = None;
+    let mut wrapped: Option<&str> = None;
+    for g in served {
+        let slot = if g > cursor { &mut past } else { &mut wrapped };
+        if slot.is_none_or(|s| g > s) {
+            *slot = Some(g);
+        }
+    }
+    wrapped.or(past).map(str::to_owned)
 }
 
 /// Keeps one LISTEN connection open and turns notifications into producer wake-ups. A

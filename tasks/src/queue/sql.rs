@@ -24,7 +24,7 @@ use sqlx::{PgConnection, PgPool, postgres::PgListener, types::Json};
 
 use super::{
     error::QueueError,
-    job::JobId,
+    job::{GroupRate, JobId, JobKeys, RowKeys},
     record::{JobRecord, QueueStats},
 };
 
@@ -50,11 +50,16 @@ pub const NOTIFY_CHANNEL: &str = "hookq_queue";
 /// connection, and PostgreSQL otherwise plans each one afresh for its first five runs
 /// per connection (and on, where a custom plan looks cheaper); that planning measured
 /// 0.26 ms per claim and 0.48 ms per outcome batch on the idle path.
+///
+/// And with `jit = off`: the nested-loop penalty above inflates the estimated cost of
+/// the fair claim (whose per-group lateral scans must loop) past `jit_above_cost`, and
+/// compiling it took 1.3 s per claim for a statement that runs in 1.2 ms.
 pub(crate) fn async_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     let opts = (*pool.connect_options()).clone().options([
         ("synchronous_commit", "off"),
         ("enable_nestloop", "off"),
         ("plan_cache_mode", "force_generic_plan"),
+        ("jit", "off"),
     ]);
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
@@ -76,6 +81,7 @@ fn millis(d: Duration) -> i64 {
 // Producing job rows (the client's statements).
 
 /// Inserts one job; `None` when a live job already holds `unique_key`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn insert_job(
     conn: &mut PgConnection,
     task_name: &str,
@@ -84,10 +90,12 @@ pub(crate) async fn insert_job(
     run_at: Option<DateTime<Utc>>,
     max_attempts: i32,
     unique_key: Option<&str>,
+    keys: &JobKeys,
 ) -> Result<Option<JobId>, QueueError> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts, unique_key)
-         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+        "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts, unique_key,
+                                 group_key, order_key)
+         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7, $8)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -97,6 +105,8 @@ pub(crate) async fn insert_job(
     .bind(run_at)
     .bind(max_attempts)
     .bind(unique_key)
+    .bind(&keys.group)
+    .bind(&keys.order)
     .fetch_optional(&mut *conn)
     .await?)
 }
@@ -114,8 +124,10 @@ pub(crate) async fn live_job_with_key(
     )
 }
 
-/// Inserts one job per payload (already encoded) in one statement; returns their ids in
-/// input order.
+/// Inserts one job per payload (already encoded) in one statement, job `i` with
+/// `groups[i]` and `orders[i]` (both empty: no group, no order key); returns their ids
+/// in input order.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn insert_jobs(
     conn: &mut PgConnection,
     task_name: &str,
@@ -123,13 +135,18 @@ pub(crate) async fn insert_jobs(
     priority: i16,
     run_at: Option<DateTime<Utc>>,
     max_attempts: i32,
+    groups: &[String],
+    orders: &[Option<String>],
 ) -> Result<Vec<JobId>, QueueError> {
     // Identity values are drawn as the sorted rows are inserted, so ascending ids are
     // input order whatever order RETURNING reports them in.
     let mut ids: Vec<JobId> = sqlx::query_scalar(
-        "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts)
-         SELECT $1, p.payload::jsonb, $3, coalesce($4, now()), $5
+        "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts, group_key,
+                                 order_key)
+         SELECT $1, p.payload::jsonb, $3, coalesce($4, now()), $5, coalesce(k.grp, ''), k.ord_key
          FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, ord)
+         LEFT JOIN unnest($6::text[], $7::text[]) WITH ORDINALITY AS k(grp, ord_key, ord)
+             ON k.ord = p.ord
          ORDER BY p.ord
          RETURNING id",
     )
@@ -138,6 +155,8 @@ pub(crate) async fn insert_jobs(
     .bind(priority)
     .bind(run_at)
     .bind(max_attempts)
+    .bind(groups)
+    .bind(orders)
     .fetch_all(&mut *conn)
     .await?;
     ids.sort_unstable();
@@ -155,20 +174,30 @@ pub(crate) const NEXT_JOB_ID: &str =
 pub(crate) const ROW_ID_PLACEHOLDER: i64 = i64::MIN;
 
 /// The body of a data-modifying CTE that inserts one job per row of `rows` (a `FROM`
-/// source, with its `WHERE` if any), with id `job_id` (drawn with [`NEXT_JOB_ID`]) and
-/// the payload template with `row_id` in place of [`ROW_ID_PLACEHOLDER`]. It takes five
-/// parameters from `$first`: task name, payload template, priority, run_at (null: now)
-/// and max attempts. `rows`, `job_id` and `row_id` are SQL text from the caller's own
+/// source, with its `WHERE` if any), with id `job_id` (drawn with [`NEXT_JOB_ID`]), the
+/// payload template with `row_id` in place of [`ROW_ID_PLACEHOLDER`], and the group and
+/// order keys the SQL expressions `keys` compute from the row. It takes five parameters
+/// from `$first`: task name, payload template, priority, run_at (null: now) and max
+/// attempts. `rows`, `job_id`, `row_id` and `keys` are SQL text from the caller's own
 /// code, never input.
-pub(crate) fn insert_jobs_for_rows(rows: &str, job_id: &str, row_id: &str, first: usize) -> String {
+pub(crate) fn insert_jobs_for_rows(
+    rows: &str,
+    job_id: &str,
+    row_id: &str,
+    first: usize,
+    keys: RowKeys<'_>,
+) -> String {
     let [task, template, priority, run_at, max_attempts] =
         [first, first + 1, first + 2, first + 3, first + 4];
+    let RowKeys { group, order } = keys;
     format!(
-        "INSERT INTO queue_jobs (id, task_name, payload, priority, run_at, max_attempts)
+        "INSERT INTO queue_jobs (id, task_name, payload, priority, run_at, max_attempts,
+                                 group_key, order_key)
         OVERRIDING SYSTEM VALUE
     SELECT {job_id}, ${task},
         replace(${template}, '{ROW_ID_PLACEHOLDER}', ({row_id})::text)::jsonb,
-        ${priority}, coalesce(${run_at}, now()), ${max_attempts}
+        ${priority}, coalesce(${run_at}, now()), ${max_attempts},
+        coalesce({group}, ''), {order}
     FROM {rows}
     ORDER BY {row_id}"
     )
@@ -248,12 +277,102 @@ pub(crate) struct ClaimedRow {
     /// The row's attempt counter, already counting this claim.
     pub(crate) attempts: i32,
     pub(crate) max_attempts: i32,
+    /// Its fair-share group (`''`: none).
+    pub(crate) group_key: String,
 }
 
+/// How a claim shares out work across groups (see the queue's module doc).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fairness<'a> {
+    /// The group this producer served last: the round-robin starts after it.
+    pub(crate) cursor: &'a str,
+    /// The rate limit of a group whose budget names none (`''` is never limited).
+    pub(crate) default_rate: Option<GroupRate>,
+    /// Serialise the claim with every other strict claim (a transaction-scoped advisory
+    /// lock taken before the claim's snapshot), so `max_running` and rate limits hold
+    /// across processes. Needed only while some group has such a budget.
+    pub(crate) strict: bool,
+}
+
+/// The advisory lock strict claims serialise on.
+const CLAIM_LOCK: i64 = 7_274_001;
+
+/// The claim's choice (River's `JobGetAvailable`, made fair; [`TAKE`] then claims what
+/// it chose): walks the groups with pending jobs
+/// (a loose index scan of `queue_jobs_ready`), works out each group's room (0 when
+/// paused; else the least of the batch, `max_running` minus its running jobs, and its
+/// rate limit minus its running jobs and its runs finished within the window), takes up
+/// to that many of each group's ready jobs whose conversation has no earlier live job,
+/// ranks them round-robin (every group's first job, then every group's second...;
+/// groups after the cursor first) and answers the first `$2`. It locks nothing: a
+/// row lock taken inside this many-CTE statement, when a concurrent completer or claim
+/// touched the table, stalled it for seconds under test, so the lock is taken by the
+/// plain [`TAKE`] on the chosen ids.
+const PICK: &str = "
+WITH RECURSIVE groups(key) AS (
+    (SELECT group_key FROM queue_jobs WHERE status = 'pending' ORDER BY group_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.group_key FROM queue_jobs q
+            WHERE q.status = 'pending' AND q.group_key > g.key
+            ORDER BY q.group_key LIMIT 1)
+    FROM groups g WHERE g.key IS NOT NULL
+), budget AS (
+    SELECT g.key, g.key <= $6 AS wrapped,
+        CASE
+            WHEN g.key = '' THEN $2
+            WHEN coalesce(b.paused, false) THEN 0
+            ELSE least($2,
+                coalesce(b.max_running - r.running, $2),
+                CASE WHEN coalesce(b.rate_limit, $7) IS NULL THEN $2
+                     ELSE coalesce(b.rate_limit, $7) - r.running - (
+                         SELECT count(*) FROM queue_jobs_done d
+                         WHERE d.group_key = g.key AND d.finished_at > now()
+                             - coalesce(b.rate_window_ms, $8) * interval '1 millisecond')
+                END)
+        END AS room
+    FROM groups g
+    LEFT JOIN queue_groups b ON b.key = g.key
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS running FROM queue_jobs q
+        WHERE g.key <> '' AND q.group_key = g.key AND q.status = 'running'
+    ) r
+    WHERE g.key IS NOT NULL
+), picked AS (
+    SELECT p.id, p.priority, p.run_at, bu.key, bu.wrapped
+    FROM budget bu
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at FROM queue_jobs j
+        WHERE j.status = 'pending' AND j.group_key = bu.key
+            AND j.run_at <= coalesce($5, now()) AND j.task_name = ANY($1)
+            AND (j.order_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key AND e.id < j.id))
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT greatest(bu.room, 0)
+    ) p
+    WHERE bu.room > 0
+), ranked AS (
+    SELECT id, priority, wrapped, key,
+        row_number() OVER (PARTITION BY key ORDER BY priority DESC, run_at, id) AS turn
+    FROM picked
+)
+SELECT id FROM ranked ORDER BY priority DESC, turn, wrapped, key LIMIT $2";
+
+/// Takes the jobs [`PICK`] chose, if still pending (another process may have claimed
+/// one meanwhile: it is skipped, never claimed twice), and counts the attempt.
+const TAKE: &str = "
+UPDATE queue_jobs j
+SET status = 'running', attempts = j.attempts + 1, locked_by = $2,
+    lease_expires_at = now() + $3 * interval '1 millisecond', started_at = now()
+WHERE j.id = ANY(ARRAY(
+    SELECT id FROM queue_jobs WHERE id = ANY($1) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING j.id, j.task_name, j.payload, j.attempts, j.max_attempts, j.group_key";
+
 /// Claims up to `limit` ready jobs of the `task_names` for `worker_id`, leased for
-/// `lease`, and counts the attempt, in one statement (River's `JobGetAvailable`).
-/// "Ready" is `run_at` at or before `due_by`, or before the database's `now()` when
-/// `due_by` is `None` (every long-running worker).
+/// `lease`, shared out across groups by [`PICK`] and taken by [`TAKE`]. "Ready" is `run_at` at or before
+/// `due_by`, or before the database's `now()` when `due_by` is `None` (every
+/// long-running worker).
 pub(crate) async fn claim(
     pool: &PgPool,
     task_names: &[&str],
@@ -261,28 +380,53 @@ pub(crate) async fn claim(
     worker_id: &str,
     lease: Duration,
     due_by: Option<DateTime<Utc>>,
+    fair: Fairness<'_>,
 ) -> Result<Vec<ClaimedRow>, QueueError> {
-    Ok(sqlx::query_as(
-        // `id = ANY(ARRAY(...))` keeps the update on primary-key lookups: a join against
-        // the picked ids lets the planner choose a scan of the whole table.
-        "UPDATE queue_jobs j
-        SET status = 'running', attempts = j.attempts + 1, locked_by = $3,
-            lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now()
-        WHERE j.id = ANY(ARRAY(
-            SELECT id FROM queue_jobs
-            WHERE status = 'pending' AND run_at <= coalesce($5, now()) AND task_name = ANY($1)
-            ORDER BY priority DESC, run_at, id
-            LIMIT $2
-            FOR UPDATE SKIP LOCKED
-        ))
-        RETURNING j.id, j.task_name, j.payload, j.attempts, j.max_attempts",
+    let pick = sqlx::query_scalar(PICK)
+        .bind(task_names)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(worker_id)
+        .bind(millis(lease))
+        .bind(due_by)
+        .bind(fair.cursor)
+        .bind(fair.default_rate.map(|r| i64::from(r.limit)))
+        .bind(fair.default_rate.map(|r| millis(r.window)));
+    let take = |ids: Vec<JobId>| {
+        sqlx::query_as(TAKE)
+            .bind(ids)
+            .bind(worker_id)
+            .bind(millis(lease))
+    };
+    if !fair.strict {
+        let ids: Vec<JobId> = pick.fetch_all(pool).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Ok(take(ids).fetch_all(pool).await?);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CLAIM_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let ids: Vec<JobId> = pick.fetch_all(&mut *tx).await?;
+    let rows = if ids.is_empty() {
+        Vec::new()
+    } else {
+        take(ids).fetch_all(&mut *tx).await?
+    };
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Whether any group has a budget that only strict claims keep (`max_running` or a
+/// rate limit).
+pub(crate) async fn budgets_exist(pool: &PgPool) -> Result<bool, QueueError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM queue_groups
+                        WHERE max_running IS NOT NULL OR rate_limit IS NOT NULL)",
     )
-    .bind(task_names)
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(worker_id)
-    .bind(millis(lease))
-    .bind(due_by)
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?)
 }
 
@@ -346,10 +490,11 @@ pub(crate) async fn sweep_expired(
             RETURNING j.*
         ), archived AS (
             INSERT INTO queue_jobs_done (id, task_name, payload, status, priority, run_at, attempts,
-                max_attempts, unique_key, last_error, errors, created_at, started_at, dead_letter_pending)
+                max_attempts, unique_key, last_error, errors, created_at, started_at, dead_letter_pending,
+                group_key)
             SELECT id, task_name, payload, 'dead', priority, run_at, attempts, max_attempts, unique_key,
                 $2, errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'error', $2::text, 'at', now())),
-                created_at, started_at, task_name = ANY($3)
+                created_at, started_at, task_name = ANY($3), group_key
             FROM dead
             RETURNING 1
         )
@@ -417,7 +562,7 @@ pub(crate) async fn archive(
         ), archived AS (
             INSERT INTO queue_jobs_done (id, task_name, payload, status, priority, run_at, attempts,
                 max_attempts, unique_key, last_error, errors, result, created_at, started_at,
-                dead_letter_pending)
+                dead_letter_pending, group_key)
             SELECT id, task_name,
                 CASE WHEN new_error IS NULL THEN NULL ELSE payload END,
                 CASE WHEN new_error IS NULL THEN 'completed' ELSE 'dead' END::queue_job_status,
@@ -428,7 +573,7 @@ pub(crate) async fn archive(
                          'attempt', attempts, 'error', new_error, 'at', now()))
                 END,
                 new_result::jsonb, created_at, started_at,
-                new_error IS NOT NULL AND task_name = ANY($6)
+                new_error IS NOT NULL AND task_name = ANY($6), group_key
             FROM done
             RETURNING 1
         )

@@ -20,7 +20,7 @@ use super::{
     completer::{Completer, ReleaseHook},
     error::QueueError,
     executor::{Executor, HandlerTable},
-    job::{Job, JobContext, JobError, JobId},
+    job::{GroupRate, Job, JobContext, JobError, JobId},
     maintenance::{
         self, dead_letter,
         periodic::{self, Periodic},
@@ -58,6 +58,9 @@ pub struct WorkerOptions {
     /// Shown in `locked_by` (with a per-run suffix, so a restarted process with the same
     /// name never mistakes its predecessor's claims for its own).
     pub worker_name: String,
+    /// The rate limit of every group whose budget names none (`HOOKQ_REPLY_RATE_LIMIT`
+    /// for the pipeline); `None`: such groups are not rate limited.
+    pub default_group_rate: Option<GroupRate>,
 }
 
 impl Default for WorkerOptions {
@@ -73,6 +76,7 @@ impl Default for WorkerOptions {
             backoff_cap: Duration::from_secs(600),
             archive_retention: Duration::from_secs(7 * 24 * 3600),
             worker_name: "hookq-worker".to_owned(),
+            default_group_rate: None,
         }
     }
 }
@@ -267,6 +271,8 @@ impl Workers {
                 rt: rt.clone(),
                 backoff: opts.backoff(),
                 poll_interval: opts.poll_interval,
+                default_rate: opts.default_group_rate,
+                fair: Default::default(),
             }
             .run(claimed_tx, stop_claiming.clone()),
         );
@@ -336,6 +342,8 @@ impl Workers {
             backoff: self.opts.backoff(),
             // Unused: nothing waits here.
             poll_interval: self.opts.poll_interval,
+            default_rate: self.opts.default_group_rate,
+            fair: Default::default(),
         };
         let executor = Executor {
             table: self.table.clone(),
