@@ -789,3 +789,70 @@ async fn paging_while_offset_is_below_total_collects_every_log_after_a_burst() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn pausing_an_integration_holds_its_events_and_resuming_runs_them_once() {
+    let app = spawn_app(Options::default()).await;
+    let admin = Admin { app: &app };
+    let (_, list) = admin.get("/api/integrations").await;
+    let id = list["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list["items"][0]["paused"], json!(false));
+
+    let (status, paused) = admin
+        .post(&format!("/api/integrations/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], json!(true));
+
+    // Stored and answered while paused, but held: pending, no attempt spent.
+    let r = app.post_instagram(&compact("paused_1", "hello")).await;
+    assert_eq!(r.status(), 200);
+    let log_id: i64 = sqlx::query_scalar("SELECT id FROM webhook_logs WHERE item_id = 'paused_1'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let (status, stats) = admin.get(&format!("/api/integrations/{id}/stats")).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["paused"], json!(true));
+    assert_eq!(stats["pending"], json!(1), "{stats}");
+    let (status_now, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM webhook_logs WHERE id = $1")
+            .bind(log_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!((status_now.as_str(), attempts), ("pending", 0));
+
+    // Budgets are fields like the others; a malformed one is a clear 422.
+    let (status, body) = admin
+        .patch(
+            &format!("/api/integrations/{id}"),
+            json!({"reply_rate_limit": "10/min", "max_concurrent": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply_rate_limit"], json!("10/min"));
+    assert_eq!(body["max_concurrent"], json!(2));
+    let (status, body) = admin
+        .patch(
+            &format!("/api/integrations/{id}"),
+            json!({"reply_rate_limit": "fast"}),
+        )
+        .await;
+    assert_error(status, &body, 422);
+
+    let (status, _) = admin
+        .post(&format!("/api/integrations/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let row = app.wait_status(log_id, "processed").await;
+    assert_eq!(
+        row.attempts, 1,
+        "the held event ran once, its wait spent no attempt"
+    );
+    let (_, stats) = admin.get(&format!("/api/integrations/{id}/stats")).await;
+    assert_eq!(stats["paused"], json!(false));
+    assert_eq!(stats["rate_limit"], json!("10/min"));
+    assert_eq!(stats["max_concurrent"], json!(2));
+    assert!(stats["rate_used"].as_i64().unwrap() >= 1, "{stats}");
+}

@@ -34,6 +34,10 @@ pub(crate) fn base_env(db_url: &str) -> HashMap<String, String> {
         ("WHATSAPP_WEBHOOK_SECRET", BRIDGE_SECRET),
         ("HOOKQ_ADMIN_TOKEN", ADMIN_TOKEN),
         ("TASKIQ_MAX_ASYNC_TASKS", "8"),
+        // The fixtures are real payloads with their real (years old) timestamps: a
+        // 24 h reply window would skip every message in them as `window_closed`. The
+        // window's own test sets it back.
+        ("HOOKQ_MESSAGE_REPLY_WINDOW", "876000h"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -3,6 +3,8 @@
 //! connection statuses kept per connection; and a NUL in a message on every route, kept
 //! as U+FFFD.
 
+use std::collections::HashMap;
+
 use crate::common::*;
 use hookq_core::delivery;
 use hookq_testkit::demo::DEMO_IG_ACCOUNT;
@@ -470,4 +472,30 @@ async fn a_nul_in_a_message_is_replaced_on_every_route() {
         }
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_direct_message_older_than_the_reply_window_is_skipped_window_closed() {
+    // The fixture's message is years old: with the default 24 h window it may no longer
+    // be answered (contract section 10); a comment of the same age is still answered.
+    let mut env = HashMap::new();
+    env.insert("HOOKQ_MESSAGE_REPLY_WINDOW".to_string(), "24h".to_string());
+    let app = spawn_app(Options {
+        env,
+        ..Options::default()
+    })
+    .await;
+    let ids = app
+        .ingest("/webhooks/instagram", &fixture("ig_messaging_message.json"))
+        .await;
+    let row = app.wait_finished(ids[0]).await;
+    assert_eq!(row.status.as_str(), "processed");
+    assert_eq!(row.outcome.map(|o| o.as_str()), Some("skipped"));
+    assert_eq!(row.skip_reason.map(|s| s.as_str()), Some("window_closed"));
+    assert!(row.reply_text.is_none());
+    let ids = app
+        .ingest("/webhooks/instagram", &fixture("ig_comments.json"))
+        .await;
+    let row = app.wait_finished(ids[0]).await;
+    assert_eq!(row.outcome.map(|o| o.as_str()), Some("replied"));
 }

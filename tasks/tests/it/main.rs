@@ -10,6 +10,7 @@ mod grouped_starts;
 mod ingest_batch;
 mod log_transitions;
 mod queue_basic;
+mod queue_groups;
 mod queue_kill;
 mod queue_layout;
 mod queue_outage;

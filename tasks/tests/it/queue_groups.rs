@@ -1,0 +1,298 @@
+//! Many accounts on one queue (contract section 10), at the queue's own level: fair
+//! claiming across groups, a paused group held without spending attempts, a
+//! conversation run in order under retries, and `max_running` and rate budgets held
+//! across two worker runtimes sharing the database.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::Utc;
+use hookq_tasks::queue::{
+    self, EnqueueOptions, Job, JobContext, JobError, JobId, JobKeys, WorkerOptions, Workers,
+};
+use hookq_testkit::{fresh_db, wait_for};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    /// Fail (transiently) on the first run.
+    fail_first: bool,
+    /// How long a run takes.
+    ms: u64,
+}
+
+impl Job for Step {
+    const NAME: &'static str = "test.step";
+}
+
+/// Every run start, in order, and how many ran at once at most.
+#[derive(Clone, Default)]
+struct Log {
+    starts: Arc<Mutex<Vec<(JobId, u32)>>>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl Log {
+    fn order(&self) -> Vec<JobId> {
+        self.starts.lock().unwrap().iter().map(|s| s.0).collect()
+    }
+}
+
+fn workers(pool: &PgPool, log: &Log, concurrency: usize) -> Workers {
+    let mut w = Workers::new(
+        pool.clone(),
+        WorkerOptions {
+            concurrency,
+            lease: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_secs(600),
+            backoff_cap: Duration::from_secs(600),
+            worker_name: "groups".into(),
+            ..WorkerOptions::default()
+        },
+    );
+    let log = log.clone();
+    w.register(move |job: Step, ctx: JobContext| {
+        let log = log.clone();
+        async move {
+            log.starts
+                .lock()
+                .unwrap()
+                .push((ctx.job_id(), ctx.attempt()));
+            let now = log.running.fetch_add(1, Ordering::SeqCst) + 1;
+            log.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(job.ms)).await;
+            log.running.fetch_sub(1, Ordering::SeqCst);
+            if job.fail_first && ctx.attempt() == 1 {
+                return Err(JobError::Retry {
+                    error: "first run fails".into(),
+                    after: Some(Duration::from_secs(600)),
+                });
+            }
+            Ok(())
+        }
+    });
+    w
+}
+
+async fn enqueue(
+    pool: &PgPool,
+    n: usize,
+    group: &str,
+    order: Option<&str>,
+    step: Step,
+) -> Vec<JobId> {
+    let mut tx = pool.begin().await.unwrap();
+    let jobs = vec![step; n];
+    let ids = queue::enqueue_many(
+        &mut tx,
+        &jobs,
+        &EnqueueOptions {
+            keys: JobKeys {
+                group: group.into(),
+                order: order.map(str::to_owned),
+            },
+            ..EnqueueOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    ids
+}
+
+fn quick() -> Step {
+    Step {
+        fail_first: false,
+        ms: 0,
+    }
+}
+
+async fn set_budget(
+    pool: &PgPool,
+    key: &str,
+    paused: bool,
+    max_running: Option<i32>,
+    rate: Option<(i32, i64)>,
+) {
+    sqlx::query(
+        "INSERT INTO queue_groups (key, paused, max_running, rate_limit, rate_window_ms)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (key) DO UPDATE SET paused = $2, max_running = $3, rate_limit = $4,
+             rate_window_ms = $5",
+    )
+    .bind(key)
+    .bind(paused)
+    .bind(max_running)
+    .bind(rate.map(|r| r.0))
+    .bind(rate.map(|r| r.1))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_flood_in_one_group_does_not_hold_back_another_groups_first_job() {
+    let db = fresh_db().await;
+    let flood = enqueue(&db.pool, 200, "ig:flood", None, quick()).await;
+    let quiet = enqueue(&db.pool, 1, "ig:quiet", None, quick()).await;
+    let log = Log::default();
+    let report = workers(&db.pool, &log, 4).run_once().await.unwrap();
+    assert_eq!(report.completed, 201);
+    let order = log.order();
+    let at = order.iter().position(|id| *id == quiet[0]).unwrap();
+    // Round-robin: the quiet group's job is in the first batch (of 4), not after 200.
+    assert!(at < 4, "the quiet job ran {at}th of {}", order.len());
+    // Within the flood, FIFO still holds.
+    let flood_order: Vec<JobId> = order.into_iter().filter(|id| flood.contains(id)).collect();
+    assert_eq!(flood_order, flood);
+}
+
+#[tokio::test]
+async fn a_paused_group_is_held_without_spending_attempts_and_resumes() {
+    let db = fresh_db().await;
+    set_budget(&db.pool, "ig:paused", true, None, None).await;
+    let held = enqueue(&db.pool, 3, "ig:paused", None, quick()).await;
+    let other = enqueue(&db.pool, 2, "ig:other", None, quick()).await;
+    let log = Log::default();
+    let w = workers(&db.pool, &log, 4);
+    let report = w.run_once().await.unwrap();
+    assert_eq!(report.completed, 2, "only the other group ran");
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT status::text, attempts FROM queue_jobs WHERE id = ANY($1)")
+            .bind(&held)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter().all(|(s, a)| s == "pending" && *a == 0),
+        "{rows:?}"
+    );
+    assert!(log.order().iter().all(|id| other.contains(id)));
+
+    set_budget(&db.pool, "ig:paused", false, None, None).await;
+    let report = w.run_once().await.unwrap();
+    assert_eq!(report.completed, 3);
+    for id in held {
+        let job = queue::get_job(&db.pool, id).await.unwrap().unwrap();
+        assert_eq!(job.attempts, 1, "a held job spent no attempt while paused");
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_waits_for_its_earlier_job_through_a_retry() {
+    let db = fresh_db().await;
+    let first = enqueue(
+        &db.pool,
+        1,
+        "ig:a",
+        Some("thread-1"),
+        Step {
+            fail_first: true,
+            ms: 0,
+        },
+    )
+    .await[0];
+    let later = enqueue(&db.pool, 2, "ig:a", Some("thread-1"), quick()).await;
+    let elsewhere = enqueue(&db.pool, 1, "ig:a", Some("thread-2"), quick()).await[0];
+    let log = Log::default();
+    let w = workers(&db.pool, &log, 8);
+    // The first fails and is scheduled 10 minutes out; its conversation waits for it,
+    // another conversation does not.
+    let report = w.run_once().await.unwrap();
+    assert_eq!((report.retried, report.completed), (1, 1));
+    assert_eq!(log.order(), vec![first, elsewhere]);
+    // Ten minutes later: the retry, then the rest of the thread, in order.
+    let report = w
+        .run_once_at(Utc::now() + chrono::Duration::minutes(11))
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 3);
+    assert_eq!(
+        log.order(),
+        vec![first, elsewhere, first, later[0], later[1]]
+    );
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), queue::QueueError>>,
+}
+
+fn start(w: Workers) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(w.run(async move {
+        let _ = stopped.await;
+    }));
+    Running { stop, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_hold_across_two_worker_runtimes() {
+    let db = fresh_db().await;
+    // At most 2 running at once, and at most 4 finished in any 1 s window.
+    set_budget(&db.pool, "ig:capped", false, Some(2), Some((4, 1000))).await;
+    let ids = enqueue(
+        &db.pool,
+        12,
+        "ig:capped",
+        None,
+        Step {
+            fail_first: false,
+            ms: 50,
+        },
+    )
+    .await;
+    let log = Log::default();
+    let a = start(workers(&db.pool, &log, 8));
+    let b = start(workers(&db.pool, &log, 8));
+    queue::Notifier::spawn(db.pool.clone()).kick();
+    wait_for(30, "every capped job done", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(log.order().len(), ids.len(), "each ran once");
+    assert!(
+        log.most.load(Ordering::SeqCst) <= 2,
+        "max_running 2 across both runtimes, saw {}",
+        log.most.load(Ordering::SeqCst)
+    );
+    // No 1 s window holds more than 4 finishes (checked on every window that starts
+    // at a finish).
+    let finished: Vec<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT finished_at FROM queue_jobs_done ORDER BY finished_at")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(finished.len(), 12);
+    for (i, start) in finished.iter().enumerate() {
+        let within = finished[i..]
+            .iter()
+            .take_while(|f| **f - *start < chrono::Duration::seconds(1))
+            .count();
+        assert!(within <= 4, "{within} finishes within 1 s from {start}");
+    }
+}
