@@ -8,15 +8,22 @@
 //! connection. A plain async function over traits: no HTTP, no queue types. The caller
 //! (a job handler) passes the attempt number and the delay the queue will use if this
 //! run fails, and gets back the error so the queue can retry or dead-letter.
+//!
+//! `fakes` holds an in-memory world implementing every port (compiled for tests, or
+//! with the `fakes` feature); `tests` runs the contract's cases over it as a table.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use uuid::Uuid;
 
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod ports;
 pub mod reply;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
 use crate::{
     comment::{

@@ -3,7 +3,8 @@
 //! beside their tables ([`PgDirectory`](crate::directory::PgDirectory),
 //! [`PgLogStore`](crate::logs::PgLogStore), [`PgDeliveryStore`](crate::delivery::PgDeliveryStore));
 //! the reply outbox and the LLM generator in `hookq-tasks`, next to the queue and the
-//! outbound HTTP client; in-memory fakes in the use case's tests.
+//! outbound HTTP client; in-memory fakes of all five in `comment::fakes` (built for the
+//! crate's tests, and for other crates' with the `fakes` feature).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -116,7 +117,8 @@ pub struct ReplyRecord<'a> {
 pub enum ReplyStored {
     /// `none` delivery (or already delivered): the log is `processed`, outcome `replied`.
     Finished,
-    /// Staged with its delivery job; the log stays `processing` until delivery ends.
+    /// Staged with its delivery job; the log waits `pending` for it (no worker holds it)
+    /// until delivery ends.
     Delivering,
     /// A delivery of this reply is already under way (a stale re-run of the log's job).
     AlreadyDelivering,
