@@ -168,14 +168,9 @@ pub fn log_row(id: i64, source: &str, event_type: &str, handling: Handling) -> L
     LogRow {
         id,
         dedup_key: format!("fake:{source}:{event_type}:{id}"),
-        source: source.into(),
+        source: crate::intake::Source::parse(source).unwrap_or(crate::intake::Source::Instagram),
         event_type: event_type.into(),
-        handling: match handling {
-            Handling::Reply => "reply",
-            Handling::Record => "record",
-            Handling::DeliveryStatus => "delivery_status",
-        }
-        .into(),
+        handling,
         account_id: None,
         user_external_id: None,
         persona_external_id: None,
@@ -188,7 +183,7 @@ pub fn log_row(id: i64, source: &str, event_type: &str, handling: Handling) -> L
         occurred_at: None,
         payload: serde_json::json!({}),
         integration_id: None,
-        status: LogStatus::Pending.as_str().into(),
+        status: LogStatus::Pending,
         attempts: 0,
         error_message: None,
         outcome: None,
@@ -203,6 +198,7 @@ pub fn log_row(id: i64, source: &str, event_type: &str, handling: Handling) -> L
         duplicate_count: 0,
         correlation_id: None,
         updated_at: now,
+        conversation_key: None,
     }
 }
 
@@ -219,6 +215,7 @@ impl FakeWorld {
             generator: self.clone(),
             outbox: self.clone(),
             reports: self.clone(),
+            message_reply_window: std::time::Duration::from_secs(24 * 3600),
         }
     }
 
@@ -297,6 +294,9 @@ impl FakeWorld {
             callback_secret: (delivery == ReplyDelivery::Callback).then(|| "whsec_c2VjcmV0".into()),
             default_persona_id,
             delivery_enabled: true,
+            paused: false,
+            reply_rate_limit: None,
+            max_concurrent: None,
             created_at: now,
             updated_at: now,
         };
@@ -494,18 +494,18 @@ impl Directory for FakeWorld {
 
 /// Whether `row` may take `t` (an unknown status takes none).
 fn allows(row: &LogRow, t: Transition) -> bool {
-    LogStatus::parse(&row.status).is_some_and(|s| t.allows(s))
+    t.allows(row.status)
 }
 
 fn set_status(row: &mut LogRow, to: LogStatus) {
-    row.status = to.as_str().into();
+    row.status = to;
     row.updated_at = Utc::now();
 }
 
 /// [`transitions::FINISH_REPLIED`]'s columns.
 fn finish_replied(row: &mut LogRow) {
     set_status(row, LogStatus::Processed);
-    row.outcome = Some(Outcome::Replied.as_str().into());
+    row.outcome = Some(Outcome::Replied);
     row.skip_reason = None;
     row.error_message = None;
     row.next_retry_at = None;
@@ -548,8 +548,8 @@ impl LogStore for FakeWorld {
             return Ok(false);
         }
         set_status(row, LogStatus::Processed);
-        row.outcome = Some(outcome.as_str().into());
-        row.skip_reason = skip.map(|r| r.as_str().into());
+        row.outcome = Some(outcome);
+        row.skip_reason = skip;
         row.integration_id = integration_id.or(row.integration_id);
         row.error_message = None;
         row.processed_at = Some(Utc::now());

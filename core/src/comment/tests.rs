@@ -156,7 +156,7 @@ fn event(
 
 /// The log as an earlier run left it.
 fn earlier(mut log: LogRow, status: LogStatus, reply: Option<&str>) -> LogRow {
-    log.status = status.as_str().into();
+    log.status = status;
     log.attempts = 1;
     log.reply_text = reply.map(str::to_owned);
     log
@@ -645,7 +645,7 @@ fn cases() -> Vec<Case> {
         case(
             "dead_letter: no persona anywhere names the integration",
             |_| LogRow {
-                source: "facebook".into(),
+                source: crate::intake::Source::Facebook,
                 account_id: Some(FB.into()),
                 ..comment("hi")
             },
@@ -671,7 +671,7 @@ fn cases() -> Vec<Case> {
         case(
             "dead_letter: an own message where no persona exists (persona before rules)",
             |_| LogRow {
-                source: "facebook".into(),
+                source: crate::intake::Source::Facebook,
                 account_id: Some(FB.into()),
                 is_own: true,
                 ..comment("hi")
@@ -996,7 +996,7 @@ fn cases() -> Vec<Case> {
         case(
             "already finished: a processed log is not run again",
             |_| LogRow {
-                outcome: Some("replied".into()),
+                outcome: Some(Outcome::Replied),
                 ..earlier(comment("hi"), LogStatus::Processed, Some("Done before"))
             },
             already_finished(LogStatus::Processed)
@@ -1039,8 +1039,7 @@ async fn run(case: &Case) -> Result<(), String> {
     let w = world();
     let id = w.insert_log((case.arrange)(&w));
     let before = w.log(id).ok_or("the arranged log is missing")?;
-    let startable =
-        LogStatus::parse(&before.status).is_some_and(|s| crate::logs::transitions::START.allows(s));
+    let startable = crate::logs::transitions::START.allows(before.status);
     let result = process_webhook(&w.deps(), id, case.attempt).await;
     let row = w.log(id).ok_or("the log vanished")?;
     let want = &case.want;
@@ -1059,12 +1058,12 @@ async fn run(case: &Case) -> Result<(), String> {
     check(same("status", row.status.as_str(), want.status.as_str()));
     check(same(
         "outcome",
-        row.outcome.as_deref(),
+        row.outcome.map(Outcome::as_str),
         want.outcome.map(Outcome::as_str),
     ));
     check(same(
         "skip_reason",
-        row.skip_reason.as_deref(),
+        row.skip_reason.map(SkipReason::as_str),
         want.skip.map(SkipReason::as_str),
     ));
     check(match (&row.error_message, want.error_has) {
