@@ -564,6 +564,30 @@ fn cases() -> Vec<Case> {
             skipped(TooLong),
         ),
         case(
+            "skipped window_closed: a direct message older than the 24 h reply window",
+            |_| LogRow {
+                occurred_at: Some(Utc::now() - chrono::Duration::hours(25)),
+                ..message(Some("hello"), json!({}))
+            },
+            skipped(WindowClosed),
+        ),
+        case(
+            "replied: a direct message inside the reply window",
+            |_| LogRow {
+                occurred_at: Some(Utc::now() - chrono::Duration::hours(23)),
+                ..message(Some("hello"), json!({}))
+            },
+            replied(AVA_TO_ANA),
+        ),
+        case(
+            "replied: a comment is answered however old (the window is for messages)",
+            |_| LogRow {
+                occurred_at: Some(Utc::now() - chrono::Duration::days(30)),
+                ..comment("hello")
+            },
+            replied(AVA_TO_ANA),
+        ),
+        case(
             "replied: exactly 2,200 characters is not too long",
             |_| comment(&format!("{}x", "ab ".repeat(733))),
             replied(AVA_TO_ANA),
