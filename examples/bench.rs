@@ -8,6 +8,9 @@
 //! is `processed` (`webhook_p50_ms`, `webhook_p99_ms`). `bench cluster-start DIR` / `cluster-stop DIR` run a throwaway
 //! durable PostgreSQL; `bench reset` empties the tables and loads the demo data.
 
+// Example code is not a public API: the workspace's `missing_docs` lint does not apply.
+#![allow(missing_docs)]
+
 use std::{
     sync::{
         Arc,

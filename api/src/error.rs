@@ -172,6 +172,7 @@ impl ResponseError for ApiError {
     }
 }
 
+/// A response with `status` and the JSON error body `{"error": error, "detail": detail}`.
 pub fn json_error(status: StatusCode, error: &str, detail: &str) -> Response {
     let body = serde_json::json!({ "error": error, "detail": detail });
     Response::builder()

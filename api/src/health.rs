@@ -5,13 +5,17 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use crate::{ApiTags, error::ErrorBody, state::AppState};
 
+/// `/health` and `/ready`.
 pub struct HealthApi;
 
+/// A probe's answer.
 #[derive(Object)]
 pub struct HealthStatus {
+    /// `ok` for liveness, `ready` for readiness.
     pub status: String,
 }
 
+/// `GET /ready`'s answers.
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
     /// The database answers and every migration is applied.

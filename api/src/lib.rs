@@ -21,6 +21,7 @@ use poem_openapi::{OpenApiService, Tags};
 
 pub use state::AppState;
 
+/// The groups the OpenAPI document files operations under.
 #[derive(Tags)]
 pub enum ApiTags {
     /// Signed webhook intake and Meta's handshake.

@@ -126,8 +126,10 @@ pub async fn count_webhooks<E: Endpoint>(next: E, req: Request) -> poem::Result<
     out
 }
 
+/// `GET /metrics`: Prometheus text, read from the database and the API's own counters.
 pub struct MetricsApi;
 
+/// `GET /metrics`' answers.
 #[derive(ApiResponse)]
 pub enum MetricsResponse {
     /// Prometheus text exposition format 0.0.4.

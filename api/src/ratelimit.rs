@@ -65,6 +65,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter enforcing `limits`, with no request counted yet.
     pub fn new(limits: RateLimits) -> Self {
         RateLimiter {
             limits,
@@ -119,6 +120,8 @@ impl<E: Endpoint> Middleware<E> for RateLimiter {
     }
 }
 
+/// An endpoint behind the [`RateLimiter`]: over its group's limit a client gets `429`
+/// with `Retry-After`.
 pub struct RateLimited<E> {
     inner: E,
     limiter: RateLimiter,

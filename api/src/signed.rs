@@ -14,17 +14,22 @@ use poem_openapi::{
 
 use crate::{error::ApiError, state::AppState};
 
+/// `X-Hub-Signature-256`: Meta's signature header, `sha256=<hex>`.
 pub const META_HEADER: &str = "x-hub-signature-256";
+/// `X-Webhook-Signature`: the WhatsApp Bridge's signature header, bare hex.
 pub const BRIDGE_HEADER: &str = "x-webhook-signature";
 
 /// Which signatures a route accepts.
 pub trait SignedRoute: Send + Sync + 'static {
+    /// The request body's description in the OpenAPI document.
     const DESCRIPTION: &'static str;
     /// Picks the key and the header value to check, before the body is read: a request
     /// that cannot be authenticated is refused without reading it.
     fn credentials<'r>(config: &'r Config, req: &'r Request) -> Result<Credentials<'r>, ApiError>;
 }
 
+/// The key and the signature header value a request must match, and the prefix the
+/// header's hex follows.
 pub struct Credentials<'r> {
     key: &'r str,
     header: &'r str,
@@ -85,6 +90,7 @@ impl SignedRoute for Whatsapp {
 
 /// A verified raw body.
 pub struct SignedBody<R> {
+    /// The body exactly as received, its signature verified.
     pub bytes: Bytes,
     _route: PhantomData<R>,
 }

@@ -31,6 +31,8 @@ pub struct GuardedAcceptor<A> {
 }
 
 impl<A> GuardedAcceptor<A> {
+    /// Wraps `inner`; every request's headers must arrive within `timeout`
+    /// (`HOOKQ_HEADER_READ_TIMEOUT`).
     pub fn new(inner: A, timeout: Duration) -> Self {
         GuardedAcceptor { inner, timeout }
     }

@@ -6,10 +6,14 @@ use hookq_core::{config::Config, db::Availability};
 use hookq_tasks::{intake::Ingestor, queue::Notifier};
 use sqlx::PgPool;
 
+/// What every handler can reach; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Configuration, read once at start-up.
     pub config: Arc<Config>,
+    /// The database pool every route reads and writes through.
     pub pool: PgPool,
+    /// Stores webhook events and enqueues their jobs, batching concurrent requests.
     pub ingestor: Ingestor,
     /// Whether the database is known to be down: routes that need it answer `503` at
     /// once while it is (see [`Availability`]).

@@ -26,6 +26,8 @@ use crate::{
     state::AppState,
 };
 
+/// `/webhooks/instagram` and `/webhooks/whatsapp`: Meta's handshake and signed event
+/// intake.
 pub struct WebhooksApi;
 
 /// The answer to a stored webhook.
@@ -41,6 +43,7 @@ pub struct IngestAck {
     pub status: String,
 }
 
+/// The answers to Meta's `GET` handshake.
 #[derive(ApiResponse)]
 pub enum HandshakeResponse {
     /// The token matched: the challenge, echoed byte for byte.

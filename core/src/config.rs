@@ -12,9 +12,12 @@ use sqlx::postgres::PgConnectOptions;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value read from a secret variable.
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
+    /// The value itself, for the one place that must send it (a header, a connect
+    /// string).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -34,15 +37,22 @@ pub enum DatabaseConfig {
     Url(Secret),
     /// `SSQ_DB_*`.
     Parts {
+        /// `SSQ_DB_USER`: required once any part is set.
         user: String,
+        /// `SSQ_DB_PASSWORD`; `None` connects without one.
         password: Option<Secret>,
+        /// `SSQ_DB_HOST`, default `localhost`.
         host: String,
+        /// `SSQ_DB_PORT`, default `5432`.
         port: u16,
+        /// `SSQ_DB_NAME`: required once any part is set.
         name: String,
     },
 }
 
 impl DatabaseConfig {
+    /// Connect options for either form; a `DATABASE_URL` that does not parse is a
+    /// [`ConfigError::Invalid`].
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         match self {
             DatabaseConfig::Url(url) => PgConnectOptions::from_str(url.expose())
@@ -68,9 +78,12 @@ impl DatabaseConfig {
     }
 }
 
+/// `HOOKQ_LOG_FORMAT`: how the tracing subscriber writes log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines (`text`, the default).
     Text,
+    /// One JSON object per line (`json`).
     Json,
 }
 
@@ -79,27 +92,59 @@ pub enum LogFormat {
 pub struct LlmConfig {
     /// Base URL ending in `/v1`; the client appends `/chat/completions`.
     pub url: String,
+    /// `REPLY_LLM_MODEL`, default `gpt-4o-mini`.
     pub model: String,
+    /// `REPLY_LLM_API_KEY`, sent as a bearer token; `None` sends no `Authorization`.
     pub api_key: Option<Secret>,
 }
 
+/// Every knob of contract section 2, parsed and checked once (see [`Config::from_env`]).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// `DATABASE_URL` or `SSQ_DB_*`; `None` when neither is set (see
+    /// [`Config::require_database`]).
     pub database: Option<DatabaseConfig>,
+    /// `TASKIQ_WORKERS`: worker processes `hookq worker` supervises (at least 1, default
+    /// 2).
     pub workers: usize,
+    /// `TASKIQ_MAX_ASYNC_TASKS`: jobs in flight per worker process (at least 1, default
+    /// 32).
     pub max_async_tasks: usize,
+    /// `HOOKQ_BIND`: the API's listen address (default `127.0.0.1:8080`).
     pub bind: SocketAddr,
+    /// `HOOKQ_ADMIN_TOKEN`: bearer token for `/api/*` and `/dashboard`; `None` answers
+    /// 401 to everyone.
     pub admin_token: Option<Secret>,
+    /// `META_APP_SECRET`: HMAC-SHA256 key for `X-Hub-Signature-256`; `None` answers 401
+    /// on Meta routes.
     pub meta_app_secret: Option<Secret>,
+    /// `META_VERIFY_TOKEN`: the `GET` handshake's token; `None` answers the
+    /// handshake 403.
     pub meta_verify_token: Option<Secret>,
+    /// `WHATSAPP_WEBHOOK_SECRET`: HMAC-SHA256 key for the Bridge's `X-Webhook-Signature`;
+    /// `None` answers 401.
     pub whatsapp_webhook_secret: Option<Secret>,
+    /// `HOOKQ_MAX_ATTEMPTS`: runs of a log's processing job before `dead_letter` (at
+    /// least 1, default 3).
     pub max_attempts: u32,
+    /// `META_GRAPH_URL` without a trailing `/`: base URL for `graph_api` delivery
+    /// (default [`DEFAULT_GRAPH_URL`]).
     pub meta_graph_url: String,
+    /// `REPLY_LLM_*`; `None` renders the persona template instead of asking a model.
     pub llm: Option<LlmConfig>,
+    /// `HOOKQ_RETENTION_DAYS`: processed logs older than this many days are deleted
+    /// (default 30).
     pub retention_days: u32,
+    /// `HOOKQ_ALLOW_PRIVATE_CALLBACKS`: allow callback URLs on loopback and private
+    /// addresses (default off).
     pub allow_private_callbacks: bool,
+    /// `HOOKQ_LOG_FORMAT` (default `text`).
     pub log_format: LogFormat,
+    /// `HOOKQ_MAX_BODY_BYTES`: largest webhook body accepted, in bytes; larger answers
+    /// 413 (default 4 MiB).
     pub max_body_bytes: usize,
+    /// `HOOKQ_DELIVERY_BACKOFF`: the delay before each delivery retry, one per retry
+    /// (default `4s,8s,10s`).
     pub delivery_backoff: Vec<Duration>,
     /// Per-source request limits by route group (`HOOKQ_RATE_LIMIT_*`); all off by default.
     pub rate_limits: RateLimits,
@@ -120,7 +165,9 @@ pub struct Config {
 /// bursts up to `N` are allowed, then requests are refilled evenly over the period.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateLimit {
+    /// `N`: requests allowed per period, and the burst size (at least 1).
     pub requests: u32,
+    /// The period `N` is counted over: 1 s, 1 min or 1 h.
     pub per: Duration,
 }
 
@@ -157,8 +204,15 @@ pub fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, String> {
 /// A variable that is set but unusable. Start-up stops with this one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A variable is set to a value hookq cannot use.
     #[error("{var}: {reason}")]
-    Invalid { var: &'static str, reason: String },
+    Invalid {
+        /// The variable's name, as the line starts with it.
+        var: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// Neither `DATABASE_URL` nor `SSQ_DB_*` is set, and the command needs a database.
     #[error(
         "no database configured: set DATABASE_URL, or SSQ_DB_USER, SSQ_DB_PASSWORD, SSQ_DB_HOST, SSQ_DB_PORT and SSQ_DB_NAME (or run `hookq dev`, which starts its own)"
     )]
@@ -174,6 +228,7 @@ impl ConfigError {
     }
 }
 
+/// Meta's Graph API, the `META_GRAPH_URL` default.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.facebook.com/v21.0";
 
 impl Config {

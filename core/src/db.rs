@@ -58,7 +58,9 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// | `Other` | anything else | a fault of ours | 500 |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbFailure {
+    /// The database cannot take work now; retry later.
     Unavailable,
+    /// Lost a race (serialization failure, deadlock, lock not available).
     Retry,
     /// The database's own words about the refused value.
     Refused(String),
@@ -66,7 +68,9 @@ pub enum DbFailure {
     Constraint(String),
     /// The database's detail (which key), when it gave one.
     Unique(String),
+    /// The database's detail (which reference), when it gave one.
     ForeignKey(String),
+    /// Anything else: a fault of ours.
     Other,
 }
 

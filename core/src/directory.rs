@@ -18,8 +18,10 @@ use crate::{
     resources::{Integration, Persona, PersonaTemplate, Post, User},
 };
 
+/// The [`Directory`] over Postgres: one query per lookup, no caching.
 #[derive(Clone)]
 pub struct PgDirectory {
+    /// The pool the lookups read from.
     pub pool: PgPool,
 }
 
@@ -197,6 +199,7 @@ pub struct CachedDirectory {
 }
 
 impl CachedDirectory {
+    /// Wraps `inner` with an empty cache.
     pub fn new(inner: Arc<dyn Directory>) -> Self {
         CachedDirectory {
             inner,

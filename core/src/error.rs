@@ -6,10 +6,17 @@ use std::time::Duration;
 /// dead-letters `Permanent` at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
+    /// Trying again cannot help: recorded, no retry.
     Permanent,
-    Transient { retry_after: Option<Duration> },
+    /// Trying again later may pass.
+    Transient {
+        /// How long the other side asked to be left alone (`Retry-After`); `None` leaves
+        /// the delay to the caller's backoff.
+        retry_after: Option<Duration>,
+    },
 }
 
+/// Everything the domain can fail with; [`Error::kind`] says whether a retry can help.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Data the event needs does not exist (unknown integration, user, persona…).
@@ -31,7 +38,9 @@ pub enum Error {
     /// A call to another service failed in a way that may pass (timeout, 5xx, 429).
     #[error("{message}")]
     Upstream {
+        /// What failed, for the log's `error_message`.
         message: String,
+        /// The service's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
     },
     /// The database failed: transient when it was unreachable or lost a race, permanent
@@ -41,6 +50,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// Permanent or transient: the queue retries only the transient.
     pub fn kind(&self) -> FailureKind {
         match self {
             Error::Upstream { retry_after, .. } => FailureKind::Transient {
@@ -63,9 +73,11 @@ impl Error {
         }
     }
 
+    /// Shorthand for `kind() == FailureKind::Permanent`.
     pub fn is_permanent(&self) -> bool {
         self.kind() == FailureKind::Permanent
     }
 }
 
+/// A result whose error is the domain's [`Error`] unless named.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

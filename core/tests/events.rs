@@ -1,5 +1,8 @@
 //! Webhook body parsing: every spec fixture, batching, dedup keys, and hostile input.
 
+// Test code is not a public API: the workspace's `missing_docs` lint does not apply.
+#![allow(missing_docs)]
+
 use hookq_core::intake::{
     AccountRef, Handling, MAX_EVENTS_PER_BODY, ParseError, ParsedEvent, Source, parse_instagram,
     parse_whatsapp,

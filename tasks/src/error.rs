@@ -4,12 +4,16 @@ use std::sync::Arc;
 
 use crate::queue::QueueError;
 
+/// Everything the worker side (ingest, pipeline, operator tools) can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The domain's error (a use case step, a repository).
     #[error(transparent)]
     Core(#[from] hookq_core::Error),
+    /// The job queue failed (enqueue, claim, complete).
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A statement of this crate's own failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// One failure answered to several callers: every request of a failed ingest batch

@@ -3,7 +3,7 @@
 //! neither.
 //!
 //! Requests do not write themselves: they hand their events to a batching writer
-//! ([`writer`]) that commits the logs and jobs of many concurrent requests in one
+//! (`writer`) that commits the logs and jobs of many concurrent requests in one
 //! statement (group commit). A commit with `synchronous_commit = on` costs a WAL flush
 //! whatever its size, so sharing it is what lets intake scale past one fsync per
 //! request; each request is still answered only after the commit that holds its events.
@@ -11,7 +11,7 @@
 //! Sharing a statement means sharing its fate, so a value PostgreSQL refuses (a *data
 //! exception*, SQLSTATE class 22: a NUL in a string, a timestamp out of range) must never
 //! reach a batch: [`Ingestor::ingest`] checks every row first and refuses only the
-//! request that carries it ([`refusal`] tells the HTTP layer to answer 422, not 503).
+//! request that carries it (`refusal` tells the HTTP layer to answer 422, not 503).
 //! Should the database still refuse a value of a batch, the writer writes that batch's
 //! requests one by one, so again only the offending request fails.
 
@@ -34,7 +34,10 @@ use crate::{
 /// What the webhook sender is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
+    /// Events stored new by this call, each with its `process_webhook` job.
     pub accepted: usize,
+    /// Events whose dedup key was already stored (or repeated in the call): nothing
+    /// stored or enqueued.
     pub duplicates: usize,
     /// Log ids, new and already known, in payload order.
     pub ids: Vec<i64>,
@@ -97,6 +100,7 @@ impl Ingestor {
         )
     }
 
+    /// Starts the batching writer on the current Tokio runtime with `opts`.
     pub fn with_options(pool: PgPool, notifier: Notifier, opts: IngestOptions) -> Self {
         let group = GroupOptions {
             max_batch: opts.max_batch_events,
@@ -120,6 +124,7 @@ impl Ingestor {
         Ingestor { pool, writer }
     }
 
+    /// The pool the writer stores into.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -131,7 +136,7 @@ impl Ingestor {
     /// ahead of this one in the same batch is a duplicate (its existing id is answered,
     /// nothing is enqueued). A batch that fails for the database's sake (down, restarting)
     /// fails every call in it, and nothing of it is stored; a value the database refuses
-    /// fails only the call that carries it (see [`refusal`]).
+    /// fails only the call that carries it (see `refusal`).
     ///
     /// # Errors
     ///

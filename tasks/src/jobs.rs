@@ -7,6 +7,7 @@ use crate::queue::Job;
 /// Run the comment use case for one `webhook_logs` row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessWebhook {
+    /// The log to process (`webhook_logs.id`).
     pub log_id: i64,
 }
 
@@ -19,6 +20,7 @@ impl Job for ProcessWebhook {
 /// reply's state row decides what a run may do, so a stale or duplicated job is harmless.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliverReply {
+    /// The log whose outbound reply to deliver (`webhook_logs.id`, one reply per log).
     pub log_id: i64,
 }
 

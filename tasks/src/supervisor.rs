@@ -22,13 +22,16 @@ use nix::{
 };
 use tokio::{process::Command, task::JoinSet};
 
+/// What [`supervise`] runs and how.
 #[derive(Clone, Debug)]
 pub struct SupervisorOptions {
     /// The program each worker runs (normally `std::env::current_exe()`).
     pub program: PathBuf,
+    /// The arguments each worker gets (`worker --single` for `hookq worker`).
     pub args: Vec<OsString>,
     /// Extra environment for the children.
     pub env: Vec<(String, String)>,
+    /// Worker processes kept running (`TASKIQ_WORKERS`).
     pub workers: usize,
     /// How long children get to drain after SIGTERM.
     pub grace: Duration,
@@ -37,6 +40,7 @@ pub struct SupervisorOptions {
 /// How the supervised run went, for the caller's exit status and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SupervisorReport {
+    /// Times a child that exited before shutdown was started again.
     pub restarts: usize,
     /// Children that had to be SIGKILLed at shutdown.
     pub killed: usize,

@@ -9,12 +9,18 @@ use hookq_core::error::Result;
 /// Meta's sample account id (`entry[].id` in the Instagram fixtures).
 pub const DEMO_IG_ACCOUNT: &str = "17841405726653026";
 
+/// The ids of the demo rows [`load`] made or found.
 pub struct Demo {
+    /// The demo user (`external_id` `user_123`).
     pub user_id: Uuid,
+    /// The demo Instagram integration on [`DEMO_IG_ACCOUNT`] (`reply_delivery` `none`).
     pub integration_id: Uuid,
+    /// The demo persona (`external_id` `persona_123`), the integration's default.
     pub persona_id: Uuid,
 }
 
+/// Loads the demo user, template, persona, integration and post (`post_123`) in one
+/// transaction, keeping rows that already exist.
 pub async fn load(pool: &PgPool) -> Result<Demo> {
     let mut tx = pool.begin().await?;
     let user_id: Uuid = sqlx::query_scalar(

@@ -25,21 +25,35 @@ use std::{
     process::{Command, Stdio},
 };
 
+/// Why the private cluster could not be set up or started.
 #[derive(Debug, thiserror::Error)]
 pub enum DevDbError {
+    /// No `initdb` in `$HOOKQ_PG_BIN` or `/usr/lib/postgresql/*/bin`.
     #[error(
         "PostgreSQL server binaries not found (looked for initdb in $HOOKQ_PG_BIN and /usr/lib/postgresql/*/bin): install them with `apt-get install -y postgresql`"
     )]
     NoBinaries,
+    /// An I/O operation failed: on the path, or running the command, named first.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// A server command (`initdb`, `pg_ctl`, …) exited unsuccessfully.
     #[error("`{cmd}` failed: {output}")]
-    Command { cmd: String, output: String },
+    Command {
+        /// The command line run.
+        cmd: String,
+        /// What it printed.
+        output: String,
+    },
+    /// `pg_ctl start` failed; the server's own reason is in its log.
     #[error("PostgreSQL in {dir} did not start: {output}\nits log ({log}) says:\n{log_tail}")]
     Start {
+        /// The cluster's folder.
         dir: String,
+        /// What `pg_ctl` printed.
         output: String,
+        /// The server log's path.
         log: String,
+        /// The last lines the server wrote to its log during this start.
         log_tail: String,
     },
 }
@@ -63,7 +77,10 @@ pub struct ClusterOptions {
 /// loopback only).
 #[derive(Clone, Debug)]
 pub struct LocalCluster {
+    /// The cluster's folder (`.hookq/` for `hookq dev`); its data directory is `data/` in
+    /// it.
     pub dir: PathBuf,
+    /// The TCP port it listens on at `127.0.0.1`.
     pub port: u16,
     bin: PathBuf,
 }
@@ -157,6 +174,7 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// The data directory (`PGDATA`): `data/` under [`LocalCluster::dir`].
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -166,6 +184,7 @@ impl LocalCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// True when `pg_ctl status` finds the server running.
     pub fn is_running(&self) -> bool {
         self.server_cmd("pg_ctl")
             .arg("status")

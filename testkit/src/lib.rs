@@ -23,9 +23,11 @@ use tokio::sync::OnceCell;
 /// the test panicked, so its rows can be read afterwards (the name is printed), or when
 /// `HOOKQ_TEST_KEEP_DB` is set.
 pub struct TestDb {
+    /// A pool on this test's own database, migrated.
     pub pool: PgPool,
     /// URL of this test's own database (hand it to child processes as `DATABASE_URL`).
     pub url: String,
+    /// The database's generated name (`t_<uuid>`).
     pub name: String,
 }
 

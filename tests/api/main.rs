@@ -11,6 +11,9 @@
 //! | `hostile`, `processes` | bad input answered 4xx losing nothing; the `hookq` commands as processes |
 //! | `chaos` | fault tests (`#[ignore]`, one at a time: `scripts/chaos`) |
 
+// Test code is not a public API: the workspace's `missing_docs` lint does not apply.
+#![allow(missing_docs)]
+
 mod common;
 
 mod admin;

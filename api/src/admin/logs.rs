@@ -30,42 +30,62 @@ use uuid::Uuid;
 use super::{AdminError, AdminResult, Deleted, OpsState, Page, paging, tasks::Job};
 use crate::{ApiTags, auth::AdminAuth, error::ApiError, state::AppState};
 
+/// `/api/webhook-logs`: list, stats, throughput, live feed, one log, retry, delete.
 pub struct LogsApi;
 
 /// A log in a list: everything but the payload.
 #[derive(Debug, Clone, Object)]
 pub struct LogItem {
+    /// The log's id, as the ingest answer's `ids` name it.
     pub id: i64,
+    /// `instagram`, `facebook` or `whatsapp`: the route and platform family it came from.
     pub source: String,
+    /// The event's stable name, e.g. `comment`, `message` or `message.received`.
     pub event_type: String,
     /// `pending`, `processing`, `processed`, `failed` or `dead_letter`.
     pub status: String,
+    /// Runs of its processing job so far, counted against `HOOKQ_MAX_ATTEMPTS`.
     pub attempts: i32,
+    /// Once `processed`: `replied`, `skipped` or `recorded`.
     #[oai(nullable)]
     pub outcome: Option<String>,
+    /// Why a `skipped` log got no reply: `own_message`, `empty`, `blocklisted`, `spam`,
+    /// `replies_disabled` or `too_long`.
     #[oai(nullable)]
     pub skip_reason: Option<String>,
+    /// Why the last run failed (`failed`), or why the log was given up (`dead_letter`).
     #[oai(nullable)]
     pub error_message: Option<String>,
+    /// The integration the event resolved to, once a run has resolved it.
     #[oai(nullable)]
     pub integration_id: Option<Uuid>,
+    /// The sender's display name, when the platform sent one.
     #[oai(nullable)]
     pub sender_name: Option<String>,
     /// The first 200 characters of the event's text.
     #[oai(nullable)]
     pub message_preview: Option<String>,
+    /// The generated reply, once there is one.
     #[oai(nullable)]
     pub reply_text: Option<String>,
+    /// Its processing job (see `GET /api/tasks/{id}`); an operator retry gives it a new
+    /// one.
     #[oai(nullable)]
     pub job_id: Option<i64>,
+    /// How many times the same event (same dedup key) arrived again after it was stored.
     pub duplicate_count: i32,
+    /// The id of the webhook request that stored it, as the API's log lines name it.
     #[oai(nullable)]
     pub correlation_id: Option<String>,
+    /// When it was stored.
     pub received_at: DateTime<Utc>,
+    /// When it became `processed` or `dead_letter`.
     #[oai(nullable)]
     pub processed_at: Option<DateTime<Utc>>,
+    /// While `failed`: when the next run is due.
     #[oai(nullable)]
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// When the log last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -99,58 +119,89 @@ impl From<LogSummary> for LogItem {
 /// with every failed attempt.
 #[derive(Debug, Clone, Object)]
 pub struct LogDetail {
+    /// The log's id.
     pub id: i64,
+    /// Unique per real-world event and stable across re-deliveries, e.g.
+    /// `ig:comment:17912345678901234`.
     pub dedup_key: String,
+    /// `instagram`, `facebook` or `whatsapp`.
     pub source: String,
+    /// The event's stable name, e.g. `comment`, `message` or `message.received`.
     pub event_type: String,
     /// `reply`, `record` or `delivery_status`.
     pub handling: String,
+    /// `pending`, `processing`, `processed`, `failed` or `dead_letter`.
     pub status: String,
+    /// Runs of its processing job so far, counted against `HOOKQ_MAX_ATTEMPTS`.
     pub attempts: i32,
+    /// Why the last run failed (`failed`), or why the log was given up (`dead_letter`).
     #[oai(nullable)]
     pub error_message: Option<String>,
+    /// Once `processed`: `replied`, `skipped` or `recorded`.
     #[oai(nullable)]
     pub outcome: Option<String>,
+    /// Why a `skipped` log got no reply: `own_message`, `empty`, `blocklisted`, `spam`,
+    /// `replies_disabled` or `too_long`.
     #[oai(nullable)]
     pub skip_reason: Option<String>,
+    /// The generated reply, once there is one.
     #[oai(nullable)]
     pub reply_text: Option<String>,
+    /// The platform account the event names (an integration's `account_id`).
     #[oai(nullable)]
     pub account_id: Option<String>,
+    /// The compact shape's `user_id` (a user's `external_id`).
     #[oai(nullable)]
     pub user_external_id: Option<String>,
+    /// The compact shape's `persona_id` (a persona's `external_id`).
     #[oai(nullable)]
     pub persona_external_id: Option<String>,
+    /// The media or post id the event names (a post's `external_id`).
     #[oai(nullable)]
     pub post_external_id: Option<String>,
+    /// What a reply answers: the comment id, or the message id for messages.
     #[oai(nullable)]
     pub item_id: Option<String>,
+    /// For messages: the conversation peer a reply goes to (sender id or phone number).
     #[oai(nullable)]
     pub sender_id: Option<String>,
+    /// The sender's display name, when the platform sent one.
     #[oai(nullable)]
     pub sender_name: Option<String>,
+    /// The comment's or message's text.
     #[oai(nullable)]
     pub message_text: Option<String>,
+    /// The integration the event resolved to, once a run has resolved it.
     #[oai(nullable)]
     pub integration_id: Option<Uuid>,
+    /// The persona that wrote the reply.
     #[oai(nullable)]
     pub persona_id: Option<Uuid>,
     /// The event exactly as received (one event of a batch).
     pub payload: serde_json::Value,
+    /// When the platform says the event happened.
     #[oai(nullable)]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// When it was stored.
     pub received_at: DateTime<Utc>,
+    /// When its latest run started.
     #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it became `processed` or `dead_letter`.
     #[oai(nullable)]
     pub processed_at: Option<DateTime<Utc>>,
+    /// While `failed`: when the next run is due.
     #[oai(nullable)]
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// Its processing job; an operator retry gives it a new one.
     #[oai(nullable)]
     pub job_id: Option<i64>,
+    /// How many times the same event (same dedup key) arrived again after it was stored.
     pub duplicate_count: i32,
+    /// The id of the webhook request that stored it, as the API's log lines name it.
     #[oai(nullable)]
     pub correlation_id: Option<String>,
+    /// When the log last changed.
     pub updated_at: DateTime<Utc>,
     /// The processing job, with each failed run's error (null once the archive has
     /// pruned it).
@@ -170,36 +221,50 @@ pub struct Delivery {
     pub webhook_id: String,
     /// `pending`, `sending`, `retrying`, `delivered`, `failed` or `unknown`.
     pub status: String,
+    /// The latest attempt's error.
     #[oai(nullable)]
     pub last_error: Option<String>,
+    /// While `retrying`: when the next attempt is due.
     #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the endpoint took the reply.
     #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
     /// The platform's id for the sent message, and what it later reported about it.
     #[oai(nullable)]
     pub provider_message_id: Option<String>,
+    /// The platform's latest report about the message: `sent`, `delivered`, `read` or
+    /// `failed`.
     #[oai(nullable)]
     pub provider_status: Option<String>,
+    /// The error the platform reported with a `failed` status.
     #[oai(nullable)]
     pub provider_error: Option<String>,
+    /// Every attempt, oldest first.
     pub attempts: Vec<DeliveryAttemptView>,
 }
 
 /// One request hookq made to deliver a reply.
 #[derive(Debug, Clone, Object)]
 pub struct DeliveryAttemptView {
+    /// 1-based over the reply's life.
     pub attempt: i32,
     /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
     pub state: String,
+    /// The endpoint, without query string or credentials.
     pub url: String,
+    /// The HTTP status the endpoint answered; null when no answer came.
     #[oai(nullable)]
     pub status_code: Option<i32>,
+    /// How long the request took, in milliseconds; null while in flight or when cut off.
     #[oai(nullable)]
     pub duration_ms: Option<i32>,
+    /// Why the attempt failed, when it did.
     #[oai(nullable)]
     pub error: Option<String>,
+    /// When the attempt was committed, before its request left.
     pub started_at: DateTime<Utc>,
+    /// When its outcome was recorded; null while `in_flight`.
     #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -279,10 +344,15 @@ impl LogDetail {
 /// Logs per status (every status present, zero or not).
 #[derive(Debug, Clone, Default, Object)]
 pub struct StatusCounts {
+    /// Stored, job enqueued, not yet picked up.
     pub pending: i64,
+    /// A worker holds it.
     pub processing: i64,
+    /// Done: replied, skipped or recorded.
     pub processed: i64,
+    /// The last attempt failed; another is scheduled.
     pub failed: i64,
+    /// Out of attempts or failed permanently.
     pub dead_letter: i64,
 }
 
@@ -298,6 +368,7 @@ impl StatusCounts {
         }
     }
 
+    /// Folds per-group counts into per-status counts.
     pub fn from_groups(groups: &[GroupCount]) -> Self {
         let mut c = StatusCounts::default();
         for g in groups {
@@ -310,7 +381,9 @@ impl StatusCounts {
 /// A name and how many logs have it.
 #[derive(Debug, Clone, Object)]
 pub struct NamedCount {
+    /// The event type or source.
     pub name: String,
+    /// Logs with it.
     pub count: i64,
 }
 
@@ -333,14 +406,22 @@ fn fold_by(groups: &[GroupCount], key: impl Fn(&GroupCount) -> &str) -> Vec<Name
 /// Receipt-to-processed time of the logs processed in the window.
 #[derive(Debug, Clone, Object)]
 pub struct ProcessingTime {
+    /// The window, in minutes: `window_minutes` as asked (default 60, 1 to 10,080).
     pub window_minutes: u32,
+    /// Logs processed in the window.
     pub processed: i64,
+    /// Mean milliseconds from receipt to `processed`; null when none was processed.
     #[oai(nullable)]
     pub mean_ms: Option<f64>,
+    /// Median milliseconds from receipt to `processed`; null when none was processed.
     #[oai(nullable)]
     pub p50_ms: Option<f64>,
+    /// 95th percentile milliseconds from receipt to `processed`; null when none was
+    /// processed.
     #[oai(nullable)]
     pub p95_ms: Option<f64>,
+    /// 99th percentile milliseconds from receipt to `processed`; null when none was
+    /// processed.
     #[oai(nullable)]
     pub p99_ms: Option<f64>,
     /// Mean runs per processed log (above 1 when retries happened).
@@ -353,9 +434,13 @@ pub struct ProcessingTime {
 pub struct QueueState {
     /// Jobs ready to run and not yet claimed.
     pub depth: i64,
+    /// Jobs a worker is running now.
     pub running: i64,
+    /// Jobs waiting for a scheduled retry.
     pub scheduled_retries: i64,
+    /// Jobs enqueued to run later, never run yet.
     pub scheduled: i64,
+    /// Jobs that will not run again (kept in the archive).
     pub dead: i64,
     /// Seconds the oldest ready job has waited.
     #[oai(nullable)]
@@ -365,34 +450,48 @@ pub struct QueueState {
 /// The last 60 seconds.
 #[derive(Debug, Clone, Object)]
 pub struct Throughput {
+    /// Logs received in the last 60 seconds.
     pub received: i64,
+    /// Logs processed in the last 60 seconds.
     pub processed: i64,
+    /// Logs now `failed` or `dead_letter` whose last change fell in the last 60 seconds.
     pub failed: i64,
+    /// `received` per second.
     pub received_per_sec: f64,
+    /// `processed` per second.
     pub processed_per_sec: f64,
 }
 
+/// `GET /api/webhook-logs/stats`: the logs and the queue at a glance.
 #[derive(Debug, Clone, Object)]
 pub struct LogStats {
     /// Every log kept.
     pub total: i64,
+    /// Logs per status.
     pub by_status: StatusCounts,
     /// Largest first.
     pub by_event_type: Vec<NamedCount>,
+    /// Logs per source, largest first.
     pub by_source: Vec<NamedCount>,
     /// processed / (processed + dead_letter); null before anything finished.
     #[oai(nullable)]
     pub success_rate: Option<f64>,
+    /// Receipt-to-processed time over the window.
     pub processing_time: ProcessingTime,
+    /// The job queue, every job type included.
     pub queue: QueueState,
+    /// Counts over the last 60 seconds.
     pub last_minute: Throughput,
 }
 
 /// One minute of the throughput chart.
 #[derive(Debug, Clone, Object)]
 pub struct Minute {
+    /// The minute's start (UTC).
     pub minute: DateTime<Utc>,
+    /// Logs received in the minute.
     pub received: i64,
+    /// Logs processed in the minute.
     pub processed: i64,
     /// Logs now failed or dead-lettered whose last change fell in this minute.
     pub failed: i64,
@@ -402,20 +501,28 @@ pub struct Minute {
 /// `dead_letter` (both when absent).
 #[derive(Debug, Clone, Default, Object)]
 pub struct RetryFilter {
+    /// `failed` or `dead_letter`; both when absent.
     pub status: Option<String>,
+    /// Only logs of this event type.
     pub event_type: Option<String>,
+    /// Only logs from this source: `instagram`, `facebook` or `whatsapp`.
     pub source: Option<String>,
+    /// Only logs resolved to this integration.
     pub integration_id: Option<Uuid>,
+    /// Only logs received at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
+    /// Only logs received before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
     pub limit: Option<u32>,
 }
 
+/// What a retry did.
 #[derive(Debug, Clone, Object)]
 pub struct Retried {
     /// Logs put back to `pending`, each with a new job.
     pub retried: u32,
+    /// The ids of the logs retried.
     pub ids: Vec<i64>,
 }
 
@@ -423,7 +530,9 @@ pub struct Retried {
 /// change first, and (every two seconds) the counts by status.
 #[derive(Debug, Clone, Object)]
 pub struct LiveUpdate {
+    /// Logs created or changed since the previous event, oldest change first.
     pub logs: Vec<LogItem>,
+    /// Logs per status, every two seconds; null in the events between.
     #[oai(nullable)]
     pub counts: Option<StatusCounts>,
 }
@@ -793,7 +902,6 @@ impl LogsApi {
     }
 }
 
-/// Retried jobs get `HOOKQ_MAX_ATTEMPTS` fresh attempts.
 /// How far back each poll looks past the newest change it has seen: a transaction that
 /// stamped `updated_at` before committing becomes visible late, and this overlap still
 /// catches it. Rows already sent are skipped by `(id, updated_at)`.

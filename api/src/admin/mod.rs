@@ -37,16 +37,20 @@ pub const MAX_LIMIT: u32 = 500;
 /// Every list's answer (contract section 9).
 #[derive(Debug, Object)]
 pub struct Page<T: ParseFromJSON + ToJSON + Send + Sync> {
+    /// This page's entries, newest first.
     pub items: Vec<T>,
     /// How many match, across all pages.
     pub total: i64,
+    /// The page size used: the `limit` asked for (default 50), bounded to 1–500.
     pub limit: u32,
+    /// Entries skipped before this page, as asked (default 0).
     pub offset: u32,
 }
 
 /// The answer to a delete.
 #[derive(Debug, Clone, Object)]
 pub struct Deleted {
+    /// Always `true`: the row is gone (a failed delete answers an error instead).
     pub deleted: bool,
 }
 
@@ -128,6 +132,7 @@ impl From<hookq_tasks::queue::QueueError> for AdminError {
     }
 }
 
+/// An admin route's answer: its JSON body, or a documented error.
 pub type AdminResult<T> = Result<Json<T>, AdminError>;
 
 /// What the operator routes share beyond [`AppState`](crate::AppState): a notifier to
@@ -135,11 +140,14 @@ pub type AdminResult<T> = Result<Json<T>, AdminError>;
 /// aggregates so many dashboards and scrapers cost one scan per interval.
 #[derive(Clone)]
 pub struct OpsState {
+    /// Wakes the workers once an operator retry has committed its new jobs.
     pub notifier: Notifier,
+    /// The whole-table log counts, recomputed at most every 2 s.
     pub counts: Arc<Cached<Vec<hookq_core::logs::reads::GroupCount>>>,
 }
 
 impl OpsState {
+    /// A notifier on `pool` and an empty counts cache.
     pub fn new(pool: &sqlx::PgPool) -> Self {
         OpsState {
             notifier: Notifier::spawn(pool.clone()),
@@ -156,6 +164,7 @@ pub struct Cached<T> {
 }
 
 impl<T: Clone> Cached<T> {
+    /// An empty cache whose values live `ttl`.
     pub fn new(ttl: Duration) -> Self {
         Cached {
             ttl,
@@ -163,6 +172,8 @@ impl<T: Clone> Cached<T> {
         }
     }
 
+    /// The cached value while younger than `ttl`, else `compute`'s (an error is returned
+    /// and nothing cached).
     pub async fn get<E, F>(&self, compute: F) -> Result<T, E>
     where
         F: AsyncFnOnce() -> Result<T, E>,

@@ -19,6 +19,8 @@ use uuid::Uuid;
 use super::{AdminError, AdminResult, Deleted, Page, paging};
 use crate::{ApiTags, auth::AdminAuth, state::AppState};
 
+/// `/api/users`, `/api/integrations`, `/api/persona-templates`, `/api/personas` and
+/// `/api/posts`.
 pub struct ResourcesApi;
 
 /// A created resource.
@@ -54,12 +56,18 @@ fn page<T, U: ParseFromJSON + ToJSON + Send + Sync>(
 
 // ---------------------------------------------------------------------------- types
 
+/// A person hookq answers for; owns integrations and personas.
 #[derive(Debug, Clone, Object)]
 pub struct User {
+    /// The user's id, by which other resources reference it.
     pub id: Uuid,
+    /// Unique; what payloads name (`user_id` in the compact shape).
     pub external_id: String,
+    /// Display name; may be empty.
     pub name: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -75,23 +83,31 @@ impl From<model::User> for User {
     }
 }
 
+/// A user to create.
 #[derive(Debug, Clone, Object)]
 pub struct NewUser {
     /// Unique; what payloads name (`user_id` in the compact shape).
     pub external_id: String,
+    /// Display name; empty when omitted.
     #[oai(default)]
     pub name: String,
 }
 
+/// The user fields to change; omitted fields are left as they are.
 #[derive(Debug, Clone, Object)]
 pub struct UserPatch {
+    /// A new external id; unique.
     pub external_id: Option<String>,
+    /// A new display name.
     pub name: Option<String>,
 }
 
+/// An account on a platform that hookq answers for, and how its replies are delivered.
 #[derive(Debug, Clone, Object)]
 pub struct Integration {
+    /// The integration's id, by which posts reference it and logs record it.
     pub id: Uuid,
+    /// The `id` of the user it belongs to.
     pub user_id: Uuid,
     /// `instagram`, `facebook` or `whatsapp`.
     pub platform: String,
@@ -101,10 +117,13 @@ pub struct Integration {
     pub has_access_token: bool,
     /// `none`, `callback` or `graph_api`.
     pub reply_delivery: String,
+    /// Where `callback` delivery POSTs the reply; an absolute http(s) URL.
     #[oai(nullable)]
     pub callback_url: Option<String>,
     /// Whether a callback signing secret is stored (never returned).
     pub has_callback_secret: bool,
+    /// The `id` of the persona that answers when neither the post nor the event names
+    /// one.
     #[oai(nullable)]
     pub default_persona_id: Option<Uuid>,
     /// Off after an endpoint answered 410 Gone, until an operator turns it back on.
@@ -119,7 +138,9 @@ pub struct Integration {
     /// The most of its jobs running at once, across every worker; null: no cap.
     #[oai(nullable)]
     pub max_concurrent: Option<i32>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -145,11 +166,15 @@ impl From<model::Integration> for Integration {
     }
 }
 
+/// An integration to create. `platform` and `account_id` are unique together.
 #[derive(Debug, Clone, Object)]
 pub struct NewIntegration {
+    /// The `id` of the user it belongs to.
     pub user_id: Uuid,
     /// `instagram`, `facebook` or `whatsapp`.
     pub platform: String,
+    /// The account payloads name (`entry[].id`, `phone_number_id`, a Bridge number); not
+    /// empty.
     pub account_id: String,
     /// For `graph_api` delivery. Write-only.
     #[oai(write_only)]
@@ -161,6 +186,8 @@ pub struct NewIntegration {
     /// `whsec_<base64>`, signs callbacks (Standard Webhooks). Write-only.
     #[oai(write_only)]
     pub callback_secret: Option<String>,
+    /// The `id` of the persona that answers when neither the post nor the event names
+    /// one.
     pub default_persona_id: Option<Uuid>,
     /// Start paused (default `false`).
     pub paused: Option<bool>,
@@ -170,21 +197,35 @@ pub struct NewIntegration {
     pub max_concurrent: Option<i32>,
 }
 
+/// The integration fields to change; omitted fields are left as they are, `null` clears a
+/// nullable one. The result must still be valid (`callback` delivery needs a
+/// `callback_url`).
 #[derive(Debug, Clone, Object)]
 pub struct IntegrationPatch {
+    /// Moves it to another user (an `id`).
     pub user_id: Option<Uuid>,
+    /// A new platform: `instagram`, `facebook` or `whatsapp`.
     pub platform: Option<String>,
+    /// A new account id.
     pub account_id: Option<String>,
+    /// Sets (or with `null` clears) the access token. Write-only.
     #[oai(write_only, nullable)]
     pub access_token: MaybeUndefined<String>,
+    /// A new delivery: `none`, `callback` or `graph_api`.
     pub reply_delivery: Option<String>,
+    /// Sets (or with `null` clears) the callback URL.
     #[oai(nullable)]
     pub callback_url: MaybeUndefined<String>,
+    /// Sets (or with `null` clears) the callback signing secret, `whsec_<base64>`.
+    /// Write-only.
     #[oai(write_only, nullable)]
     pub callback_secret: MaybeUndefined<String>,
+    /// Sets (or with `null` clears) the default persona (an `id`).
     #[oai(nullable)]
     pub default_persona_id: MaybeUndefined<Uuid>,
+    /// `true` turns delivery back on after a `410 Gone` switched it off.
     pub delivery_enabled: Option<bool>,
+    /// `true` pauses it, `false` resumes it (as the pause and resume routes do).
     pub paused: Option<bool>,
     /// `N/s`, `N/min` or `N/h`; null: back to `HOOKQ_REPLY_RATE_LIMIT`.
     #[oai(nullable)]
@@ -202,6 +243,7 @@ pub struct IntegrationStats {
     /// Seconds since the oldest of them was stored; null when none waits.
     #[oai(nullable)]
     pub oldest_pending_age_secs: Option<f64>,
+    /// Whether it is paused.
     pub paused: bool,
     /// Runs counted in the current rate window (running, plus finished within it).
     pub rate_used: i64,
@@ -237,16 +279,21 @@ impl From<model::IntegrationStats> for IntegrationStats {
     }
 }
 
+/// What a persona speaks with: the reply template, and the LLM's system prompt.
 #[derive(Debug, Clone, Object)]
 pub struct PersonaTemplate {
+    /// The template's id, by which personas reference it.
     pub id: Uuid,
+    /// The operator's name for it.
     pub name: String,
     /// Placeholders: `{sender_name}`, `{message}`, `{persona_name}`, `{post_caption}`.
     pub reply_template: String,
     /// For an LLM (`REPLY_LLM_URL`).
     #[oai(nullable)]
     pub system_prompt: Option<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -263,31 +310,48 @@ impl From<model::PersonaTemplate> for PersonaTemplate {
     }
 }
 
+/// A persona template to create.
 #[derive(Debug, Clone, Object)]
 pub struct NewPersonaTemplate {
+    /// The operator's name for it; not empty.
     pub name: String,
+    /// Not empty; placeholders `{sender_name}`, `{message}`, `{persona_name}`,
+    /// `{post_caption}`.
     pub reply_template: String,
+    /// The LLM's system prompt, used when `REPLY_LLM_URL` is set.
     pub system_prompt: Option<String>,
 }
 
+/// The template fields to change; omitted fields are left as they are.
 #[derive(Debug, Clone, Object)]
 pub struct PersonaTemplatePatch {
+    /// A new name.
     pub name: Option<String>,
+    /// A new reply template; not empty.
     pub reply_template: Option<String>,
+    /// Sets (or with `null` clears) the LLM's system prompt.
     #[oai(nullable)]
     pub system_prompt: MaybeUndefined<String>,
 }
 
+/// Who replies: a name, a template to speak with, words never to answer.
 #[derive(Debug, Clone, Object)]
 pub struct Persona {
+    /// The persona's id, by which posts and integrations reference it.
     pub id: Uuid,
+    /// Unique; what payloads name (`persona_id` in the compact shape).
     pub external_id: String,
+    /// The `id` of the user it belongs to.
     pub user_id: Uuid,
+    /// The `id` of the persona template it speaks with.
     pub template_id: Uuid,
+    /// Its name, the template's `{persona_name}`.
     pub name: String,
     /// Words that skip a reply (case-insensitive, whole words).
     pub blocklist: Vec<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -306,37 +370,57 @@ impl From<model::Persona> for Persona {
     }
 }
 
+/// A persona to create.
 #[derive(Debug, Clone, Object)]
 pub struct NewPersona {
     /// Unique; what payloads name (`persona_id` in the compact shape).
     pub external_id: String,
+    /// The `id` of the user it belongs to.
     pub user_id: Uuid,
+    /// The `id` of the persona template it speaks with.
     pub template_id: Uuid,
+    /// Its name, the template's `{persona_name}`; not empty.
     pub name: String,
+    /// Words that skip a reply (case-insensitive, whole words); empty when omitted.
     #[oai(default)]
     pub blocklist: Vec<String>,
 }
 
+/// The persona fields to change; omitted fields are left as they are.
 #[derive(Debug, Clone, Object)]
 pub struct PersonaPatch {
+    /// A new external id; unique.
     pub external_id: Option<String>,
+    /// Moves it to another user (an `id`).
     pub user_id: Option<Uuid>,
+    /// Another persona template (an `id`).
     pub template_id: Option<Uuid>,
+    /// A new name.
     pub name: Option<String>,
+    /// Replaces the whole blocklist.
     pub blocklist: Option<Vec<String>>,
 }
 
+/// A post on an integration's account: who answers its comments, and whether anyone does.
 #[derive(Debug, Clone, Object)]
 pub struct Post {
+    /// The post's id.
     pub id: Uuid,
     /// The media id payloads name; unique per integration.
     pub external_id: String,
+    /// The `id` of the integration whose account published it.
     pub integration_id: Uuid,
+    /// The `id` of the persona that answers it, ahead of the event's and the
+    /// integration's default.
     #[oai(nullable)]
     pub persona_id: Option<Uuid>,
+    /// Its caption, the template's `{post_caption}`.
     pub caption: String,
+    /// When `false`, its comments are skipped (`replies_disabled`).
     pub replies_enabled: bool,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -359,24 +443,37 @@ fn yes() -> bool {
     true
 }
 
+/// A post to create.
 #[derive(Debug, Clone, Object)]
 pub struct NewPost {
+    /// The media id payloads name; unique per integration.
     pub external_id: String,
+    /// The `id` of the integration whose account published it.
     pub integration_id: Uuid,
+    /// The `id` of the persona that answers it, if not the default one.
     pub persona_id: Option<Uuid>,
+    /// Its caption, the template's `{post_caption}`; empty when omitted.
     #[oai(default)]
     pub caption: String,
+    /// When `false`, its comments are skipped (`replies_disabled`); `true` when omitted.
     #[oai(default = "yes")]
     pub replies_enabled: bool,
 }
 
+/// The post fields to change; omitted fields are left as they are, `null` clears the
+/// persona.
 #[derive(Debug, Clone, Object)]
 pub struct PostPatch {
+    /// A new external id; unique per integration.
     pub external_id: Option<String>,
+    /// Moves it to another integration (an `id`).
     pub integration_id: Option<Uuid>,
+    /// Sets (or with `null` clears) the persona that answers it.
     #[oai(nullable)]
     pub persona_id: MaybeUndefined<Uuid>,
+    /// A new caption.
     pub caption: Option<String>,
+    /// Turns replies on or off.
     pub replies_enabled: Option<bool>,
 }
 

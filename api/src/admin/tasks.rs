@@ -7,27 +7,36 @@ use poem_openapi::{Object, OpenApi, param::Path};
 use super::{AdminError, AdminResult};
 use crate::{ApiTags, auth::AdminAuth, error::ApiError, state::AppState};
 
+/// `GET /api/tasks/{id}`.
 pub struct TasksApi;
 
 /// One failed run of a job.
 #[derive(Debug, Clone, Object)]
 pub struct JobAttempt {
+    /// The run that failed (1-based).
     pub attempt: i32,
+    /// What it failed with.
     pub error: String,
+    /// When the failure was recorded.
     pub at: DateTime<Utc>,
 }
 
 /// A job as the queue holds it.
 #[derive(Debug, Clone, Object)]
 pub struct Job {
+    /// The job's id (a log's `job_id`).
     pub id: i64,
+    /// The job type: `process_webhook`, `deliver_reply` or `purge_logs`.
     pub task_name: String,
     /// `pending`, `running`, `completed` or `dead`.
     pub status: String,
     /// Runs so far, the current one included.
     pub attempts: i32,
+    /// Runs it gets before it is dead.
     pub max_attempts: i32,
+    /// Not run before this time; for a scheduled retry, when the retry is due.
     pub run_at: DateTime<Utc>,
+    /// The latest failure, if any.
     #[oai(nullable)]
     pub last_error: Option<String>,
     /// Every failed run's error, oldest first.
@@ -35,9 +44,12 @@ pub struct Job {
     /// What the handler returned (completed jobs).
     #[oai(nullable)]
     pub result: Option<serde_json::Value>,
+    /// When it was enqueued.
     pub created_at: DateTime<Utc>,
+    /// When its latest run started.
     #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it became `completed` or `dead`; null while live.
     #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }

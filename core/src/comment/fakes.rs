@@ -30,6 +30,10 @@
 //! across an `.await`. Built for the use case's own tests and, with the `fakes` feature,
 //! for other crates' tests.
 
+// Test doubles: their fields mirror the tables and ports they stand in for, which are
+// documented where they are defined.
+#![allow(missing_docs)]
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},

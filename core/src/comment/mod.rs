@@ -43,8 +43,11 @@ use crate::{
 /// What the use case needs from the outside world.
 #[derive(Clone)]
 pub struct Deps {
+    /// Looks up users, integrations, personas (with templates) and posts.
     pub directory: Arc<dyn Directory>,
+    /// Starts and finishes the log row (through `logs::transitions`).
     pub logs: Arc<dyn LogStore>,
+    /// Writes the reply: the LLM when configured, else the persona template.
     pub generator: Arc<dyn ReplyGenerator>,
     /// Stores a reply and stages its delivery atomically (implemented by the tasks crate).
     pub outbox: Arc<dyn ReplyOutbox>,
@@ -69,13 +72,17 @@ pub struct Attempt {
 pub enum Done {
     /// Replied and finished (`none` delivery, or already delivered).
     Replied {
+        /// The reply text, as recorded in `reply_text`.
         reply: String,
     },
     /// The reply is stored and its delivery job staged; the delivery job finishes the log.
     Delivering {
+        /// The reply text, as stored in `outbound_replies`.
         reply: String,
     },
+    /// Processed without a reply, for this reason (`outcome = skipped`).
     Skipped(SkipReason),
+    /// An event that never gets a reply, stored as `outcome = recorded`.
     Recorded,
     /// The log was already finished (a duplicate or late run): nothing done.
     AlreadyFinished,

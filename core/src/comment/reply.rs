@@ -11,6 +11,8 @@ use crate::{
 /// `{persona_name}`, `{post_caption}`. Unknown `{…}` are left as written.
 pub struct TemplateRenderer;
 
+/// `ctx.reply_template` with its placeholders filled from `ctx` in one pass (a value's
+/// own `{…}` is not expanded again), trimmed.
 pub fn render(ctx: &ReplyContext<'_>) -> String {
     let mut out = String::with_capacity(ctx.reply_template.len() + 32);
     let mut rest = ctx.reply_template;

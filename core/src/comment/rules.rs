@@ -2,15 +2,23 @@
 
 use crate::logs::SkipReason;
 
+/// Longest text replied to, in characters; longer is `too_long`.
 pub const MAX_LEN: usize = 2200;
+/// Most links a replied-to text may hold; more is `spam`.
 pub const MAX_LINKS: usize = 2;
+/// A run of one character this long is `spam`.
 pub const MAX_REPEAT: usize = 10;
 
 /// What the rules look at, gathered by the use case.
 pub struct RuleInput<'a> {
+    /// The text judged (the message, or a marker for content without text); `None` or
+    /// blank is `empty`.
     pub text: Option<&'a str>,
+    /// The account's own comment or a message echo: replying would loop (`own_message`).
     pub is_own: bool,
+    /// The post's switch; true when the post is unknown (`replies_disabled` when false).
     pub replies_enabled: bool,
+    /// The persona's blocklist words (`blocklisted`).
     pub blocklist: &'a [String],
 }
 

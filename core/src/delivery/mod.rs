@@ -7,7 +7,8 @@
 //!
 //! 1. [`store::claim`] commits the attempt (`in_flight`) and moves the reply to `sending`
 //!    before any byte leaves, under the per-endpoint limits ([`Limits`]).
-//! 2. [`send::Sender`] makes the one request and classifies the answer.
+//! 2. The sender in `hookq-tasks` (`outbound::send::Sender`) makes the one request and
+//!    classifies the answer.
 //! 3. One transaction records the outcome on the attempt, the reply and the log
 //!    ([`store::record_success`], [`store::record_retry`], [`store::record_failure`]).
 //!
@@ -18,7 +19,8 @@
 //!
 //! Inbound reports about our messages (Bridge `message.sent`/`message.failed`, Cloud API
 //! `statuses`) and Bridge `connection.status` events are applied through
-//! [`DeliveryReports`], so the use case stays a function over traits.
+//! [`DeliveryReports`](crate::comment::ports::DeliveryReports), so the use case stays a
+//! function over traits.
 
 pub mod store;
 
@@ -45,15 +47,22 @@ pub const OUTCOME_UNKNOWN: &str = "delivery outcome unknown";
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ReplyState {
+    /// Staged (or staged again by an operator resend); its delivery job is queued.
     Pending,
+    /// An attempt is committed and its request may have left.
     Sending,
+    /// The last attempt failed transiently; the next job runs at `next_attempt_at`.
     Retrying,
+    /// The endpoint answered 2xx.
     Delivered,
+    /// Failed permanently, or out of tries (`last_error` says which).
     Failed,
+    /// An attempt was cut off by a crash: the reply may or may not have arrived.
     Unknown,
 }
 
 impl ReplyState {
+    /// The state as stored in `outbound_replies.status`.
     pub fn as_str(self) -> &'static str {
         match self {
             ReplyState::Pending => "pending",
@@ -65,6 +74,7 @@ impl ReplyState {
         }
     }
 
+    /// The state a stored text names; `None` for any other text.
     pub fn parse(s: &str) -> Option<Self> {
         [
             ReplyState::Pending,
@@ -82,22 +92,42 @@ impl ReplyState {
 /// One reply that leaves hookq, as the API and the delivery job see it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct OutboundReply {
+    /// Primary key (`outbound_replies.id`).
     pub id: i64,
+    /// The log this reply answers; one outbound reply per log (unique).
     pub log_id: i64,
+    /// The integration it is sent for; `None` once that integration is deleted.
     pub integration_id: Option<Uuid>,
+    /// `callback` or `graph_api` (the integration's `reply_delivery` when last staged).
     pub kind: String,
+    /// Standard Webhooks `webhook-id` (`msg_…`): fixed at first staging, reused by every
+    /// attempt and resend so receivers can dedupe.
     pub webhook_id: String,
+    /// Where the reply is in its delivery.
     pub status: ReplyState,
+    /// Attempts made over the reply's life (resends continue the count).
     pub attempts: i32,
+    /// `attempts` when the current round (first staging or the latest resend) began.
     pub round_base: i32,
+    /// When the next try is due, while `retrying`.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The latest attempt's error, for the operator.
     pub last_error: Option<String>,
+    /// The id the platform gave the message when it took it, for matching its later
+    /// status reports.
     pub provider_message_id: Option<String>,
+    /// The platform's latest report about the message: `sent`, `delivered`, `read` or
+    /// `failed` (as it names them); never moves back to an earlier one.
     pub provider_status: Option<String>,
+    /// The error the platform reported with a `failed` status, if any.
     pub provider_error: Option<String>,
+    /// When the platform's latest report says it happened (else when it arrived).
     pub provider_status_at: Option<DateTime<Utc>>,
+    /// When the reply was first staged.
     pub created_at: DateTime<Utc>,
+    /// When any of the above last changed.
     pub updated_at: DateTime<Utc>,
+    /// When the endpoint answered 2xx.
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -112,22 +142,35 @@ impl OutboundReply {
 /// error).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeliveryAttempt {
+    /// Primary key (`delivery_attempts.id`).
     pub id: i64,
+    /// The [`OutboundReply`] this try was for.
     pub reply_id: i64,
+    /// The log the reply answers.
     pub log_id: i64,
     /// 1-based over the reply's life (resends continue the count).
     pub attempt: i32,
+    /// `callback` or `graph_api`, as the reply's kind was at this try.
     pub kind: String,
     /// The endpoint without query string or credentials.
     pub url: String,
+    /// What the rate limits counted this try under (see [`Endpoint::limit_key`]).
     pub limit_key: String,
+    /// The delivery job that made the try; a re-run of that job finding its own try still
+    /// `in_flight` knows its previous run died mid-request.
     pub job_id: Option<i64>,
     /// `in_flight`, `succeeded`, `failed` or `unknown` (cut off by a crash).
     pub state: String,
+    /// The HTTP status the endpoint answered; `None` when no answer came.
     pub status_code: Option<i32>,
+    /// How long the request took, in milliseconds; `None` while in flight or when cut
+    /// off.
     pub duration_ms: Option<i32>,
+    /// Why the try failed, when it did.
     pub error: Option<String>,
+    /// When the try was committed, before its request left.
     pub started_at: DateTime<Utc>,
+    /// When its outcome was recorded (or it was found cut off); `None` while `in_flight`.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -136,14 +179,24 @@ pub struct DeliveryAttempt {
 pub struct ConnectionStatus {
     /// The phone number when the event names one, else the session id.
     pub connection_key: String,
+    /// The `data.session_id` the event named, if any.
     pub session_id: Option<String>,
+    /// The account's phone number the event named, if any.
     pub phone_number: Option<String>,
+    /// The integration the event was routed to, if any.
     pub integration_id: Option<Uuid>,
+    /// The connection's state as the Bridge reports it (`data.status` or `data.state`,
+    /// e.g. `connected`).
     pub status: String,
+    /// When the Bridge says the status changed (the event's own time); an older report
+    /// never overwrites a newer one.
     pub reported_at: Option<DateTime<Utc>>,
+    /// The `connection.status` log this status came from; `None` once that log is
+    /// deleted.
     pub log_id: Option<i64>,
     /// The event's `data` as received.
     pub data: Value,
+    /// When this row was last written.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -151,8 +204,11 @@ pub struct ConnectionStatus {
 /// Counted in the database, so they hold across every worker process.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Attempts in flight at once per endpoint (`limit_key`); default 10.
     pub max_in_flight: i64,
+    /// Attempts started per endpoint within any `window`; default 100.
     pub per_window: i64,
+    /// The rolling window `per_window` counts over; default 1 minute.
     pub window: Duration,
     /// An `in_flight` attempt older than this cannot still be running (the request
     /// timeout has passed): a crashed attempt stops counting against `max_in_flight`.
@@ -177,6 +233,7 @@ impl Default for Limits {
 /// with its body and credentials, is built by the outbound HTTP room in `hookq-tasks`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `callback` or `graph_api` (never `none`: such a reply does not leave hookq).
     pub kind: ReplyDelivery,
     /// The URL as stored and shown: no query string, no credentials.
     pub shown_url: String,
@@ -189,7 +246,9 @@ pub struct Endpoint {
 /// The endpoint took the reply.
 #[derive(Debug, Clone)]
 pub struct Sent {
+    /// The HTTP status the endpoint answered (2xx).
     pub status_code: u16,
+    /// How long the request took.
     pub duration: Duration,
     /// The id the platform gave the message (Graph `id`, Send API `message_id`, Cloud API
     /// `messages[0].id`, or a callback receiver's `message_id`/`id`), for matching later

@@ -129,6 +129,7 @@ pub async fn stage(
 /// The attempt a claim committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
+    /// The `delivery_attempts` row committed `in_flight`.
     pub attempt_id: i64,
     /// 1-based over the reply's life.
     pub attempt: i32,
@@ -136,6 +137,7 @@ pub struct Claimed {
     pub round_try: u32,
 }
 
+/// What [`claim`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// The attempt is committed `in_flight`: send now.
@@ -293,7 +295,10 @@ pub async fn record_success(
 /// How a failed attempt went, and what its log should say.
 #[derive(Debug, Clone, Copy)]
 pub struct FailedAttempt<'a> {
+    /// The HTTP status the endpoint answered; `None` when no answer came (network error,
+    /// timeout).
     pub status_code: Option<u16>,
+    /// How long the request took.
     pub duration: Duration,
     /// The attempt's own error (kept on the attempt and the reply).
     pub error: &'a str,
@@ -457,6 +462,7 @@ macro_rules! rank {
 /// [`DeliveryReports`] over Postgres.
 #[derive(Clone)]
 pub struct PgDeliveryStore {
+    /// The pool the reports are applied through.
     pub pool: PgPool,
 }
 

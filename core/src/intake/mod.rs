@@ -44,6 +44,7 @@ impl Handling {
 }
 
 impl Source {
+    /// The value as stored in `webhook_logs.source`.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Instagram => "instagram",
@@ -52,6 +53,7 @@ impl Source {
         }
     }
 
+    /// The source a stored text names; `None` for any other text.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "instagram" => Some(Source::Instagram),
@@ -84,10 +86,16 @@ pub enum Handling {
 pub enum AccountRef {
     /// Meta shapes: `entry[].id`; WhatsApp Cloud: `metadata.phone_number_id`;
     /// Bridge: `data.to_number` (`data.from_number` for `message.sent`).
-    Account { account_id: String },
+    Account {
+        /// An integration's `account_id` on the event's platform.
+        account_id: String,
+    },
     /// The compact shape: the post's integration, else the user's only integration
     /// for this platform (`object`).
-    Compact { user_external_id: String },
+    Compact {
+        /// The payload's `user_id`: a user's `external_id`.
+        user_external_id: String,
+    },
     /// No integration needed (`connection.status`, or an event that carries no account).
     None,
 }
@@ -98,6 +106,7 @@ pub struct ParsedEvent {
     /// Unique per real-world event, stable across Meta's re-deliveries. Prefixed by
     /// source and kind, e.g. `ig:comment:17912345678901234`.
     pub dedup_key: String,
+    /// Which route and platform family the event came from (`webhook_logs.source`).
     pub source: Source,
     /// Platform for integration lookup: `instagram`, `facebook` or `whatsapp`.
     pub platform: Source,
@@ -108,7 +117,9 @@ pub struct ParsedEvent {
     /// `message_deleted` (an unsent DM) and `feed:<item>:<verb>` (Page feed changes other
     /// than a new comment), both recorded only. An unknown field `foo` becomes `unknown:foo`.
     pub event_type: String,
+    /// What the pipeline does with it: reply, record, or apply a delivery report.
     pub handling: Handling,
+    /// How its integration is found.
     pub account: AccountRef,
     /// The compact shape's `persona_id` (an external id).
     pub persona_external_id: Option<String>,
@@ -118,6 +129,7 @@ pub struct ParsedEvent {
     pub item_id: Option<String>,
     /// For messages: the conversation peer to send a reply to (sender id / phone).
     pub sender_id: Option<String>,
+    /// The sender's display name, when the platform sends one.
     pub sender_name: Option<String>,
     /// Text of the comment or message (may be empty: attachments, stickers).
     pub text: Option<String>,
@@ -195,6 +207,8 @@ pub enum ParseError {
 pub const MAX_EVENTS_PER_BODY: usize = 1000;
 
 impl ParseError {
+    /// What exactly was wrong (the parser's words), which the error body's `detail`
+    /// quotes.
     pub fn detail(&self) -> &str {
         match self {
             ParseError::NotJson(d) | ParseError::UnknownShape(d) | ParseError::TooManyEvents(d) => {

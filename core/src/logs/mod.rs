@@ -24,37 +24,80 @@ use crate::{
 /// One stored event, as the worker and the API see it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LogRow {
+    /// Primary key (`webhook_logs.id`), the id the API and the ingest answer show.
     pub id: i64,
+    /// Unique per real-world event, stable across re-deliveries (see
+    /// [`ParsedEvent::dedup_key`]).
     pub dedup_key: String,
+    /// Which route and platform family the event came from.
     pub source: Source,
+    /// The event's stable name, e.g. `comment` or `message.received` (see
+    /// [`ParsedEvent::event_type`]).
     pub event_type: String,
+    /// What the pipeline does with it: reply, record, or apply a delivery report.
     pub handling: Handling,
+    /// The platform account the event names (an integration's `account_id`); `None` for
+    /// the compact shape or when it names none.
     pub account_id: Option<String>,
+    /// The compact shape's `user_id` (a user's `external_id`); `None` for other shapes.
     pub user_external_id: Option<String>,
+    /// The compact shape's `persona_id` (a persona's `external_id`), if named.
     pub persona_external_id: Option<String>,
+    /// The media or post id the event names (a post's `external_id`), if any.
     pub post_external_id: Option<String>,
+    /// The id a reply is addressed to: the comment id, or the message id for messages.
     pub item_id: Option<String>,
+    /// For messages, the conversation peer a reply goes to (sender id or phone number).
     pub sender_id: Option<String>,
+    /// The sender's display name, when the platform sent one.
     pub sender_name: Option<String>,
+    /// The comment's or message's text, as parsed (may be empty: attachments, stickers).
     pub message_text: Option<String>,
+    /// The platform marks this as the account's own content (a message echo, its own
+    /// comment): skipped as `own_message`.
     pub is_own: bool,
+    /// When the platform says the event happened; `None` when it gave no usable time.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The event's own slice of the body, as received.
     pub payload: serde_json::Value,
+    /// The integration the event resolved to; set by the run that resolved it (`None`
+    /// until then, or when none matched).
     pub integration_id: Option<Uuid>,
+    /// Where the log is in the pipeline; moved only by [`transitions`].
     pub status: LogStatus,
+    /// Runs started of its processing job, counted against `HOOKQ_MAX_ATTEMPTS` (the
+    /// start transition sets it; a run handed back unfinished gives its count back).
     pub attempts: i32,
+    /// Why the last run failed (`failed`) or why it was given up (`dead_letter`); cleared
+    /// when it finishes.
     pub error_message: Option<String>,
+    /// Once `processed`: `replied`, `skipped` or `recorded`.
     pub outcome: Option<Outcome>,
+    /// Why it was `skipped`; `None` for every other outcome.
     pub skip_reason: Option<SkipReason>,
+    /// The generated reply, kept once generated so a re-run or a resend reuses the same
+    /// text.
     pub reply_text: Option<String>,
+    /// The persona that wrote the reply, if one was generated.
     pub persona_id: Option<Uuid>,
+    /// When ingest stored it.
     pub received_at: DateTime<Utc>,
+    /// When its latest run started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached `processed` or `dead_letter`.
     pub processed_at: Option<DateTime<Utc>>,
+    /// While `failed`: when the next run is due.
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// The queue job that processes it: the one enqueued with it at ingest, or an
+    /// operator retry's new job.
     pub job_id: Option<i64>,
+    /// How many times the same event arrived again after it was stored (deduplicated,
+    /// nothing new stored).
     pub duplicate_count: i32,
+    /// The id of the webhook request that stored it (a UUIDv7, on that request's log
+    /// lines and the run's spans); `None` when stored without one.
     pub correlation_id: Option<String>,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
     /// The conversation it belongs to: its replies are made in the order received.
     pub conversation_key: Option<String>,
@@ -66,19 +109,33 @@ pub struct LogRow {
 /// batching ingest writer in the tasks crate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewLog {
+    /// See [`LogRow::dedup_key`].
     pub dedup_key: String,
+    /// [`Source::as_str`] of the event's source.
     pub source: &'static str,
+    /// See [`LogRow::event_type`].
     pub event_type: String,
+    /// [`Handling::as_str`] of the event's handling.
     pub handling: &'static str,
+    /// See [`LogRow::account_id`].
     pub account_id: Option<String>,
+    /// See [`LogRow::user_external_id`].
     pub user_external_id: Option<String>,
+    /// See [`LogRow::persona_external_id`].
     pub persona_external_id: Option<String>,
+    /// See [`LogRow::post_external_id`].
     pub post_external_id: Option<String>,
+    /// See [`LogRow::item_id`].
     pub item_id: Option<String>,
+    /// See [`LogRow::sender_id`].
     pub sender_id: Option<String>,
+    /// See [`LogRow::sender_name`].
     pub sender_name: Option<String>,
+    /// The event's text ([`ParsedEvent::text`]).
     pub message_text: Option<String>,
+    /// See [`LogRow::is_own`].
     pub is_own: bool,
+    /// See [`LogRow::occurred_at`].
     pub occurred_at: Option<DateTime<Utc>>,
     /// The event's payload as JSON text (stored as `jsonb`).
     pub payload: String,
@@ -87,6 +144,7 @@ pub struct NewLog {
 }
 
 impl NewLog {
+    /// The columns of one parsed event.
     pub fn from_event(e: &ParsedEvent) -> Self {
         let (account_id, user_external_id) = match &e.account {
             AccountRef::Account { account_id } => (Some(account_id.clone()), None),
@@ -115,6 +173,7 @@ impl NewLog {
     }
 }
 
+/// One log by id; `None` when there is none.
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<LogRow>> {
     Ok(sqlx::query_as("SELECT * FROM webhook_logs WHERE id = $1")
         .bind(id)
@@ -122,8 +181,10 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<LogRow>> {
         .await?)
 }
 
+/// The [`LogStore`] over Postgres, each method one named transition.
 #[derive(Clone)]
 pub struct PgLogStore {
+    /// The pool the transitions run on.
     pub pool: PgPool,
 }
 

@@ -23,9 +23,13 @@ use crate::{
 /// given fields are ANDed.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
+    /// Only logs in this status.
     pub status: Option<LogStatus>,
+    /// Only logs of this event type (exact name, e.g. `comment`).
     pub event_type: Option<String>,
+    /// Only logs from this source (`instagram`, `facebook` or `whatsapp`).
     pub source: Option<String>,
+    /// Only logs resolved to this integration.
     pub integration_id: Option<Uuid>,
     /// Received at or after.
     pub since: Option<DateTime<Utc>>,
@@ -73,25 +77,44 @@ impl LogFilter {
 /// A log as lists show it: everything but the payload (which can be megabytes).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LogSummary {
+    /// Primary key (`webhook_logs.id`).
     pub id: i64,
+    /// Which route and platform family the event came from.
     pub source: Source,
+    /// The event's stable name, e.g. `comment` or `message.received`.
     pub event_type: String,
+    /// Where the log is in the pipeline.
     pub status: LogStatus,
+    /// Runs started of its processing job (see
+    /// [`LogRow::attempts`](super::LogRow::attempts)).
     pub attempts: i32,
+    /// Once `processed`: `replied`, `skipped` or `recorded`.
     pub outcome: Option<Outcome>,
+    /// Why it was `skipped`, if it was.
     pub skip_reason: Option<SkipReason>,
+    /// Why the last run failed, or why it was given up.
     pub error_message: Option<String>,
+    /// The integration the event resolved to, once a run resolved it.
     pub integration_id: Option<Uuid>,
+    /// The sender's display name, when the platform sent one.
     pub sender_name: Option<String>,
     /// The first 200 characters of the event's text.
     pub message_preview: Option<String>,
+    /// The generated reply, once there is one.
     pub reply_text: Option<String>,
+    /// The queue job that processes it.
     pub job_id: Option<i64>,
+    /// How many times the same event arrived again after it was stored.
     pub duplicate_count: i32,
+    /// The id of the webhook request that stored it.
     pub correlation_id: Option<String>,
+    /// When ingest stored it.
     pub received_at: DateTime<Utc>,
+    /// When it reached `processed` or `dead_letter`.
     pub processed_at: Option<DateTime<Utc>>,
+    /// While `failed`: when the next run is due.
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// When the row last changed (the live feed polls on it).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -159,9 +182,13 @@ pub async fn db_now(pool: &PgPool) -> Result<DateTime<Utc>> {
 /// One `(status, event_type, source)` group and its size.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct GroupCount {
+    /// The group's status.
     pub status: LogStatus,
+    /// The group's event type.
     pub event_type: String,
+    /// The group's source.
     pub source: Source,
+    /// Logs in the group.
     pub count: i64,
 }
 
@@ -179,11 +206,15 @@ pub async fn group_counts(pool: &PgPool) -> Result<Vec<GroupCount>> {
 /// Processing times of logs processed since `since`.
 #[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
 pub struct Timing {
+    /// Logs processed in the window.
     pub processed: i64,
     /// Mean milliseconds from receipt to `processed`.
     pub mean_ms: Option<f64>,
+    /// Median milliseconds from receipt to `processed`.
     pub p50_ms: Option<f64>,
+    /// 95th percentile milliseconds from receipt to `processed`.
     pub p95_ms: Option<f64>,
+    /// 99th percentile milliseconds from receipt to `processed`.
     pub p99_ms: Option<f64>,
     /// Mean attempts per processed log (1.0 when nothing was retried).
     pub mean_attempts: Option<f64>,
@@ -231,12 +262,15 @@ pub async fn processing_histogram(
 /// Counts over a recent window: what the "throughput over the last minute" is made of.
 #[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
 pub struct Recent {
+    /// Logs received in the window.
     pub received: i64,
+    /// Logs processed in the window.
     pub processed: i64,
     /// Logs now `failed` or `dead_letter` whose last change falls in the window.
     pub failed: i64,
 }
 
+/// Counts of logs received, processed and failed since `since`.
 pub async fn recent(pool: &PgPool, since: DateTime<Utc>) -> Result<Recent> {
     Ok(sqlx::query_as(
         "SELECT (SELECT count(*) FROM webhook_logs WHERE received_at >= $1) AS received,
@@ -252,9 +286,13 @@ pub async fn recent(pool: &PgPool, since: DateTime<Utc>) -> Result<Recent> {
 /// One minute of the throughput chart.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MinuteBucket {
+    /// The minute's start (UTC, truncated to the minute).
     pub minute: DateTime<Utc>,
+    /// Logs received in the minute.
     pub received: i64,
+    /// Logs processed in the minute.
     pub processed: i64,
+    /// Logs now `failed` or `dead_letter` whose last change falls in the minute.
     pub failed: i64,
 }
 
@@ -288,8 +326,11 @@ pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Vec<MinuteBucket>
 /// A log an operator asked to retry: its id and the job it is attached to now.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RetryCandidate {
+    /// The log's id.
     pub id: i64,
+    /// Its status when locked, checked against the retry's from-states.
     pub status: LogStatus,
+    /// The job the log was attached to before the retry (its `job_id`).
     pub old_job_id: Option<i64>,
 }
 

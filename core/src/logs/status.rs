@@ -24,11 +24,14 @@ pub enum LogStatus {
 }
 text_enum!(LogStatus { Pending => "pending", Processing => "processing", Processed => "processed", Failed => "failed", DeadLetter => "dead_letter" });
 
+/// What a `processed` log's run did (`webhook_logs.outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Outcome {
+    /// A reply was generated and, where the integration delivers, delivered.
     Replied,
+    /// A reply-able event that got no reply; `skip_reason` says why.
     Skipped,
     /// Events that never get a reply: reactions, seen, statuses, unknown fields.
     Recorded,
@@ -42,6 +45,7 @@ text_enum!(Outcome { Replied => "replied", Skipped => "skipped", Recorded => "re
 pub enum SkipReason {
     /// The account's own comment, or a message echo: replying would loop.
     OwnMessage,
+    /// No text to reply to (blank, or none at all).
     Empty,
     /// A persona blocklist word, matched case-insensitively as a whole word.
     Blocklisted,

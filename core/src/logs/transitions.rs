@@ -45,6 +45,7 @@ use LogStatus::{DeadLetter, Failed, Pending, Processed, Processing};
 /// A named move of `webhook_logs.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
+    /// The const's name (`START`, `FINISH`, …), as the module's table names it.
     pub name: &'static str,
     /// The states a log may be in for the move to apply; any other leaves it untouched.
     pub from: &'static [LogStatus],
@@ -65,7 +66,8 @@ impl Transition {
 }
 
 macro_rules! transition {
-    ($name:ident: [$($from:ident),+] => $to:expr) => {
+    ($(#[$doc:meta])* $name:ident: [$($from:ident),+] => $to:expr) => {
+        $(#[$doc])*
         pub const $name: Transition = Transition {
             name: stringify!($name),
             from: &[$($from),+],
@@ -74,20 +76,63 @@ macro_rules! transition {
     };
 }
 
-transition!(START: [Pending, Failed, Processing] => Some(Processing));
-transition!(FINISH: [Processing] => Some(Processed));
-transition!(STORE_REPLY: [Processing] => Some(Processing));
-transition!(FINISH_REPLIED: [Processing] => Some(Processed));
-transition!(AWAIT_DELIVERY: [Processing] => Some(Pending));
-transition!(HAND_BACK: [Processing] => Some(Pending));
-transition!(SCHEDULE_RETRY: [Processing] => Some(Failed));
-transition!(DEAD_LETTER: [Pending, Processing, Failed] => Some(DeadLetter));
-transition!(DELIVERY_CLAIMED: [Pending, Failed] => Some(Processing));
-transition!(DELIVERED: [Pending, Processing, Failed] => Some(Processed));
-transition!(DELIVERY_RETRYING: [Pending, Processing, Failed] => Some(Failed));
-transition!(DELIVERY_FAILED: [Pending, Processing, Failed] => Some(DeadLetter));
-transition!(RESET_FOR_RETRY: [Failed, DeadLetter] => Some(Pending));
-transition!(PURGE: [Processed] => None);
+transition!(
+    /// A `process_webhook` run begins (from `processing`: a re-run after a lost lease).
+    START: [Pending, Failed, Processing] => Some(Processing)
+);
+transition!(
+    /// The run recorded or skipped the event.
+    FINISH: [Processing] => Some(Processed)
+);
+transition!(
+    /// The run keeps its generated reply, inside the transaction that finishes or stages
+    /// it.
+    STORE_REPLY: [Processing] => Some(Processing)
+);
+transition!(
+    /// The reply needs no delivery, or was already delivered.
+    FINISH_REPLIED: [Processing] => Some(Processed)
+);
+transition!(
+    /// The reply is staged and its delivery job queued: no worker holds the log.
+    AWAIT_DELIVERY: [Processing] => Some(Pending)
+);
+transition!(
+    /// A stopping worker handed the run back unfinished.
+    HAND_BACK: [Processing] => Some(Pending)
+);
+transition!(
+    /// The run failed transiently; `next_retry_at` is set.
+    SCHEDULE_RETRY: [Processing] => Some(Failed)
+);
+transition!(
+    /// The run failed permanently or on its last attempt, or its job died.
+    DEAD_LETTER: [Pending, Processing, Failed] => Some(DeadLetter)
+);
+transition!(
+    /// A delivery attempt is committed before its request leaves.
+    DELIVERY_CLAIMED: [Pending, Failed] => Some(Processing)
+);
+transition!(
+    /// The endpoint took the reply.
+    DELIVERED: [Pending, Processing, Failed] => Some(Processed)
+);
+transition!(
+    /// A delivery try failed; another is scheduled.
+    DELIVERY_RETRYING: [Pending, Processing, Failed] => Some(Failed)
+);
+transition!(
+    /// Delivery ended without delivering (or its outcome is unknown).
+    DELIVERY_FAILED: [Pending, Processing, Failed] => Some(DeadLetter)
+);
+transition!(
+    /// An operator retry, with its new job.
+    RESET_FOR_RETRY: [Failed, DeadLetter] => Some(Pending)
+);
+transition!(
+    /// Retention deletes the log.
+    PURGE: [Processed] => None
+);
 
 /// Every transition, for the doc table's test.
 pub const ALL: &[Transition] = &[
@@ -198,9 +243,13 @@ pub async fn store_reply(
 /// One reply to store and finish with ([`finish_with_replies`]).
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The log the reply answers.
     pub log_id: i64,
+    /// The generated reply text.
     pub text: String,
+    /// The integration the run resolved; `None` keeps the log's.
     pub integration_id: Option<Uuid>,
+    /// The persona that wrote it; `None` keeps the log's.
     pub persona_id: Option<Uuid>,
 }
 

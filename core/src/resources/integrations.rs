@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{Listed, db_error, found, identifier, set};
 use crate::error::{Error, Result};
 
+/// How an integration's replies leave hookq (`integrations.reply_delivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyDelivery {
@@ -20,11 +21,15 @@ pub enum ReplyDelivery {
 }
 text_enum!(ReplyDelivery { None => "none", Callback => "callback", GraphApi => "graph_api" });
 
+/// The platforms an integration can be on (`integrations.platform`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
+    /// Instagram (Graph webhooks and the compact shape).
     Instagram,
+    /// Facebook Pages, Messenger included.
     Facebook,
+    /// WhatsApp (Bridge and Cloud API).
     Whatsapp,
 }
 text_enum!(Platform { Instagram => "instagram", Facebook => "facebook", Whatsapp => "whatsapp" });
@@ -33,17 +38,30 @@ text_enum!(Platform { Instagram => "instagram", Facebook => "facebook", Whatsapp
 /// `callback_secret` are write-only: they never leave through the API or a log.
 #[derive(Clone, sqlx::FromRow)]
 pub struct Integration {
+    /// Primary key, the id posts reference and logs record (`integration_id`).
     pub id: Uuid,
+    /// The user it belongs to.
     pub user_id: Uuid,
+    /// `instagram`, `facebook` or `whatsapp` (see [`Platform`]).
     pub platform: String,
+    /// The account's id on the platform, as payloads name it; unique with `platform`.
     pub account_id: String,
+    /// Token for `graph_api` delivery; write-only.
     pub access_token: Option<String>,
+    /// `none`, `callback` or `graph_api` (see [`ReplyDelivery`]).
     pub reply_delivery: String,
+    /// Where `callback` delivery POSTs; an absolute http(s) URL, required for `callback`.
     pub callback_url: Option<String>,
+    /// `whsec_` + base64, the key `callback` deliveries are signed with; write-only.
     pub callback_secret: Option<String>,
+    /// The persona used when neither the post nor the event names one.
     pub default_persona_id: Option<Uuid>,
+    /// Off once an endpoint answered `410 Gone`: its deliveries fail unsent until an
+    /// operator turns it back on.
     pub delivery_enabled: bool,
+    /// When the row was created.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
     /// Its events are stored and answered, but none runs until it is resumed.
     pub paused: bool,
@@ -67,33 +85,60 @@ impl std::fmt::Debug for Integration {
 
 // --------------------------------------------------------------------- integrations
 
+/// What creating an integration takes; checked before it is stored.
 pub struct NewIntegration {
+    /// An existing user (else `UnknownReference`).
     pub user_id: Uuid,
+    /// `instagram`, `facebook` or `whatsapp`.
     pub platform: String,
+    /// Not empty, at most [`MAX_ID_BYTES`](crate::intake::storable::MAX_ID_BYTES) bytes;
+    /// unique with `platform`.
     pub account_id: String,
+    /// Token for `graph_api` delivery.
     pub access_token: Option<String>,
+    /// `none` (the default), `callback` or `graph_api`.
     pub reply_delivery: Option<String>,
+    /// An absolute http(s) URL; required when `reply_delivery` is `callback`.
     pub callback_url: Option<String>,
+    /// `whsec_` followed by base64.
     pub callback_secret: Option<String>,
+    /// An existing persona, or `None`.
     pub default_persona_id: Option<Uuid>,
+    /// Start paused; `None` is `false`.
     pub paused: Option<bool>,
+    /// `N/s`, `N/min` or `N/h`; `None`: `HOOKQ_REPLY_RATE_LIMIT` applies.
     pub reply_rate_limit: Option<String>,
+    /// At least 1; `None`: no cap on its running jobs.
     pub max_concurrent: Option<i32>,
 }
 
+/// A PATCH of an integration: `None` leaves a field as it is; for the nullable ones
+/// `Some(None)` clears it. The result is checked as on create.
 #[derive(Default)]
 pub struct IntegrationPatch {
+    /// Moves it to another existing user.
     pub user_id: Option<Uuid>,
+    /// A new platform: `instagram`, `facebook` or `whatsapp`.
     pub platform: Option<String>,
+    /// Another account id, checked as on create.
     pub account_id: Option<String>,
+    /// Sets or clears the access token.
     pub access_token: Option<Option<String>>,
+    /// A new `reply_delivery`: `none`, `callback` or `graph_api`.
     pub reply_delivery: Option<String>,
+    /// Sets or clears the callback URL.
     pub callback_url: Option<Option<String>>,
+    /// Sets or clears the callback secret.
     pub callback_secret: Option<Option<String>>,
+    /// Sets or clears the default persona.
     pub default_persona_id: Option<Option<Uuid>>,
+    /// Turns delivery back on (or off) after a `410 Gone`.
     pub delivery_enabled: Option<bool>,
+    /// Pauses (`true`) or resumes (`false`) it.
     pub paused: Option<bool>,
+    /// Sets or clears (back to `HOOKQ_REPLY_RATE_LIMIT`) its reply rate limit.
     pub reply_rate_limit: Option<Option<String>>,
+    /// Sets or clears its cap on running jobs.
     pub max_concurrent: Option<Option<i32>>,
 }
 
@@ -187,6 +232,9 @@ fn check_integration(i: &Integration) -> Result<()> {
     Ok(())
 }
 
+/// Inserts an integration; `Invalid` for a bad field (or `callback` without a URL),
+/// `Conflict` when the platform account is taken, `UnknownReference` for an unknown user
+/// or persona.
 pub async fn create_integration(pool: &PgPool, new: &NewIntegration) -> Result<Integration> {
     check_platform(&new.platform)?;
     identifier("account_id", &new.account_id)?;
@@ -230,6 +278,8 @@ pub async fn create_integration(pool: &PgPool, new: &NewIntegration) -> Result<I
     Ok(row)
 }
 
+/// Applies `patch` to integration `id`; errors as for create, `NotFound` when there is
+/// none.
 pub async fn update_integration(
     pool: &PgPool,
     id: Uuid,

@@ -3,7 +3,7 @@
 //! delete.
 //!
 //! The database enforces what it can (unique external ids, references, enum CHECKs) and
-//! [`db_error`] turns its refusals into the domain's errors, so a race between two
+//! `db_error` turns its refusals into the domain's errors, so a race between two
 //! admins can never slip past a check done in Rust first: duplicates are `Conflict`
 //! (409), missing references `UnknownReference` (422), bad values `Invalid` (422).
 //! Updates are PATCHes: `None` leaves a field alone; for nullable fields
@@ -20,7 +20,9 @@ use crate::{
 /// A page of any resource.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed<T> {
+    /// The rows of the page, newest first.
     pub items: Vec<T>,
+    /// Rows in the whole table (not only the page).
     pub total: i64,
 }
 
@@ -75,6 +77,7 @@ macro_rules! table_reads {
             Ok(Listed { items, total })
         }
 
+        /// One row by id; `NotFound` when there is none.
         pub async fn $get(pool: &PgPool, id: Uuid) -> Result<$ty> {
             found(
                 sqlx::query_as(concat!("SELECT * FROM ", $table, " WHERE id = $1"))
@@ -84,6 +87,8 @@ macro_rules! table_reads {
             )
         }
 
+        /// Deletes one row by id; `NotFound` when there is none, `Conflict` while another
+        /// row still references it.
         pub async fn $delete(pool: &PgPool, id: Uuid) -> Result<()> {
             let r = sqlx::query(concat!("DELETE FROM ", $table, " WHERE id = $1"))
                 .bind(id)

@@ -8,28 +8,46 @@ use uuid::Uuid;
 use super::{Listed, db_error, found, non_empty, set};
 use crate::error::{Error, Result};
 
+/// What a persona speaks with (`persona_templates`): the template rendered into a reply,
+/// and the LLM's instructions.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PersonaTemplate {
+    /// Primary key, the id personas reference (`template_id`).
     pub id: Uuid,
+    /// The operator's name for it.
     pub name: String,
+    /// The reply, with placeholders `{sender_name}`, `{message}`, `{persona_name}` and
+    /// `{post_caption}`; rendered when no LLM is configured.
     pub reply_template: String,
+    /// The LLM system message when `REPLY_LLM_URL` is set; `None` (or blank) uses a
+    /// built-in default.
     pub system_prompt: Option<String>,
+    /// When the row was created.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
 }
 
 // ---------------------------------------------------------------- persona templates
 
+/// What creating a template takes.
 pub struct NewTemplate {
+    /// Not empty.
     pub name: String,
+    /// Not empty (see [`PersonaTemplate::reply_template`]).
     pub reply_template: String,
+    /// See [`PersonaTemplate::system_prompt`].
     pub system_prompt: Option<String>,
 }
 
+/// A PATCH of a template: `None` leaves a field as it is.
 #[derive(Default)]
 pub struct TemplatePatch {
+    /// New name.
     pub name: Option<String>,
+    /// New reply template; not empty.
     pub reply_template: Option<String>,
+    /// `Some(None)` clears the system prompt, `Some(Some(p))` sets it.
     pub system_prompt: Option<Option<String>>,
 }
 
@@ -41,6 +59,7 @@ table_reads!(
     "persona_templates"
 );
 
+/// Inserts a template; `Invalid` when the name or the reply template is empty.
 pub async fn create_template(pool: &PgPool, new: &NewTemplate) -> Result<PersonaTemplate> {
     non_empty("name", &new.name)?;
     non_empty("reply_template", &new.reply_template)?;
@@ -55,6 +74,7 @@ pub async fn create_template(pool: &PgPool, new: &NewTemplate) -> Result<Persona
     .map_err(|e| db_error(e, false))
 }
 
+/// Applies `patch` to template `id`; `NotFound` when there is none.
 pub async fn update_template(
     pool: &PgPool,
     id: Uuid,

@@ -22,6 +22,7 @@ pub const SCHEDULE: &str = "17 * * * *";
 /// The job: purge logs processed more than `retention_days` ago.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PurgeLogs {
+    /// `HOOKQ_RETENTION_DAYS`: logs processed longer ago than this many days are deleted.
     pub retention_days: u32,
 }
 
@@ -32,6 +33,7 @@ impl Job for PurgeLogs {
 /// What a run did (stored as the job's result).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Purged {
+    /// Logs deleted.
     pub deleted: u64,
 }
 

@@ -28,7 +28,12 @@ pub enum Selection<'a> {
     /// This log, which must be `failed` or `dead_letter`.
     One(i64),
     /// Up to `limit` retryable logs matching the filter, oldest first.
-    Matching { filter: &'a LogFilter, limit: i64 },
+    Matching {
+        /// Which logs (only `failed` and `dead_letter` ones are taken).
+        filter: &'a LogFilter,
+        /// The most logs one call retries.
+        limit: i64,
+    },
 }
 
 /// What a retry did.
@@ -39,7 +44,12 @@ pub enum Retried {
     /// [`Selection::One`] named no log.
     NotFound,
     /// [`Selection::One`] named a log in another state: nothing was changed.
-    NotRetryable { id: i64, status: LogStatus },
+    NotRetryable {
+        /// The log named.
+        id: i64,
+        /// The state it is in (neither `failed` nor `dead_letter`).
+        status: LogStatus,
+    },
 }
 
 /// Retries the selected logs; their new jobs get `max_attempts` runs.

@@ -112,6 +112,7 @@ pub struct PrivateAddress(pub String);
 pub struct PublicResolver;
 
 impl PublicResolver {
+    /// The resolver, shared, as the client builder takes it.
     pub fn shared() -> Arc<Self> {
         Arc::new(PublicResolver)
     }

@@ -47,10 +47,12 @@ impl std::fmt::Debug for LlmGenerator {
 }
 
 impl LlmGenerator {
+    /// A client for `config`'s endpoint, each request timing out after [`LLM_TIMEOUT`].
     pub fn new(config: &LlmConfig) -> Result<Self> {
         Self::with_timeout(config, LLM_TIMEOUT)
     }
 
+    /// A client for `config`'s endpoint whose requests time out after `timeout`.
     pub fn with_timeout(config: &LlmConfig, timeout: Duration) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)

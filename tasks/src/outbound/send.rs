@@ -48,6 +48,8 @@ enum Auth {
 pub struct Target {
     /// Where it goes, as the delivery tables record it.
     pub endpoint: Endpoint,
+    /// The full URL the request is sent to (the endpoint's `shown_url` is what operators
+    /// see).
     pub url: Url,
     body: Vec<u8>,
     auth: Auth,
@@ -228,8 +230,12 @@ fn segment(s: &str) -> String {
 /// The attempt did not deliver. `error.kind()` says whether to retry.
 #[derive(Debug)]
 pub struct NotSent {
+    /// The HTTP status the endpoint answered; `None` when no answer came (network error,
+    /// timeout, refused address).
     pub status_code: Option<u16>,
+    /// How long the attempt took.
     pub duration: Duration,
+    /// Why it failed, transient or permanent.
     pub error: Error,
     /// 410 Gone: the integration's delivery is switched off until re-enabled.
     pub gone: bool,
@@ -246,10 +252,13 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Both clients, each request timing out after [`REQUEST_TIMEOUT`];
+    /// `allow_private_callbacks` is `HOOKQ_ALLOW_PRIVATE_CALLBACKS`.
     pub fn new(allow_private_callbacks: bool) -> Result<Self> {
         Self::with_timeout(allow_private_callbacks, REQUEST_TIMEOUT)
     }
 
+    /// Both clients, each request timing out after `timeout`.
     pub fn with_timeout(allow_private_callbacks: bool, timeout: Duration) -> Result<Self> {
         let build = |b: reqwest::ClientBuilder| {
             b.timeout(timeout)

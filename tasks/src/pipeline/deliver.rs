@@ -75,7 +75,9 @@ async fn enqueue_delivery(
 /// The use case's outbox over Postgres and the queue.
 #[derive(Clone)]
 pub struct PgOutbox {
+    /// The pool replies are stored and delivery jobs enqueued through.
     pub pool: PgPool,
+    /// Wakes the workers once a delivery job is committed.
     pub notifier: Notifier,
     /// Finishes `none`-delivery replies in batches.
     pub finisher: ReplyFinisher,
@@ -155,6 +157,8 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    /// A deliverer configured from `config` (Graph URL, retry schedule, private
+    /// callbacks, `HOOKQ_MAX_ATTEMPTS`) with the default per-endpoint [`Limits`].
     pub fn new(pool: PgPool, config: &Config, notifier: Notifier) -> Result<Self> {
         Ok(Deliverer {
             directory: Arc::new(PgDirectory { pool: pool.clone() }),

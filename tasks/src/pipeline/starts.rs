@@ -25,6 +25,8 @@ const MAX_BATCH: usize = 256;
 /// Statements at once: one fills while another runs.
 const IN_FLIGHT: usize = 2;
 
+/// The worker's [`LogStore`]: starts group-written, up to 256 per statement; every other
+/// transition one row at a time through [`PgLogStore`].
 pub struct GroupedLogStore {
     inner: PgLogStore,
     starts: GroupWriter<(i64, u32), Option<Started>>,

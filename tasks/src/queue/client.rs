@@ -23,7 +23,7 @@ use super::{
     sql,
 };
 
-/// Attempts a job gets when [`EnqueueOptions::max_attempts`] is `None`. Callers that
+/// Attempts a job gets when its [`EnqueueOptions`]' `max_attempts` is `None`. Callers that
 /// follow `HOOKQ_MAX_ATTEMPTS` pass it explicitly; the value is stored on the row, so
 /// every worker honours what the job was enqueued with.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
@@ -36,6 +36,8 @@ pub struct EnqueueOptions {
     pub run_at: Option<DateTime<Utc>>,
     /// Higher runs first among ready jobs.
     pub priority: i16,
+    /// Runs the job gets before it is dead; `None` is [`DEFAULT_MAX_ATTEMPTS`] (at least
+    /// 1 either way).
     pub max_attempts: Option<i32>,
     /// Dedupes against live (pending or running) jobs: enqueueing a key that is already
     /// queued returns the queued job's id and inserts nothing. Single jobs only.

@@ -69,7 +69,9 @@ pub enum JobError {
     /// ([`JobContext::planned_retry_delay`]) when `None`; dead once attempts run out.
     #[error("{error}")]
     Retry {
+        /// The failure, as the job's `last_error` and in its `errors`.
         error: String,
+        /// The delay the handler asks for; `None` uses the queue's backoff.
         after: Option<Duration>,
     },
     /// Will never succeed: the job goes straight to dead.
@@ -107,10 +109,12 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The job's id (its `queue_jobs` row).
     pub fn job_id(&self) -> JobId {
         self.job_id
     }
 
+    /// The job type's [`Job::NAME`].
     pub fn task_name(&self) -> &'static str {
         self.task_name
     }
@@ -120,10 +124,12 @@ impl JobContext {
         self.attempt.unsigned_abs()
     }
 
+    /// Runs the job gets in all before it is dead (at least 1).
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts.unsigned_abs()
     }
 
+    /// True when a failure of this run makes the job dead instead of retrying it.
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
     }

@@ -52,6 +52,7 @@ pub struct WorkerOptions {
     pub job_timeout: Duration,
     /// First retry ceiling; it doubles per attempt up to `backoff_cap` (full jitter).
     pub backoff_base: Duration,
+    /// Ceiling of the retry delay, however many attempts came before.
     pub backoff_cap: Duration,
     /// Completed jobs older than this are deleted from the archive (dead ones are kept).
     pub archive_retention: Duration,
