@@ -54,10 +54,20 @@ pub const NOTIFY_CHANNEL: &str = "hookq_queue";
 /// And with `jit = off`: the nested-loop penalty above inflates the estimated cost of
 /// the fair claim (whose per-group lateral scans must loop) past `jit_above_cost`, and
 /// compiling it took 1.3 s per claim for a statement that runs in 1.2 ms.
+///
+/// And with `enable_seqscan = off`, for the same stale statistics: a burst into a queue
+/// that was empty when last analyzed is, to the planner, still an empty table, and the
+/// generic claim plan made then scanned `queue_jobs` sequentially, with the
+/// conversation check (`NOT EXISTS` an earlier job of the same order key) a second
+/// sequential scan per row. That is quadratic in the backlog: with 18,601 pending jobs
+/// one claim took 95 s (auto_explain, `hookq send --count 20000 --wait-processed`);
+/// by the indexes it walks at most a batch of each group. Every bookkeeping statement
+/// has an index to use; one that had none would still scan.
 pub(crate) fn async_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     let opts = (*pool.connect_options()).clone().options([
         ("synchronous_commit", "off"),
         ("enable_nestloop", "off"),
+        ("enable_seqscan", "off"),
         ("plan_cache_mode", "force_generic_plan"),
         ("jit", "off"),
     ]);
@@ -308,6 +318,13 @@ const CLAIM_LOCK: i64 = 7_274_001;
 /// row lock taken inside this many-CTE statement, when a concurrent completer or claim
 /// touched the table, stalled it for seconds under test, so the lock is taken by the
 /// plain [`TAKE`] on the chosen ids.
+///
+/// Written so that stale statistics (see [`async_commit_pool`]) leave one plan: the
+/// partial indexes' predicates (`group_key <> ''`) are spelled out so they apply, and the
+/// conversation check compares `e.id + 0`, which no index serves, so it is always the
+/// `queue_jobs_order` probe of one conversation's few live jobs: planned as a bitmap
+/// scan of the primary key (`id < j.id`, 5,008 rows per probe), it made a 51-job claim
+/// take 129 ms behind a 20,000-job backlog.
 const PICK: &str = "
 WITH RECURSIVE groups(key) AS (
     (SELECT group_key FROM queue_jobs WHERE status = 'pending' ORDER BY group_key LIMIT 1)
@@ -326,7 +343,7 @@ WITH RECURSIVE groups(key) AS (
                 CASE WHEN coalesce(b.rate_limit, $7) IS NULL THEN $2
                      ELSE coalesce(b.rate_limit, $7) - r.running - (
                          SELECT count(*) FROM queue_jobs_done d
-                         WHERE d.group_key = g.key AND d.finished_at > now()
+                         WHERE d.group_key = g.key AND d.group_key <> '' AND d.finished_at > now()
                              - coalesce(b.rate_window_ms, $8) * interval '1 millisecond')
                 END)
         END AS room
@@ -334,7 +351,7 @@ WITH RECURSIVE groups(key) AS (
     LEFT JOIN queue_groups b ON b.key = g.key
     CROSS JOIN LATERAL (
         SELECT count(*) AS running FROM queue_jobs q
-        WHERE g.key <> '' AND q.group_key = g.key AND q.status = 'running'
+        WHERE q.group_key = g.key AND q.group_key <> '' AND q.status = 'running'
     ) r
     WHERE g.key IS NOT NULL
 ), picked AS (
@@ -345,7 +362,7 @@ WITH RECURSIVE groups(key) AS (
         WHERE j.status = 'pending' AND j.group_key = bu.key
             AND j.run_at <= coalesce($5, now()) AND j.task_name = ANY($1)
             AND (j.order_key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key AND e.id < j.id))
+                SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key AND e.id + 0 < j.id))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT greatest(bu.room, 0)
     ) p
