@@ -52,11 +52,11 @@ const DEADLOCK_TRIES: usize = 3;
 /// so the `jobs` CTE only has to reuse them; a dedup-key conflict burns its drawn id,
 /// which is harmless. A key already stored bumps `duplicate_count` once, plus once per
 /// later request of the batch that repeated it (`extra`), as separate transactions
-/// would have. Each job's fair-share group is its log's account (`hookq_log_group`, in
-/// `migrations/0010_fair_share.sql`), worked out once per distinct account of the batch
-/// (`groups`): called per row, the function's lookups of the compact shape's user cost
-/// ~150 µs a row, 28 ms of a 192-row batch (auto_explain, `hookq send --sample
-/// compact`), and a batch names few accounts. Its order key is the log's conversation.
+/// would have. Each job's fair-share group is its log's account
+/// ([`group_sql`](hookq_core::logs::group_sql)), worked out once per distinct account of
+/// the batch (`groups`): per row, the compact shape's user lookups cost ~150 µs a row,
+/// 28 ms of a 192-row batch (auto_explain, `hookq send --sample compact`), and a batch
+/// names few accounts. Its order key is the log's conversation.
 /// The jobs CTE takes parameters `$19` on ([`JobsForRows::bind`]).
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -87,8 +87,7 @@ WITH input AS (
     RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted, source, account_id,
         user_external_id, post_external_id, conversation_key
 ), groups AS (
-    SELECT a.*, hookq_log_group(a.source, a.account_id, a.user_external_id, a.post_external_id)
-        AS group_key
+    SELECT a.*, {group} AS group_key
     FROM (SELECT DISTINCT source, account_id, user_external_id, post_external_id
           FROM logs WHERE inserted) a
 ), jobs AS (
@@ -97,6 +96,7 @@ WITH input AS (
 SELECT id, dedup_key, inserted FROM logs
 "#,
         next_job_id = JobsForRows::<ProcessWebhook>::NEXT_JOB_ID,
+        group = hookq_core::logs::group_sql("a"),
         jobs = JobsForRows::<ProcessWebhook>::insert_sql(
             "logs l JOIN groups g ON g.source = l.source
                 AND g.account_id IS NOT DISTINCT FROM l.account_id
