@@ -171,6 +171,24 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
+impl RateLimit {
+    /// The unit it is written with: `s`, `min` or `h` (its period is one of those).
+    pub fn unit(&self) -> &'static str {
+        match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        }
+    }
+}
+
+/// Written as stored and shown: `N/s`, `N/min` or `N/h`.
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.requests, self.unit())
+    }
+}
+
 /// Rate limits by route group. `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RateLimits {

@@ -1,6 +1,6 @@
 // Drives the hookq dashboard in Debian's headless Chromium (playwright-core, no browser
 // download): sign in, watch a log arrive live, open it, retry a dead letter, retry all
-// dead letters, and save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
+// dead letters, pause and resume an integration from its panel, and save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
 // and passes: HOOKQ_BASE, HOOKQ_TOKEN, META_SECRET, SCREENSHOT.
 import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
@@ -97,6 +97,21 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll('#logs tbody tr')].every((tr) => tr.dataset.status === 'processed'));
   await page.selectOption('#f-status', '');
   await page.waitForSelector(`#logs tr[data-id="${d2}"]`);
+
+  step('pause an integration from its panel: its new comment waits pending; resume: it is answered');
+  const ig = (await admin('/api/integrations')).items.find((i) => i.platform === 'instagram' && i.user_id === users.items[0].id);
+  const row = `#integrations tr[data-id="${ig.id}"]`;
+  await page.click(`${row} button[data-action="pause"]`);
+  await page.waitForSelector(`${row} .badge.paused`, { timeout: 10000 });
+  const held = await signed(comment('held_1', 'Is the blue one back?', { name: 'Ava' }));
+  await page.waitForSelector(`#logs tr[data-id="${held}"][data-status="pending"]`, { timeout: 10000 });
+  // The panel's next refresh counts it; the log is still pending then (a worker would
+  // have answered it within milliseconds, had the pause not held it).
+  await page.waitForSelector(`${row} td:nth-child(3):text-is("1")`, { timeout: 15000 });
+  if ((await admin(`/api/webhook-logs/${held}`)).status !== 'pending') throw new Error('a paused integration ran its event');
+  await page.click(`${row} button[data-action="resume"]`);
+  await page.waitForSelector(`${row} .badge.active`, { timeout: 10000 });
+  await page.waitForSelector(`#logs tr[data-id="${held}"][data-status="processed"]`, { timeout: 15000 });
 
   await page.click(`#logs tr[data-id="${deadId}"]`);
   await page.waitForSelector('#detail-reply:not([hidden])');

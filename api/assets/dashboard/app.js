@@ -254,6 +254,31 @@ async function loadIntegrations() {
   fillSelect('#f-integration', page.items.map((i) => [i.id, `${i.platform} · ${i.account_id}`]));
 }
 
+// The integrations panel: each account's backlog and state, paused or resumed here.
+function renderIntegrations(page) {
+  const rows = page.items.map((i) => {
+    const button = el('button', {
+      className: i.paused ? '' : 'secondary',
+      textContent: i.paused ? 'Resume' : 'Pause',
+    });
+    button.dataset.id = i.id;
+    button.dataset.action = i.paused ? 'resume' : 'pause';
+    const age = i.oldest_pending_age_secs;
+    const tr = el('tr', {},
+      el('td', { textContent: `${i.platform} · ${i.account_id}` }),
+      el('td', {}, el('span', { className: `badge ${i.paused ? 'paused' : 'active'}`, textContent: i.paused ? 'paused' : 'active' })),
+      el('td', { className: 'num', textContent: fmtNum(i.pending) }),
+      el('td', { className: 'num', textContent: fmtNum(i.running) }),
+      el('td', { className: 'num', textContent: age == null ? '–' : `${age.toFixed(1)} s` }),
+      el('td', {}, button));
+    tr.dataset.id = i.id;
+    return tr;
+  });
+  $('#integrations tbody').replaceChildren(...rows);
+  $('#integrations-empty').hidden = rows.length > 0;
+}
+async function loadQueues() { renderIntegrations(await api('/api/integrations/queues?limit=100')); }
+
 function applyUpdate(update) {
   const f = filters();
   const fresh = new Set();
@@ -320,8 +345,10 @@ function start() {
   guard(loadStats)();
   guard(loadChart)();
   guard(loadIntegrations)();
+  guard(loadQueues)();
   liveFeed();
-  state.timers.push(setInterval(guard(loadStats), 5000), setInterval(guard(loadChart), 10000));
+  state.timers.push(setInterval(guard(loadStats), 5000), setInterval(guard(loadChart), 10000),
+    setInterval(guard(loadQueues), 5000));
 }
 
 function stopAll() {
@@ -351,6 +378,14 @@ document.addEventListener('DOMContentLoaded', () => {
     await api(`/api/webhook-logs/${id}/retry`, { method: 'POST' });
     toast(`Log #${id} queued again`);
     await openDetail(id);
+  }));
+  $('#integrations').addEventListener('click', guard(async (e) => {
+    const button = e.target.closest('button[data-action]');
+    if (!button) return;
+    button.disabled = true;
+    const i = await api(`/api/integrations/${button.dataset.id}/${button.dataset.action}`, { method: 'POST' });
+    toast(`${i.platform} · ${i.account_id} ${i.paused ? 'paused' : 'resumed'}`);
+    await loadQueues();
   }));
   $('#retry-dead').addEventListener('click', guard(async () => {
     const r = await api('/api/webhook-logs/retry', { method: 'POST', body: JSON.stringify({ status: 'dead_letter' }) });

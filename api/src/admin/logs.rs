@@ -817,21 +817,15 @@ impl LogsApi {
         ops: Data<&OpsState>,
         id: Path<i64>,
     ) -> AdminResult<Retried> {
-        let selection = retry::Selection::One(id.0);
-        match retry::retry_logs(
-            &state.pool,
-            &ops.notifier,
-            selection,
-            state.config.max_attempts,
-        )
-        .await?
+        match retry::retry_log(&state.pool, &ops.notifier, id.0, state.config.max_attempts)
+            .await?
         {
-            retry::Retried::Logs(ids) => Ok(Json(Retried {
-                retried: ids.len() as u32,
-                ids,
+            retry::RetriedOne::Retried(id) => Ok(Json(Retried {
+                retried: 1,
+                ids: vec![id],
             })),
-            retry::Retried::NotFound => Err(ApiError::NotFound.into()),
-            retry::Retried::NotRetryable { id, status } => Err(conflict(format!(
+            retry::RetriedOne::NotFound => Err(ApiError::NotFound.into()),
+            retry::RetriedOne::NotRetryable { id, status } => Err(conflict(format!(
                 "log {id} is {status}: only failed or dead_letter logs can be retried"
             ))),
         }
@@ -866,25 +860,18 @@ impl LogsApi {
             .into());
         }
         let limit = f.limit.unwrap_or(1000).clamp(1, 10_000);
-        let selection = retry::Selection::Matching {
-            filter: &filter,
-            limit: limit.into(),
-        };
-        match retry::retry_logs(
+        let ids = retry::retry_matching(
             &state.pool,
             &ops.notifier,
-            selection,
+            &filter,
+            limit.into(),
             state.config.max_attempts,
         )
-        .await?
-        {
-            retry::Retried::Logs(ids) => Ok(Json(Retried {
-                retried: ids.len() as u32,
-                ids,
-            })),
-            // A filter selects; it names no log that could be missing or in the wrong state.
-            other => Err(ApiError::Internal(format!("bulk retry answered {other:?}")).into()),
-        }
+        .await?;
+        Ok(Json(Retried {
+            retried: ids.len() as u32,
+            ids,
+        }))
     }
 
     /// Deletes one log.

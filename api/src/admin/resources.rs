@@ -279,6 +279,40 @@ impl From<model::IntegrationStats> for IntegrationStats {
     }
 }
 
+/// One integration's queue, as the dashboard's integrations panel lists it.
+#[derive(Debug, Clone, Object)]
+pub struct IntegrationQueue {
+    /// The integration's id.
+    pub id: Uuid,
+    /// Its platform.
+    pub platform: String,
+    /// Its account on the platform.
+    pub account_id: String,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Its events waiting to run (held by a budget or pause, or not reached yet).
+    pub pending: i64,
+    /// Its jobs running now, across every worker.
+    pub running: i64,
+    /// Seconds since the oldest waiting one was stored; null when none waits.
+    #[oai(nullable)]
+    pub oldest_pending_age_secs: Option<f64>,
+}
+
+impl From<model::IntegrationQueue> for IntegrationQueue {
+    fn from(q: model::IntegrationQueue) -> Self {
+        IntegrationQueue {
+            id: q.id,
+            platform: q.platform,
+            account_id: q.account_id,
+            paused: q.paused,
+            pending: q.pending,
+            running: q.running,
+            oldest_pending_age_secs: q.oldest_pending_age_secs,
+        }
+    }
+}
+
 /// What a persona speaks with: the reply template, and the LLM's system prompt.
 #[derive(Debug, Clone, Object)]
 pub struct PersonaTemplate {
@@ -600,6 +634,25 @@ impl ResourcesApi {
         )))
     }
 
+    /// Every integration's queue (backlog, running jobs, oldest waiting, paused), the
+    /// largest backlog first: the dashboard's integrations panel, one request for all.
+    #[oai(path = "/integrations/queues", method = "get")]
+    async fn integration_queues(
+        &self,
+        _a: AdminAuth,
+        s: Data<&AppState>,
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> AdminResult<Page<IntegrationQueue>> {
+        let (l, o) = paging(limit.0, offset.0);
+        Ok(Json(page(
+            model::integration_queues(&s.pool, l.into(), o.into()).await?,
+            l,
+            o,
+            IntegrationQueue::from,
+        )))
+    }
+
     #[oai(path = "/integrations/:id", method = "get")]
     async fn get_integration(
         &self,
@@ -671,7 +724,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<IntegrationStats> {
-        let default = s.config.reply_rate_limit.map(|r| (r.requests, r.per));
+        let default = s.config.reply_rate_limit;
         Ok(Json(
             model::integration_stats(&s.pool, id.0, default)
                 .await?

@@ -332,15 +332,30 @@ pub struct RetryCandidate {
     pub status: LogStatus,
     /// The job the log was attached to before the retry (its `job_id`).
     pub old_job_id: Option<i64>,
+    /// The fair-share group its new job joins: its account's integration
+    /// ([`group_sql`](super::group_sql), as intake computes it), so a retried event is still paused,
+    /// rate-limited and shared out with its integration's others.
+    pub group_key: String,
+    /// Its conversation, the new job's order key.
+    pub conversation_key: Option<String>,
+}
+
+/// The select a [`RetryCandidate`] is read by.
+fn retry_select() -> String {
+    format!(
+        "SELECT l.id, l.status, l.job_id AS old_job_id, {} AS group_key, l.conversation_key
+         FROM webhook_logs l",
+        super::group_sql("l")
+    )
 }
 
 /// Locks one log for an operator retry, whatever its state (the caller checks it against
 /// [`RESET_FOR_RETRY`](super::transitions::RESET_FOR_RETRY)); `None` when it does not exist.
 pub async fn lock_for_retry(conn: &mut PgConnection, id: i64) -> Result<Option<RetryCandidate>> {
-    Ok(sqlx::query_as(
-        "SELECT id, status, job_id AS old_job_id
-         FROM webhook_logs WHERE id = $1 FOR UPDATE",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{} WHERE l.id = $1 FOR UPDATE OF l",
+        retry_select()
+    )))
     .bind(id)
     .fetch_optional(conn)
     .await?)
@@ -353,7 +368,7 @@ pub async fn lock_matching_for_retry(
     filter: &LogFilter,
     limit: i64,
 ) -> Result<Vec<RetryCandidate>> {
-    let mut q = QueryBuilder::new("SELECT id, status, job_id AS old_job_id FROM webhook_logs");
+    let mut q = QueryBuilder::new(retry_select());
     filter.push_where(&mut q);
     let retryable: Vec<&str> = super::transitions::RESET_FOR_RETRY
         .from

@@ -202,15 +202,10 @@ fn rate_limit(s: &str) -> Result<String> {
     let limit = crate::config::parse_rate_limit(s)
         .map_err(|_| bad())?
         .ok_or_else(bad)?;
-    let unit = match limit.per.as_secs() {
-        1 => "s",
-        60 => "min",
-        _ => "h",
-    };
     if limit.requests > 999_999_999 {
         return Err(bad());
     }
-    Ok(format!("{}/{unit}", limit.requests))
+    Ok(limit.to_string())
 }
 
 fn max_concurrent(n: i32) -> Result<i32> {
@@ -393,33 +388,23 @@ pub struct IntegrationStats {
     pub p95_ms: Option<f64>,
 }
 
-/// The queue of one integration: backlog, budget use and processing times. `default`
-/// is `HOOKQ_REPLY_RATE_LIMIT` (limit, window), which applies when it sets none.
+/// The queue of one integration: backlog, budget use and processing times.
+/// `default_rate` is `HOOKQ_REPLY_RATE_LIMIT`, which applies when it sets none.
 pub async fn integration_stats(
     pool: &PgPool,
     id: Uuid,
-    default_rate: Option<(u32, std::time::Duration)>,
+    default_rate: Option<crate::config::RateLimit>,
 ) -> Result<IntegrationStats> {
     let i = get_integration(pool, id).await?;
-    let window_ms: Option<i64> = match (&i.reply_rate_limit, default_rate) {
-        (Some(r), _) => Some(match r.rsplit('/').next() {
-            Some("s") => 1_000,
-            Some("min") => 60_000,
-            _ => 3_600_000,
-        }),
-        (None, Some((_, w))) => Some(i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
-        (None, None) => None,
-    };
-    let rate_limit = i.reply_rate_limit.clone().or_else(|| {
-        default_rate.map(|(n, w)| {
-            let unit = match w.as_secs() {
-                1 => "s",
-                60 => "min",
-                _ => "h",
-            };
-            format!("{n}/{unit}")
-        })
-    });
+    // A stored limit was written by `rate_limit` above, so it parses; the one in force
+    // is its own, else the default.
+    let limit = i
+        .reply_rate_limit
+        .as_deref()
+        .and_then(|r| crate::config::parse_rate_limit(r).ok().flatten())
+        .or(default_rate);
+    let window_ms = limit.map(|l| i64::try_from(l.per.as_millis()).unwrap_or(i64::MAX));
+    let rate_limit = limit.map(|l| l.to_string());
     let key = format!("{}:{}", i.platform, i.account_id);
     let mut stats: IntegrationStats = sqlx::query_as(
         "SELECT
@@ -453,4 +438,62 @@ pub async fn integration_stats(
     .await?;
     stats.rate_limit = rate_limit;
     Ok(stats)
+}
+
+/// One integration's queue at a glance, as the dashboard's integrations panel lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct IntegrationQueue {
+    /// The integration.
+    pub id: Uuid,
+    /// Its platform.
+    pub platform: String,
+    /// Its account on the platform.
+    pub account_id: String,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Its events waiting to run.
+    pub pending: i64,
+    /// Its jobs running now, across every worker.
+    pub running: i64,
+    /// Seconds since the oldest waiting one was enqueued; `None` when none waits.
+    pub oldest_pending_age_secs: Option<f64>,
+}
+
+/// Every integration's queue, the largest backlog first (then paused ones, then by
+/// platform and account), a page at a time; one statement for the page, the live jobs
+/// grouped once, and the total read in the same snapshot.
+pub async fn integration_queues(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Listed<IntegrationQueue>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let items = sqlx::query_as(
+        "SELECT i.id, i.platform, i.account_id, i.paused,
+                coalesce(q.pending, 0) AS pending, coalesce(q.running, 0) AS running,
+                q.oldest_pending_age_secs
+         FROM integrations i
+         LEFT JOIN (
+             SELECT group_key,
+                 count(*) FILTER (WHERE status = 'pending') AS pending,
+                 count(*) FILTER (WHERE status = 'running') AS running,
+                 extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
+                     AS oldest_pending_age_secs
+             FROM queue_jobs WHERE group_key <> '' GROUP BY group_key
+         ) q ON q.group_key = hookq_integration_key(i.platform, i.account_id)
+         ORDER BY coalesce(q.pending, 0) DESC, i.paused DESC, i.platform, i.account_id, i.id
+         LIMIT $1 OFFSET $2",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM integrations")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Listed { items, total })
 }

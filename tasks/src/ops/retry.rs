@@ -3,8 +3,8 @@
 //! the old waiting jobs cancelled and the logs moved by
 //! [`transitions::reset_for_retry`], so a log is never left without a job nor given two.
 //!
-//! One function serves both endpoints (`POST /api/webhook-logs/{id}/retry` and the bulk
-//! `POST /api/webhook-logs/retry`): a single log is a selection of one. Logs another
+//! One reset serves both endpoints (`POST /api/webhook-logs/{id}/retry` and the bulk
+//! `POST /api/webhook-logs/retry`): [`retry_log`] locks the one log named, [`retry_matching`] a filter's. Logs another
 //! transaction holds are skipped by the bulk form (`SKIP LOCKED`), so two operators
 //! pressing "retry all" at once never retry a log twice; the single form waits for the
 //! lock, then sees the state the other left.
@@ -19,31 +19,17 @@ use sqlx::PgPool;
 use crate::{
     error::Error,
     jobs::ProcessWebhook,
-    queue::{self, EnqueueOptions, Notifier},
+    queue::{self, EnqueueOptions, JobKeys, Notifier},
 };
 
-/// Which logs to retry.
-#[derive(Debug, Clone, Copy)]
-pub enum Selection<'a> {
-    /// This log, which must be `failed` or `dead_letter`.
-    One(i64),
-    /// Up to `limit` retryable logs matching the filter, oldest first.
-    Matching {
-        /// Which logs (only `failed` and `dead_letter` ones are taken).
-        filter: &'a LogFilter,
-        /// The most logs one call retries.
-        limit: i64,
-    },
-}
-
-/// What a retry did.
+/// What retrying one log did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retried {
-    /// These logs are `pending` again, each with a new job.
-    Logs(Vec<i64>),
-    /// [`Selection::One`] named no log.
+pub enum RetriedOne {
+    /// It is `pending` again, with a new job.
+    Retried(i64),
+    /// No log has that id.
     NotFound,
-    /// [`Selection::One`] named a log in another state: nothing was changed.
+    /// It is in another state: nothing was changed.
     NotRetryable {
         /// The log named.
         id: i64,
@@ -52,40 +38,79 @@ pub enum Retried {
     },
 }
 
-/// Retries the selected logs; their new jobs get `max_attempts` runs.
+/// Retries one log, which must be `failed` or `dead_letter`; its new job gets
+/// `max_attempts` runs. Waits for a lock another retry holds, then sees what it left.
 #[tracing::instrument(skip(pool, notifier))]
-pub async fn retry_logs(
+pub async fn retry_log(
     pool: &PgPool,
     notifier: &Notifier,
-    selection: Selection<'_>,
+    id: i64,
     max_attempts: u32,
-) -> Result<Retried, Error> {
+) -> Result<RetriedOne, Error> {
     let mut tx = pool.begin().await?;
-    let found: Vec<RetryCandidate> = match selection {
-        Selection::One(id) => match reads::lock_for_retry(&mut tx, id).await? {
-            None => return Ok(Retried::NotFound),
-            Some(c) if !transitions::RESET_FOR_RETRY.allows(c.status) => {
-                return Ok(Retried::NotRetryable {
-                    id: c.id,
-                    status: c.status,
-                });
-            }
-            Some(c) => vec![c],
-        },
-        Selection::Matching { filter, limit } => {
-            reads::lock_matching_for_retry(&mut tx, filter, limit).await?
+    let found = match reads::lock_for_retry(&mut tx, id).await? {
+        None => return Ok(RetriedOne::NotFound),
+        Some(c) if !transitions::RESET_FOR_RETRY.allows(c.status) => {
+            return Ok(RetriedOne::NotRetryable {
+                id: c.id,
+                status: c.status,
+            });
         }
+        Some(c) => vec![c],
     };
+    let reset = reset(tx, notifier, &found, max_attempts).await?;
+    Ok(match reset.first() {
+        Some(&id) => RetriedOne::Retried(id),
+        // Locked as retryable, so the reset moved it; answered as found in another state
+        // rather than claimed done, should that ever not hold.
+        None => RetriedOne::NotRetryable {
+            id,
+            status: found[0].status,
+        },
+    })
+}
+
+/// Retries up to `limit` `failed`/`dead_letter` logs matching `filter`, oldest first,
+/// skipping logs another retry holds; answers the ids now `pending` again.
+#[tracing::instrument(skip(pool, notifier))]
+pub async fn retry_matching(
+    pool: &PgPool,
+    notifier: &Notifier,
+    filter: &LogFilter,
+    limit: i64,
+    max_attempts: u32,
+) -> Result<Vec<i64>, Error> {
+    let mut tx = pool.begin().await?;
+    let found = reads::lock_matching_for_retry(&mut tx, filter, limit).await?;
+    reset(tx, notifier, &found, max_attempts).await
+}
+
+/// The shared part: a new job per locked log (in its account's group and its
+/// conversation, as intake enqueued the first), the old waiting jobs cancelled, the logs
+/// moved, one commit.
+async fn reset(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    notifier: &Notifier,
+    found: &[RetryCandidate],
+    max_attempts: u32,
+) -> Result<Vec<i64>, Error> {
     let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
     let jobs: Vec<ProcessWebhook> = ids
         .iter()
         .map(|&log_id| ProcessWebhook { log_id })
         .collect();
+    let keys: Vec<JobKeys> = found
+        .iter()
+        .map(|c| JobKeys {
+            group: c.group_key.clone(),
+            order: c.conversation_key.clone(),
+        })
+        .collect();
     let options = EnqueueOptions {
         max_attempts: Some(i32::try_from(max_attempts).unwrap_or(i32::MAX)),
         ..EnqueueOptions::default()
     };
-    let job_ids = queue::enqueue_many(&mut tx, &jobs, &options).await?;
+    let job_ids = queue::enqueue_many_keyed(&mut tx, &jobs, &keys, &options).await?;
     let old: Vec<i64> = found.iter().filter_map(|c| c.old_job_id).collect();
     queue::cancel_pending(&mut tx, &old).await?;
     let reset = transitions::reset_for_retry(&mut *tx, &ids, &job_ids).await?;
@@ -94,5 +119,5 @@ pub async fn retry_logs(
         notifier.kick();
     }
     tracing::info!(count = reset.len(), ids = ?reset, "operator retry");
-    Ok(Retried::Logs(reset))
+    Ok(reset)
 }

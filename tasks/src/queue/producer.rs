@@ -183,9 +183,7 @@ impl Producer {
         }
         Ok(jobs)
     }
-}
 
-impl Producer {
     /// Whether claims must be serialised: a default rate limit applies to every group,
     /// else only while some group has `max_running` or a rate limit (looked up at most
     /// every [`BUDGET_CHECK`]).
