@@ -5,6 +5,21 @@
 //! sends them with bounded concurrency and an optional rate, and reports what the
 //! server acknowledged. `--wait-processed` then polls the admin API until every
 //! accepted event is finished, for an end-to-end figure.
+//!
+//! It can also drive two accounts at once, for contract section 10's fairness figure
+//! ([`fair`]): the main stream is the flood (`--sample comment` or `message`, for the
+//! account `--account` names, the demo account by default) and `--quiet-account ID`
+//! adds a quiet companion stream, one Meta comment every `--quiet-interval-ms` (100) to
+//! that account, from the flood's first request until the flood is processed. It then
+//! reads both accounts' logs back through the admin API (`HOOKQ_ADMIN_TOKEN`) and prints
+//!
+//! `hookq_fairness flood=N flood_per_s=N quiet_p50_ms=N quiet_p99_ms=N quiet_max_ms=N`
+//!
+//! before its last line: the flood's processed events ÷ (its last `processed_at` − its
+//! first `received_at`), and the quiet account's `processed_at − received_at` over its
+//! events received during the flood's drain. `--create-quiet-integration` first creates
+//! the quiet account's integration when it is missing (Instagram, the flood
+//! integration's user and default persona, `reply_delivery` `none`).
 
 use std::{
     collections::BTreeMap,
@@ -18,17 +33,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use hookq_core::{config::Config, intake::signature};
+use hookq_core::{
+    config::{Config, Secret},
+    intake::signature,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
+
+mod fair;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub(crate) enum Sample {
     /// The contract's compact comment shape (demo data replies to it).
     Compact,
-    /// Meta's `entry[].changes[]` comment shape for the demo account.
+    /// Meta's `entry[].changes[]` comment shape for the demo account (or --account).
     Comment,
-    /// An Instagram direct message.
+    /// An Instagram direct message to the demo account (or --account).
     Message,
     /// A WhatsApp Bridge `message.received` (sent to /webhooks/whatsapp).
     Bridge,
@@ -72,6 +92,29 @@ pub(crate) struct SendArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub wait_timeout: u64,
+    /// The Instagram account (`entry[].id`) the Meta-shape samples (comment, message,
+    /// and those of mixed) are sent for, instead of the demo account.
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+    /// Fairness run (contract section 10): the main stream is the flood; alongside it send
+    /// one Meta comment every --quiet-interval-ms to this Instagram account, until the
+    /// flood is processed, then print the `hookq_fairness …` line (needs
+    /// HOOKQ_ADMIN_TOKEN; the flood must be --sample comment or message).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["wait_processed", "file"])]
+    pub quiet_account: Option<String>,
+    /// With --quiet-account: milliseconds between two quiet comments (keep the quiet
+    /// stream light: it is a probe, and its own backlog would lengthen the drain).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 100,
+        requires = "quiet_account"
+    )]
+    pub quiet_interval_ms: u64,
+    /// With --quiet-account: first create its integration when there is none (Instagram,
+    /// the flood integration's user and default persona, reply_delivery none).
+    #[arg(long, requires = "quiet_account")]
+    pub create_quiet_integration: bool,
 }
 
 struct Body {
@@ -80,7 +123,8 @@ struct Body {
     bytes: String,
 }
 
-fn sample_body(kind: Sample, seq: u64, run: &str) -> Body {
+/// One built-in sample; `account` is the Instagram account of the Meta shapes.
+fn sample_body(kind: Sample, seq: u64, run: &str, account: &str) -> Body {
     let now = chrono::Utc::now().timestamp();
     let id = format!("{run}_{seq}");
     let (path, bridge, v) = match kind {
@@ -97,15 +141,15 @@ fn sample_body(kind: Sample, seq: u64, run: &str) -> Body {
         Sample::Comment => (
             "/webhooks/instagram",
             false,
-            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": now,
+            serde_json::json!({"object": "instagram", "entry": [{"id": account, "time": now,
                 "changes": [{"field": "comments", "value": {"from": {"id": format!("u{seq}"), "username": "loadtest"},
                 "media": {"id": "post_123"}, "id": format!("ig_{id}"), "text": format!("Comment {seq}")}}]}]}),
         ),
         Sample::Message => (
             "/webhooks/instagram",
             false,
-            serde_json::json!({"object": "instagram", "entry": [{"id": hookq_testkit::demo::DEMO_IG_ACCOUNT, "time": now * 1000,
-                "messaging": [{"sender": {"id": format!("u{seq}")}, "recipient": {"id": hookq_testkit::demo::DEMO_IG_ACCOUNT},
+            serde_json::json!({"object": "instagram", "entry": [{"id": account, "time": now * 1000,
+                "messaging": [{"sender": {"id": format!("u{seq}")}, "recipient": {"id": account},
                 "timestamp": now * 1000, "message": {"mid": format!("m_{id}"), "text": format!("Message {seq}")}}]}]}),
         ),
         Sample::Bridge => (
@@ -141,6 +185,39 @@ struct Signed {
     header: &'static str,
     value: String,
     bytes: String,
+}
+
+/// Signs bodies with the secrets the server reads and addresses them to the instance.
+#[derive(Clone)]
+struct Signer {
+    base: String,
+    meta_secret: String,
+    bridge_secret: String,
+}
+
+impl Signer {
+    fn sign(&self, body: Body) -> Signed {
+        let (header, value) = if body.bridge {
+            (
+                "X-Webhook-Signature",
+                signature::hmac_hex(self.bridge_secret.as_bytes(), body.bytes.as_bytes()),
+            )
+        } else {
+            (
+                "X-Hub-Signature-256",
+                format!(
+                    "sha256={}",
+                    signature::hmac_hex(self.meta_secret.as_bytes(), body.bytes.as_bytes())
+                ),
+            )
+        };
+        Signed {
+            url: format!("{}{}", self.base, body.path),
+            header,
+            value,
+            bytes: body.bytes,
+        }
+    }
 }
 
 /// The part of the server's answer the summary counts.
@@ -181,15 +258,24 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    let meta_shaped = matches!(
+        args.sample,
+        Sample::Comment | Sample::Message | Sample::Mixed
+    );
+    if args.account.is_some() && (args.file.is_some() || !meta_shaped) {
+        bail!("--account applies to --sample comment, message or mixed (not to --file)");
+    }
+    if args.quiet_account.is_some() && !matches!(args.sample, Sample::Comment | Sample::Message) {
+        bail!(
+            "--quiet-account needs the flood to be --sample comment or message: its logs are told apart by its account's integration"
+        );
+    }
+    let account = args
+        .account
+        .clone()
+        .unwrap_or_else(|| hookq_testkit::demo::DEMO_IG_ACCOUNT.to_string());
     let config = Config::from_env()?;
-    let meta_secret = config
-        .meta_app_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
-    let bridge_secret = config
-        .whatsapp_webhook_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
+    let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
     let template = match &args.file {
         Some(f) => {
             Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
@@ -197,11 +283,31 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
         None => None,
     };
     let base = args.url.trim_end_matches('/').to_string();
+    let signer = Signer {
+        base: base.clone(),
+        meta_secret: secret(&config.meta_app_secret).unwrap_or_default(),
+        bridge_secret: secret(&config.whatsapp_webhook_secret).unwrap_or_default(),
+    };
     let run_id = format!("{:x}", rand::rng().random::<u32>());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(60))
         .build()?;
+    // A fairness run finds (or creates) both integrations before anything is sent.
+    let fairness = match &args.quiet_account {
+        Some(quiet) => Some(
+            fair::Setup::prepare(
+                &client,
+                &base,
+                &config,
+                &account,
+                quiet,
+                args.create_quiet_integration,
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let bar = ProgressBar::new(args.count);
     bar.set_style(
@@ -213,30 +319,6 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
 
     // Every body is made and signed before the clock starts: the figure is the server's.
     // A duplicate is the very same signed request sent again.
-    let sign = |body: Body| {
-        let (header, value) = if body.bridge {
-            let key = bridge_secret.as_deref().unwrap_or("");
-            (
-                "X-Webhook-Signature",
-                signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes()),
-            )
-        } else {
-            let key = meta_secret.as_deref().unwrap_or("");
-            (
-                "X-Hub-Signature-256",
-                format!(
-                    "sha256={}",
-                    signature::hmac_hex(key.as_bytes(), body.bytes.as_bytes())
-                ),
-            )
-        };
-        Arc::new(Signed {
-            url: format!("{base}{}", body.path),
-            header,
-            value,
-            bytes: body.bytes,
-        })
-    };
     let bodies: Arc<Vec<Arc<Signed>>> = {
         let mut rng = rand::rng();
         let mut made: Vec<Arc<Signed>> = Vec::with_capacity(args.count as usize);
@@ -245,15 +327,22 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
             let signed = if dup {
                 made[rng.random_range(0..made.len())].clone()
             } else if let Some(t) = &template {
-                sign(Body {
-                    path: args.path.clone(),
-                    bridge: args.bridge,
-                    bytes: t
-                        .replace("{{seq}}", &seq.to_string())
-                        .replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
-                })
+                Arc::new(
+                    signer.sign(Body {
+                        path: args.path.clone(),
+                        bridge: args.bridge,
+                        bytes: t
+                            .replace("{{seq}}", &seq.to_string())
+                            .replace("{{uuid}}", &uuid::Uuid::new_v4().to_string()),
+                    }),
+                )
             } else {
-                sign(sample_body(kind_for(args.sample, seq), seq, &run_id))
+                Arc::new(signer.sign(sample_body(
+                    kind_for(args.sample, seq),
+                    seq,
+                    &run_id,
+                    &account,
+                )))
             };
             made.push(signed);
         }
@@ -265,6 +354,13 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
     // request on one thread and make the load generator the bottleneck).
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let quiet = fairness.as_ref().map(|f| {
+        f.start_quiet(
+            signer.clone(),
+            Duration::from_millis(args.quiet_interval_ms.max(1)),
+            &run_id,
+        )
+    });
     let senders: Vec<_> = (0..args.concurrency)
         .map(|_| {
             let (client, bodies, next, bar) = (
@@ -362,6 +458,11 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
         pct(0.99),
         pct(1.0)
     );
+
+    if let (Some(setup), Some(quiet)) = (fairness, quiet) {
+        let deadline = Instant::now() + Duration::from_secs(args.wait_timeout);
+        setup.finish(quiet, t.accepted, deadline).await?;
+    }
 
     if args.wait_processed {
         let token = config

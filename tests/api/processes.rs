@@ -335,3 +335,94 @@ async fn send_delivers_signed_webhooks_and_waits_until_they_are_processed() {
     assert_eq!((logs as u64, repeats as u64), (accepted, duplicates));
     app.stop().await;
 }
+
+/// `hookq send --quiet-account` (contract section 10's benchmark, rerunnable against any
+/// instance): it creates the quiet account's integration through the admin API, sends
+/// the flood to the demo account and the quiet stream beside it, waits for both, reads
+/// their logs back and prints the `hookq_fairness` line just before its summary. The
+/// figures themselves are timings, not asserted here.
+#[tokio::test]
+async fn send_with_a_quiet_account_creates_its_integration_and_prints_the_fairness_line() {
+    let app = spawn_app(Options::default()).await;
+    let quiet_account = "17841400000000002";
+    let out = hookq(&base_env(&app.db.url))
+        .args([
+            "send",
+            "--url",
+            &app.base,
+            "--count",
+            "300",
+            "--concurrency",
+            "8",
+            "--sample",
+            "comment",
+            "--quiet-account",
+            quiet_account,
+            "--quiet-interval-ms",
+            "20",
+            "--create-quiet-integration",
+            "--wait-timeout",
+            "60",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 2, "{stdout}");
+    let (fair, summary) = (lines[lines.len() - 2], lines[lines.len() - 1]);
+    assert!(summary.starts_with("send sent=300 acked=300 "), "{stdout}");
+    let keys: Vec<&str> = fair
+        .split_whitespace()
+        .map(|kv| kv.split('=').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "hookq_fairness",
+            "flood",
+            "flood_per_s",
+            "quiet_p50_ms",
+            "quiet_p99_ms",
+            "quiet_max_ms"
+        ],
+        "{stdout}"
+    );
+    assert!(fair.contains(" flood=300 "), "{stdout}");
+
+    // The quiet integration, made like the demo one, took the quiet stream's events.
+    let demo: (uuid::Uuid, Option<uuid::Uuid>) = sqlx::query_as(
+        "SELECT user_id, default_persona_id FROM integrations WHERE account_id = $1",
+    )
+    .bind(hookq_testkit::demo::DEMO_IG_ACCOUNT)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let (quiet_id, user, persona, delivery): (uuid::Uuid, uuid::Uuid, Option<uuid::Uuid>, String) =
+        sqlx::query_as(
+            "SELECT id, user_id, default_persona_id, reply_delivery FROM integrations
+             WHERE platform = 'instagram' AND account_id = $1",
+        )
+        .bind(quiet_account)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!((user, persona, delivery.as_str()), (demo.0, demo.1, "none"));
+    let (quiet_logs, unfinished): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE integration_id = $1 AND status = 'processed'),
+                count(*) FILTER (WHERE status IN ('pending', 'processing', 'failed'))
+         FROM webhook_logs",
+    )
+    .bind(quiet_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(quiet_logs > 0, "{stdout}");
+    assert_eq!(unfinished, 0, "send waits for both streams: {stdout}");
+    app.stop().await;
+}
