@@ -817,9 +817,7 @@ impl LogsApi {
         ops: Data<&OpsState>,
         id: Path<i64>,
     ) -> AdminResult<Retried> {
-        match retry::retry_log(&state.pool, &ops.notifier, id.0, state.config.max_attempts)
-            .await?
-        {
+        match retry::retry_log(&state.pool, &ops.notifier, id.0, state.config.max_attempts).await? {
             retry::RetriedOne::Retried(id) => Ok(Json(Retried {
                 retried: 1,
                 ids: vec![id],
