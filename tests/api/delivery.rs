@@ -158,6 +158,37 @@ async fn transient_failures_are_retried_on_the_schedule_with_the_same_webhook_id
     app.stop().await;
 }
 
+/// Contract section 10, order, through delivery: the reply to a thread's first comment
+/// fails twice and is retried (each retry a new job); the thread's second comment,
+/// posted while that delivery waits, is answered only after it is delivered.
+#[tokio::test]
+async fn a_threads_later_reply_waits_for_the_earlier_replys_delivery_retries() {
+    let server = answering_after(ResponseTemplate::new(503), 2, ResponseTemplate::new(200)).await;
+    let app = callback_app(&server).await;
+    let first = app
+        .ingest(
+            "/webhooks/instagram",
+            &compact("thread_root", "Which sizes?"),
+        )
+        .await[0];
+    // Its first delivery attempt has failed: the retry is scheduled.
+    wait_requests(&server, 1).await;
+    let mut answer: Value = serde_json::from_str(&compact("thread_reply", "And colours?")).unwrap();
+    answer["entry"][0]["changes"][0]["value"]["parent_id"] = "thread_root".into();
+    let second = app.ingest("/webhooks/instagram", &answer.to_string()).await[0];
+    app.wait_status(first, "processed").await;
+    app.wait_status(second, "processed").await;
+    let delivered: Vec<i64> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| verify_callback(r).1["data"]["log_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(delivered, [first, first, first, second]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn retries_run_out_into_dead_letter() {
     let server = answering(ResponseTemplate::new(500).set_body_string("boom")).await;

@@ -383,6 +383,26 @@ pub async fn lock_matching_for_retry(
     Ok(q.build_query_as::<RetryCandidate>().fetch_all(conn).await?)
 }
 
+/// Where a log's jobs stand in its conversation.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct ConversationPlace {
+    /// Its conversation (its jobs' order key); `None` for an event in none.
+    pub conversation_key: Option<String>,
+    /// The job that processes it: the delivery of its reply takes this job's place.
+    pub job_id: Option<i64>,
+}
+
+/// The conversation and processing job of log `log_id` (defaults when it is gone).
+pub async fn conversation_place(conn: &mut PgConnection, log_id: i64) -> Result<ConversationPlace> {
+    Ok(
+        sqlx::query_as("SELECT conversation_key, job_id FROM webhook_logs WHERE id = $1")
+            .bind(log_id)
+            .fetch_optional(conn)
+            .await?
+            .unwrap_or_default(),
+    )
+}
+
 /// Delivery attempts started since `since`, by kind and result (the HTTP status code,
 /// or the attempt's state when there was no answer: `failed` for a network error or
 /// timeout, `unknown` when cut off by a crash, `in_flight`).

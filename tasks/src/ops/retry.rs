@@ -104,6 +104,9 @@ async fn reset(
         .map(|c| JobKeys {
             group: c.group_key.clone(),
             order: c.conversation_key.clone(),
+            // A new place at the end: later events of the conversation were answered
+            // while the log waited for an operator.
+            position: None,
         })
         .collect();
     let options = EnqueueOptions {

@@ -46,19 +46,29 @@ use crate::{
         guard,
         send::{NotSent, Sender, Target},
     },
-    queue::{self, EnqueueOptions, JobContext, JobError, JobId, Notifier},
+    queue::{self, EnqueueOptions, JobContext, JobError, JobId, JobKeys, Notifier},
 };
 
-/// Enqueues a delivery job on the caller's transaction.
+/// Enqueues a delivery job on the caller's transaction, in the log's conversation at the
+/// place of the job that processed it (contract section 10, order): a later event of the
+/// conversation is not processed, so not replied to, before this reply is delivered (or
+/// given up), retries included. Deliveries belong to no fair-share group: budgets count
+/// replies generated, and a reply already generated is not held back.
 async fn enqueue_delivery(
     conn: &mut PgConnection,
     log_id: i64,
     run_at: Option<chrono::DateTime<Utc>>,
     max_attempts: u32,
 ) -> Result<JobId> {
+    let place = logs::reads::conversation_place(conn, log_id).await?;
     let opts = EnqueueOptions {
         run_at,
         max_attempts: Some(i32::try_from(max_attempts).unwrap_or(i32::MAX)),
+        keys: JobKeys {
+            group: String::new(),
+            position: place.conversation_key.as_ref().and(place.job_id),
+            order: place.conversation_key,
+        },
         ..EnqueueOptions::default()
     };
     queue::enqueue(conn, &DeliverReply { log_id }, &opts)

@@ -119,6 +119,7 @@ pub async fn enqueue_many_keyed<J: Job>(
         })?;
     let groups: Vec<String> = keys.iter().map(|k| k.group.clone()).collect();
     let orders: Vec<Option<String>> = keys.iter().map(|k| k.order.clone()).collect();
+    let positions: Vec<Option<JobId>> = keys.iter().map(|k| k.position).collect();
     sql::insert_jobs(
         conn,
         J::NAME,
@@ -128,6 +129,7 @@ pub async fn enqueue_many_keyed<J: Job>(
         opts.max_attempts(),
         &groups,
         &orders,
+        &positions,
     )
     .await
 }

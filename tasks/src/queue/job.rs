@@ -21,9 +21,14 @@ pub struct JobKeys {
     /// Claims take ready work round-robin across groups, and the group's budget
     /// (`queue_groups`: paused, `max_running`, rate limit) holds its jobs back.
     pub group: String,
-    /// The conversation: a job runs only when no earlier-enqueued live job of the same
-    /// key is left (pending, running or waiting to retry).
+    /// The conversation: a job runs only when no live job of the same key is left
+    /// (pending, running or waiting to retry) at an earlier place.
     pub order: Option<String>,
+    /// Its place in the conversation, when not its own id (the order it was enqueued
+    /// in): a job carrying on another's work (a reply's delivery and its retries) takes
+    /// that job's place, so nothing enqueued after that job overtakes it. Jobs at the
+    /// same place do not wait for each other.
+    pub position: Option<JobId>,
 }
 
 /// A group's rolling rate limit: at most `limit` runs finished in any `window`.

@@ -104,8 +104,8 @@ pub(crate) async fn insert_job(
 ) -> Result<Option<JobId>, QueueError> {
     Ok(sqlx::query_scalar(
         "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts, unique_key,
-                                 group_key, order_key)
-         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7, $8)
+                                 group_key, order_key, order_pos)
+         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7, $8, $9)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -117,6 +117,7 @@ pub(crate) async fn insert_job(
     .bind(unique_key)
     .bind(&keys.group)
     .bind(&keys.order)
+    .bind(keys.position)
     .fetch_optional(&mut *conn)
     .await?)
 }
@@ -135,8 +136,8 @@ pub(crate) async fn live_job_with_key(
 }
 
 /// Inserts one job per payload (already encoded) in one statement, job `i` with
-/// `groups[i]` and `orders[i]` (both empty: no group, no order key); returns their ids
-/// in input order.
+/// `groups[i]`, `orders[i]` and `positions[i]` (all empty: no group, no order key, its
+/// own place); returns their ids in input order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn insert_jobs(
     conn: &mut PgConnection,
@@ -147,15 +148,17 @@ pub(crate) async fn insert_jobs(
     max_attempts: i32,
     groups: &[String],
     orders: &[Option<String>],
+    positions: &[Option<JobId>],
 ) -> Result<Vec<JobId>, QueueError> {
     // Identity values are drawn as the sorted rows are inserted, so ascending ids are
     // input order whatever order RETURNING reports them in.
     let mut ids: Vec<JobId> = sqlx::query_scalar(
         "INSERT INTO queue_jobs (task_name, payload, priority, run_at, max_attempts, group_key,
-                                 order_key)
-         SELECT $1, p.payload::jsonb, $3, coalesce($4, now()), $5, coalesce(k.grp, ''), k.ord_key
+                                 order_key, order_pos)
+         SELECT $1, p.payload::jsonb, $3, coalesce($4, now()), $5, coalesce(k.grp, ''), k.ord_key,
+                k.pos
          FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, ord)
-         LEFT JOIN unnest($6::text[], $7::text[]) WITH ORDINALITY AS k(grp, ord_key, ord)
+         LEFT JOIN unnest($6::text[], $7::text[], $8::int8[]) WITH ORDINALITY AS k(grp, ord_key, pos, ord)
              ON k.ord = p.ord
          ORDER BY p.ord
          RETURNING id",
@@ -167,6 +170,7 @@ pub(crate) async fn insert_jobs(
     .bind(max_attempts)
     .bind(groups)
     .bind(orders)
+    .bind(positions)
     .fetch_all(&mut *conn)
     .await?;
     ids.sort_unstable();
@@ -312,7 +316,8 @@ const CLAIM_LOCK: i64 = 7_274_001;
 /// (a loose index scan of `queue_jobs_ready`), works out each group's room (0 when
 /// paused; else the least of the batch, `max_running` minus its running jobs, and its
 /// rate limit minus its running jobs and its runs finished within the window), takes up
-/// to that many of each group's ready jobs whose conversation has no earlier live job,
+/// to that many of each group's ready jobs whose conversation has no live job at an
+/// earlier place (`order_pos`, else the id),
 /// ranks them round-robin (every group's first job, then every group's second...;
 /// groups after the cursor first) and answers the first `$2`. It locks nothing: a
 /// row lock taken inside this many-CTE statement, when a concurrent completer or claim
@@ -325,7 +330,7 @@ const CLAIM_LOCK: i64 = 7_274_001;
 ///
 /// Written so that stale statistics (see [`async_commit_pool`]) leave one plan: the
 /// partial indexes' predicates (`group_key <> ''`) are spelled out so they apply, and the
-/// conversation check compares `e.id + 0`, which no index serves, so it is always the
+/// conversation check compares places (`coalesce(order_pos, id) + 0`), which no index serves, so it is always the
 /// `queue_jobs_order` probe of one conversation's few live jobs: planned as a bitmap
 /// scan of the primary key (`id < j.id`, 5,008 rows per probe), it made a 51-job claim
 /// take 129 ms behind a 20,000-job backlog.
@@ -365,7 +370,8 @@ WITH RECURSIVE groups(key) AS (
         WHERE j.status = 'pending' AND j.group_key = bu.key
             AND j.run_at <= coalesce($5, now()) AND j.task_name = ANY($1)
             AND (j.order_key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key AND e.id + 0 < j.id))
+                SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key
+                    AND coalesce(e.order_pos, e.id) + 0 < coalesce(j.order_pos, j.id)))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT greatest(bu.room, 0)
     ) p

@@ -1,6 +1,6 @@
 //! Many accounts on one queue (contract section 10), at the queue's own level: fair
 //! claiming across groups, a paused group held without spending attempts, a
-//! conversation run in order under retries, and `max_running` and rate budgets held
+//! conversation run in order under retries and with jobs placed at another's place, and `max_running` and rate budgets held
 //! across two worker runtimes sharing the database.
 
 use std::{
@@ -100,6 +100,7 @@ async fn enqueue(
             keys: JobKeys {
                 group: group.into(),
                 order: order.map(str::to_owned),
+                position: None,
             },
             ..EnqueueOptions::default()
         },
@@ -222,6 +223,41 @@ async fn a_conversation_waits_for_its_earlier_job_through_a_retry() {
         log.order(),
         vec![first, elsewhere, first, later[0], later[1]]
     );
+}
+
+/// A job enqueued at an earlier job's place (as a reply's delivery is, and its retries,
+/// after later events of the conversation arrived) runs before those later jobs: beside
+/// the job whose place it took, not after everything enqueued meanwhile.
+#[tokio::test]
+async fn a_job_at_an_earlier_place_runs_before_later_jobs_of_its_conversation() {
+    let db = fresh_db().await;
+    let first = enqueue(&db.pool, 1, "ig:a", Some("dm-1"), quick()).await[0];
+    let later = enqueue(&db.pool, 1, "ig:a", Some("dm-1"), quick()).await[0];
+    let mut tx = db.pool.begin().await.unwrap();
+    let carried_on = queue::enqueue(
+        &mut tx,
+        &quick(),
+        &EnqueueOptions {
+            keys: JobKeys {
+                group: String::new(),
+                order: Some("dm-1".into()),
+                position: Some(first),
+            },
+            ..EnqueueOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(carried_on > later, "enqueued last");
+    let log = Log::default();
+    let w = workers(&db.pool, &log, 8);
+    let report = w.run_once().await.unwrap();
+    assert_eq!(report.completed, 3);
+    // By id it would have run after `later`; at `first`'s place it runs before it.
+    let order = log.order();
+    assert_eq!(order.len(), 3, "{order:?}");
+    assert_eq!(order[2], later, "{order:?}");
 }
 
 struct Running {
