@@ -278,7 +278,8 @@ async fn webhook_ids(servers: &[MockServer]) -> HashMap<String, usize> {
 
 /// Thousands of signed webhooks sent concurrently to a real API while a worker process
 /// is SIGKILLed every ~2 s. A share of them reply by callback (to ten loopback receivers,
-/// as the per-endpoint limit is 100 a minute), the rest with `none` delivery.
+/// as the per-endpoint limit is 100 a minute; each receiver's comments are one thread,
+/// whose replies must arrive in order), the rest with `none` delivery.
 ///
 /// A killed worker's claimed jobs come back when their 30 s lease expires; to keep the
 /// test short, the test expires the leases of exactly the killed process's claims
@@ -327,14 +328,24 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
             .take_while(move |i| *i < total || killed.lock().unwrap().len() < KILLS)
             .map(move |i| {
                 let cid = format!("kill_{i}");
-                let post = if i % callback_every == 0 && i < total {
+                if i % callback_every == 0 && i < total {
+                    // Each receiver's comments are one thread (contract section 10,
+                    // order): its replies must arrive in the order the comments were
+                    // stored, kills included. A thread's comments are sent far apart
+                    // (`callback_every × receivers` events), so each is stored before
+                    // the next is sent.
                     callback_cids.lock().unwrap().insert(cid.clone());
-                    format!("chaos_post_{}", i % receivers)
+                    let k = i % receivers;
+                    let mut body: Value =
+                        serde_json::from_str(&comment_on(&format!("chaos_post_{k}"), &cid))
+                            .unwrap();
+                    body["entry"][0]["changes"][0]["value"]["parent_id"] =
+                        format!("chaos_thread_{k}").into();
+                    (cid, body.to_string())
                 } else {
-                    "post_123".to_string()
-                };
-                let body = comment_on(&post, &cid);
-                (cid, body)
+                    let body = comment_on("post_123", &cid);
+                    (cid, body)
+                }
             })
     };
 
@@ -439,6 +450,20 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
         .collect();
     let seen = webhook_ids(&servers).await;
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    // Each thread's replies, in the order its receiver got them: increasing log ids.
+    let mut out_of_order = Vec::new();
+    for s in &servers {
+        let logs: Vec<i64> = s
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| verify_callback(r).1["data"]["log_id"].as_i64().unwrap())
+            .collect();
+        if logs.windows(2).any(|w| w[0] >= w[1]) {
+            out_of_order.push(logs);
+        }
+    }
     let replies = count(&pool, "SELECT count(*) FROM outbound_replies").await;
     let delivered = count(
         &pool,
@@ -494,6 +519,10 @@ async fn worker_processes_killed_every_2s_lose_nothing_and_run_nothing_twice() {
     assert!(
         twice.is_empty(),
         "webhook-ids the receiver saw twice: {twice:?}"
+    );
+    assert!(
+        out_of_order.is_empty(),
+        "a thread's replies arrived out of order: {out_of_order:?}"
     );
     // Outcome-unknown logs are only ever callback logs; each was seen at most once (above),
     // and every delivered reply was seen exactly once.
