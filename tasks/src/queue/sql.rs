@@ -324,6 +324,11 @@ const CLAIM_LOCK: i64 = 7_274_001;
 /// touched the table, stalled it for seconds under test, so the lock is taken by the
 /// plain [`TAKE`] on the chosen ids.
 ///
+/// A claim that is not strict (see [`Fairness::strict`]) gives a budgeted group no room:
+/// a budget set a moment ago, before the producer's next look (at most
+/// `BUDGET_CHECK` later), delays that group's jobs until its claims are strict, rather
+/// than letting two unserialised claims both spend the same room.
+///
 /// A group without `max_running` or a rate limit gets the whole batch as its room
 /// without counting its running jobs (that count, ~460 index entries behind a 20,000
 /// backlog, was most of a claim's cost on the one-account path).
@@ -348,6 +353,7 @@ WITH RECURSIVE groups(key) AS (
             WHEN g.key = '' THEN $2
             WHEN coalesce(b.paused, false) THEN 0
             WHEN b.max_running IS NULL AND coalesce(b.rate_limit, $7) IS NULL THEN $2
+            WHEN NOT $9 THEN 0
             ELSE (SELECT least($2,
                 coalesce(b.max_running - r.running, $2),
                 CASE WHEN coalesce(b.rate_limit, $7) IS NULL THEN $2
@@ -416,7 +422,8 @@ pub(crate) async fn claim(
         .bind(due_by)
         .bind(fair.cursor)
         .bind(fair.default_rate.map(|r| i64::from(r.limit)))
-        .bind(fair.default_rate.map(|r| millis(r.window)));
+        .bind(fair.default_rate.map(|r| millis(r.window)))
+        .bind(fair.strict);
     let take = |ids: Vec<JobId>| {
         sqlx::query_as(TAKE)
             .bind(ids)
@@ -739,4 +746,75 @@ pub(crate) async fn claim_tick(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(won.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use hookq_testkit::fresh_db;
+
+    use super::*;
+    use crate::queue::{EnqueueOptions, Job, enqueue_many_keyed};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Probe;
+    impl Job for Probe {
+        const NAME: &'static str = "test.probe";
+    }
+
+    async fn claim_ids(pool: &PgPool, strict: bool) -> Vec<(JobId, String)> {
+        let fair = Fairness {
+            cursor: "",
+            default_rate: None,
+            strict,
+        };
+        let rows = claim(
+            pool,
+            &[Probe::NAME],
+            10,
+            "test-worker",
+            Duration::from_secs(30),
+            None,
+            fair,
+        )
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| (r.id, r.group_key)).collect()
+    }
+
+    /// A budget set just now, before the producer looked again whether claims must be
+    /// strict: the claim that is not strict leaves the budgeted group alone, so two such
+    /// claims can never both spend its room; a strict claim takes its jobs.
+    #[tokio::test]
+    async fn a_claim_that_is_not_strict_gives_a_budgeted_group_no_room() {
+        let db = fresh_db().await;
+        let keys = |g: &str| JobKeys {
+            group: g.into(),
+            ..JobKeys::default()
+        };
+        let mut tx = db.pool.begin().await.unwrap();
+        enqueue_many_keyed(
+            &mut tx,
+            &[Probe, Probe, Probe],
+            &[keys("ig:capped"), keys("ig:capped"), keys("ig:free")],
+            &EnqueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        sqlx::query("INSERT INTO queue_groups (key, max_running) VALUES ('ig:capped', 5)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+
+        let loose = claim_ids(&db.pool, false).await;
+        assert_eq!(
+            loose.iter().map(|(_, g)| g.as_str()).collect::<Vec<_>>(),
+            ["ig:free"]
+        );
+        let strict = claim_ids(&db.pool, true).await;
+        assert_eq!(
+            strict.iter().map(|(_, g)| g.as_str()).collect::<Vec<_>>(),
+            ["ig:capped", "ig:capped"]
+        );
+    }
 }
