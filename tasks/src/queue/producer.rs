@@ -61,6 +61,8 @@ pub(crate) struct FairState {
     cursor: String,
     /// Whether claims must be strict, and when that was last looked up.
     strict: Option<(bool, Instant)>,
+    /// From the last claim: how soon a group held by its rate limit gets room again.
+    rate_wake: Option<Duration>,
 }
 
 impl Producer {
@@ -111,9 +113,16 @@ impl Producer {
                         // A full batch: more are likely ready, claim again as slots free.
                         continue;
                     }
+                    // A group held by its rate limit gets room at a known moment: look
+                    // again then (plus a millisecond, so the run has left the window)
+                    // rather than at the next poll.
+                    let rate_wake = self.fair.lock().expect("fair state").rate_wake;
+                    let wait = rate_wake
+                        .map(|w| (w + Duration::from_millis(1)).min(self.poll_interval))
+                        .unwrap_or(self.poll_interval);
                     tokio::select! {
                         () = rt.wake.notified() => {}
-                        () = tokio::time::sleep(self.poll_interval) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = stop.cancelled() => return,
                     }
                 }
@@ -139,7 +148,7 @@ impl Producer {
         let rt = &self.rt;
         let strict = self.strict().await?;
         let cursor = self.fair.lock().expect("fair state").cursor.clone();
-        let rows = sql::claim(
+        let sql::Claim { rows, rate_wake } = sql::claim(
             &rt.pool,
             &rt.task_names,
             limit,
@@ -153,8 +162,12 @@ impl Producer {
             },
         )
         .await?;
-        if let Some(next) = next_cursor(&cursor, rows.iter().map(|r| r.group_key.as_str())) {
-            self.fair.lock().expect("fair state").cursor = next;
+        {
+            let mut fair = self.fair.lock().expect("fair state");
+            if let Some(next) = next_cursor(&cursor, rows.iter().map(|r| r.group_key.as_str())) {
+                fair.cursor = next;
+            }
+            fair.rate_wake = rate_wake;
         }
         rt.hold(rows.iter().map(|r| (r.id, r.attempts)));
         let mut jobs = Vec::with_capacity(rows.len());

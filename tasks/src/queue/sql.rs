@@ -324,6 +324,11 @@ const CLAIM_LOCK: i64 = 7_274_001;
 /// touched the table, stalled it for seconds under test, so the lock is taken by the
 /// plain [`TAKE`] on the chosen ids.
 ///
+/// Besides the ids, one row without an id may say in how many milliseconds the first
+/// group held by its rate limit gets room again (its oldest run in the window leaves
+/// it), so the producer looks again then rather than at its next poll: without it a
+/// 500/s limit drained at 280/s, each window's burst followed by up to a second's poll.
+///
 /// A claim that is not strict (see [`Fairness::strict`]) gives a budgeted group no room:
 /// a budget set a moment ago, before the producer's next look (at most
 /// `BUDGET_CHECK` later), delays that group's jobs until its claims are strict, rather
@@ -364,7 +369,10 @@ WITH RECURSIVE groups(key) AS (
                 END)
                 FROM (SELECT count(*) AS running FROM queue_jobs q
                       WHERE q.group_key = g.key AND q.group_key <> '' AND q.status = 'running') r)
-        END AS room
+        END AS room,
+        coalesce(b.paused, false) AS paused,
+        coalesce(b.rate_limit, $7) AS rate_limit,
+        coalesce(b.rate_window_ms, $8) AS window_ms
     FROM groups g
     LEFT JOIN queue_groups b ON b.key = g.key
     WHERE g.key IS NOT NULL
@@ -386,8 +394,21 @@ WITH RECURSIVE groups(key) AS (
     SELECT id, priority, wrapped, key,
         row_number() OVER (PARTITION BY key ORDER BY priority DESC, run_at, id) AS turn
     FROM picked
+), wake AS (
+    SELECT min(w.at) AS at
+    FROM budget bu
+    CROSS JOIN LATERAL (
+        SELECT d.finished_at + bu.window_ms * interval '1 millisecond' AS at
+        FROM queue_jobs_done d
+        WHERE d.group_key = bu.key AND d.group_key <> ''
+            AND d.finished_at > now() - bu.window_ms * interval '1 millisecond'
+        ORDER BY d.finished_at LIMIT 1
+    ) w
+    WHERE bu.room <= 0 AND NOT bu.paused AND bu.rate_limit IS NOT NULL
 )
-SELECT id FROM ranked ORDER BY priority DESC, turn, wrapped, key LIMIT $2";
+(SELECT id, NULL::float8 AS wake_in_ms FROM ranked ORDER BY priority DESC, turn, wrapped, key LIMIT $2)
+UNION ALL
+SELECT NULL, greatest(extract(epoch FROM at - now()) * 1000, 0)::float8 FROM wake WHERE at IS NOT NULL";
 
 /// Takes the jobs [`PICK`] chose, if still pending (another process may have claimed
 /// one meanwhile: it is skipped, never claimed twice), and counts the attempt.
@@ -401,6 +422,15 @@ WHERE j.id = ANY(ARRAY(
 ))
 RETURNING j.id, j.task_name, j.payload, j.attempts, j.max_attempts, j.group_key";
 
+/// What a claim took, and when a group held by its rate limit gets room again.
+pub(crate) struct Claim {
+    /// The claimed rows.
+    pub(crate) rows: Vec<ClaimedRow>,
+    /// How long until the first group with pending work that its rate limit held gets
+    /// room again; `None` when none was held by a rate limit.
+    pub(crate) rate_wake: Option<Duration>,
+}
+
 /// Claims up to `limit` ready jobs of the `task_names` for `worker_id`, leased for
 /// `lease`, shared out across groups by [`PICK`] and taken by [`TAKE`]. "Ready" is `run_at` at or before
 /// `due_by`, or before the database's `now()` when `due_by` is `None` (every
@@ -413,8 +443,8 @@ pub(crate) async fn claim(
     lease: Duration,
     due_by: Option<DateTime<Utc>>,
     fair: Fairness<'_>,
-) -> Result<Vec<ClaimedRow>, QueueError> {
-    let pick = sqlx::query_scalar(PICK)
+) -> Result<Claim, QueueError> {
+    let pick = sqlx::query_as::<_, (Option<JobId>, Option<f64>)>(PICK)
         .bind(task_names)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(worker_id)
@@ -430,26 +460,40 @@ pub(crate) async fn claim(
             .bind(worker_id)
             .bind(millis(lease))
     };
-    if !fair.strict {
-        let ids: Vec<JobId> = pick.fetch_all(pool).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    let split = |picked: Vec<(Option<JobId>, Option<f64>)>| {
+        let mut ids = Vec::with_capacity(picked.len());
+        let mut rate_wake = None;
+        for (id, wake_ms) in picked {
+            match (id, wake_ms) {
+                (Some(id), _) => ids.push(id),
+                (None, Some(ms)) => rate_wake = Some(Duration::from_secs_f64(ms.max(0.0) / 1e3)),
+                (None, None) => {}
+            }
         }
-        return Ok(take(ids).fetch_all(pool).await?);
+        (ids, rate_wake)
+    };
+    if !fair.strict {
+        let (ids, rate_wake) = split(pick.fetch_all(pool).await?);
+        let rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            take(ids).fetch_all(pool).await?
+        };
+        return Ok(Claim { rows, rate_wake });
     }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CLAIM_LOCK)
         .execute(&mut *tx)
         .await?;
-    let ids: Vec<JobId> = pick.fetch_all(&mut *tx).await?;
+    let (ids, rate_wake) = split(pick.fetch_all(&mut *tx).await?);
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
         take(ids).fetch_all(&mut *tx).await?
     };
     tx.commit().await?;
-    Ok(rows)
+    Ok(Claim { rows, rate_wake })
 }
 
 /// Whether any group has a budget that only strict claims keep (`max_running` or a
@@ -778,7 +822,7 @@ mod tests {
         )
         .await
         .unwrap();
-        rows.into_iter().map(|r| (r.id, r.group_key)).collect()
+        rows.rows.into_iter().map(|r| (r.id, r.group_key)).collect()
     }
 
     /// A budget set just now, before the producer looked again whether claims must be
