@@ -101,6 +101,18 @@ try {
   step('pause an integration from its panel: its new comment waits pending; resume: it is answered');
   const ig = (await admin('/api/integrations')).items.find((i) => i.platform === 'instagram' && i.user_id === users.items[0].id);
   const row = `#integrations tr[data-id="${ig.id}"]`;
+  const patched = await fetch(`${base}/api/integrations/${ig.id}`, {
+    method: 'PATCH',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ reply_rate_limit: '1000/h', max_concurrent: 4 }),
+  });
+  if (!patched.ok) throw new Error(`PATCH answered ${patched.status}`);
+  // The panel shows running against the cap and the rate used against the limit.
+  await page.waitForSelector(`${row} td:nth-child(4):text-matches("/ 4$")`, { timeout: 15000 });
+  // (An hour's window: every run since the test began stays counted in it.)
+  const rateCell = `${row} td:nth-child(5)`;
+  await page.waitForSelector(`${rateCell}:text-matches("^[0-9]+ / 1000/h$")`, { timeout: 15000 });
+  const usedBefore = Number((await page.textContent(rateCell)).split(' / ')[0]);
   await page.click(`${row} button[data-action="pause"]`);
   await page.waitForSelector(`${row} .badge.paused`, { timeout: 10000 });
   const held = await signed(comment('held_1', 'Is the blue one back?', { name: 'Ava' }));
@@ -112,6 +124,9 @@ try {
   await page.click(`${row} button[data-action="resume"]`);
   await page.waitForSelector(`${row} .badge.active`, { timeout: 10000 });
   await page.waitForSelector(`#logs tr[data-id="${held}"][data-status="processed"]`, { timeout: 15000 });
+  // Its run counts against the limit.
+  await page.waitForFunction(([sel, before]) => Number(document.querySelector(sel).textContent.split(' / ')[0]) > before,
+    [rateCell, usedBefore], { timeout: 15000 });
 
   await page.click(`#logs tr[data-id="${deadId}"]`);
   await page.waitForSelector('#detail-reply:not([hidden])');

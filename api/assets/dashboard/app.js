@@ -268,7 +268,8 @@ function renderIntegrations(page) {
       el('td', { textContent: `${i.platform} · ${i.account_id}` }),
       el('td', {}, el('span', { className: `badge ${i.paused ? 'paused' : 'active'}`, textContent: i.paused ? 'paused' : 'active' })),
       el('td', { className: 'num', textContent: fmtNum(i.pending) }),
-      el('td', { className: 'num', textContent: fmtNum(i.running) }),
+      el('td', { className: 'num', textContent: i.max_concurrent == null ? fmtNum(i.running) : `${fmtNum(i.running)} / ${fmtNum(i.max_concurrent)}` }),
+      el('td', { className: 'num', textContent: i.rate_limit == null ? '–' : `${fmtNum(i.rate_used)} / ${i.rate_limit}` }),
       el('td', { className: 'num', textContent: age == null ? '–' : `${age.toFixed(1)} s` }),
       el('td', {}, button));
     tr.dataset.id = i.id;

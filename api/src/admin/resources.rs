@@ -297,6 +297,15 @@ pub struct IntegrationQueue {
     /// Seconds since the oldest waiting one was stored; null when none waits.
     #[oai(nullable)]
     pub oldest_pending_age_secs: Option<f64>,
+    /// Its cap on running jobs (`max_concurrent`); null: none.
+    #[oai(nullable)]
+    pub max_concurrent: Option<i32>,
+    /// The limit in force (its own, else `HOOKQ_REPLY_RATE_LIMIT`); null: none.
+    #[oai(nullable)]
+    pub rate_limit: Option<String>,
+    /// Runs counted in the current rate window (running, plus finished within it; 0
+    /// without a limit).
+    pub rate_used: i64,
 }
 
 impl From<model::IntegrationQueue> for IntegrationQueue {
@@ -309,6 +318,9 @@ impl From<model::IntegrationQueue> for IntegrationQueue {
             pending: q.pending,
             running: q.running,
             oldest_pending_age_secs: q.oldest_pending_age_secs,
+            max_concurrent: q.max_concurrent,
+            rate_limit: q.rate_limit,
+            rate_used: q.rate_used,
         }
     }
 }
@@ -634,8 +646,9 @@ impl ResourcesApi {
         )))
     }
 
-    /// Every integration's queue (backlog, running jobs, oldest waiting, paused), the
-    /// largest backlog first: the dashboard's integrations panel, one request for all.
+    /// Every integration's queue (backlog, running jobs against its cap, oldest waiting,
+    /// rate used against its limit, paused), the largest backlog first: the dashboard's
+    /// integrations panel, one request for all.
     #[oai(path = "/integrations/queues", method = "get")]
     async fn integration_queues(
         &self,
@@ -646,7 +659,8 @@ impl ResourcesApi {
     ) -> AdminResult<Page<IntegrationQueue>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::integration_queues(&s.pool, l.into(), o.into()).await?,
+            model::integration_queues(&s.pool, l.into(), o.into(), s.config.reply_rate_limit)
+                .await?,
             l,
             o,
             IntegrationQueue::from,

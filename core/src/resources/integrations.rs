@@ -457,24 +457,35 @@ pub struct IntegrationQueue {
     pub running: i64,
     /// Seconds since the oldest waiting one was enqueued; `None` when none waits.
     pub oldest_pending_age_secs: Option<f64>,
+    /// Its cap on running jobs (`max_concurrent`); `None`: none.
+    pub max_concurrent: Option<i32>,
+    /// The rate limit in force (its own, else `HOOKQ_REPLY_RATE_LIMIT`), as `N/unit`.
+    pub rate_limit: Option<String>,
+    /// Runs counted against it now: running, plus finished within the window (0
+    /// without a limit).
+    pub rate_used: i64,
 }
 
 /// Every integration's queue, the largest backlog first (then paused ones, then by
 /// platform and account), a page at a time; one statement for the page, the live jobs
-/// grouped once, and the total read in the same snapshot.
+/// grouped once, and the total read in the same snapshot. `default_rate` is
+/// `HOOKQ_REPLY_RATE_LIMIT`.
 pub async fn integration_queues(
     pool: &PgPool,
     limit: i64,
     offset: i64,
+    default_rate: Option<crate::config::RateLimit>,
 ) -> Result<Listed<IntegrationQueue>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let items = sqlx::query_as(
-        "SELECT i.id, i.platform, i.account_id, i.paused,
+        "SELECT i.id, i.platform, i.account_id, i.paused, i.max_concurrent,
                 coalesce(q.pending, 0) AS pending, coalesce(q.running, 0) AS running,
-                q.oldest_pending_age_secs
+                q.oldest_pending_age_secs,
+                coalesce(i.reply_rate_limit, $3) AS rate_limit,
+                coalesce(q.running, 0) + coalesce(d.finished, 0) AS rate_used
          FROM integrations i
          LEFT JOIN (
              SELECT group_key,
@@ -484,11 +495,21 @@ pub async fn integration_queues(
                      AS oldest_pending_age_secs
              FROM queue_jobs WHERE group_key <> '' GROUP BY group_key
          ) q ON q.group_key = hookq_integration_key(i.platform, i.account_id)
+         LEFT JOIN queue_groups g ON g.key = hookq_integration_key(i.platform, i.account_id)
+         LEFT JOIN LATERAL (
+             SELECT count(*) AS finished FROM queue_jobs_done d
+             WHERE coalesce(i.reply_rate_limit, $3) IS NOT NULL
+                 AND d.group_key = hookq_integration_key(i.platform, i.account_id)
+                 AND d.group_key <> ''
+                 AND d.finished_at > now() - coalesce(g.rate_window_ms, $4) * interval '1 millisecond'
+         ) d ON true
          ORDER BY coalesce(q.pending, 0) DESC, i.paused DESC, i.platform, i.account_id, i.id
          LIMIT $1 OFFSET $2",
     )
     .bind(limit)
     .bind(offset)
+    .bind(default_rate.map(|r| r.to_string()))
+    .bind(default_rate.map(|r| i64::try_from(r.per.as_millis()).unwrap_or(i64::MAX)))
     .fetch_all(&mut *tx)
     .await?;
     let total = sqlx::query_scalar("SELECT count(*) FROM integrations")
