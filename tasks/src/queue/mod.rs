@@ -15,6 +15,30 @@
 //!
 //! The tables are in `migrations/0002_queue.sql`; [`JobStatus`] documents the states.
 //!
+//! # Many accounts (contract section 10)
+//!
+//! A job may name a fair-share group and a conversation ([`JobKeys`]; hookq's pipeline
+//! uses the integration and the comment thread or direct conversation). A claim
+//! (`sql.rs`, `PICK` then `TAKE`):
+//! - walks the groups that have pending jobs (a loose index scan of `queue_jobs_ready`,
+//!   one index probe per group), and gives each a room: 0 when paused (`queue_groups`),
+//!   else the batch, less what its `max_running` and rolling rate limit leave;
+//! - takes up to that many of each group's ready jobs, skipping a job whose conversation
+//!   has a live job at an earlier place (one probe of `queue_jobs_order` per candidate;
+//!   a job's place is its id, or the place it took over: a reply's delivery and its
+//!   retries take the place of the job that generated the reply);
+//! - deals them out round-robin (every group's first job, then every group's second;
+//!   the groups after the producer's last one first), then locks and claims the chosen
+//!   ids with `FOR UPDATE SKIP LOCKED`.
+//!
+//! Cost per claim: the two statements, one probe per group with pending work, one per
+//! candidate job, and for a group with a budget two counts (its running jobs, its runs
+//! finished within the window). Measured with 20,000 pending in one group under the pool's
+//! settings: 0.95 ms per 256-job claim. While any group has a budget (or a default rate
+//! applies) claims serialise on an advisory lock, so budgets hold across processes and
+//! hosts; a held job is simply not claimed (no attempt spent, no claim/release loop), and
+//! the producer looks again when the first rate-limited group gets room back.
+//!
 //! # Layout
 //!
 //! Floor first: each file imports only files of a lower level (see "Imports").

@@ -797,13 +797,10 @@ mod tests {
     use hookq_testkit::fresh_db;
 
     use super::*;
-    use crate::queue::{EnqueueOptions, Job, enqueue_many_keyed};
 
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Probe;
-    impl Job for Probe {
-        const NAME: &'static str = "test.probe";
-    }
+    /// The task name the probe jobs are stored under (enqueued here with the file's own
+    /// insert, so the test imports nothing above this file).
+    const PROBE: &str = "test.probe";
 
     async fn claim_ids(pool: &PgPool, strict: bool) -> Vec<(JobId, String)> {
         let fair = Fairness {
@@ -813,7 +810,7 @@ mod tests {
         };
         let rows = claim(
             pool,
-            &[Probe::NAME],
+            &[PROBE],
             10,
             "test-worker",
             Duration::from_secs(30),
@@ -831,20 +828,21 @@ mod tests {
     #[tokio::test]
     async fn a_claim_that_is_not_strict_gives_a_budgeted_group_no_room() {
         let db = fresh_db().await;
-        let keys = |g: &str| JobKeys {
-            group: g.into(),
-            ..JobKeys::default()
-        };
-        let mut tx = db.pool.begin().await.unwrap();
-        enqueue_many_keyed(
-            &mut tx,
-            &[Probe, Probe, Probe],
-            &[keys("ig:capped"), keys("ig:capped"), keys("ig:free")],
-            &EnqueueOptions::default(),
+        let mut conn = db.pool.acquire().await.unwrap();
+        insert_jobs(
+            &mut conn,
+            PROBE,
+            &["null".into(), "null".into(), "null".into()],
+            0,
+            None,
+            3,
+            &["ig:capped".into(), "ig:capped".into(), "ig:free".into()],
+            &[None, None, None],
+            &[None, None, None],
         )
         .await
         .unwrap();
-        tx.commit().await.unwrap();
+        drop(conn);
         sqlx::query("INSERT INTO queue_groups (key, max_running) VALUES ('ig:capped', 5)")
             .execute(&db.pool)
             .await
