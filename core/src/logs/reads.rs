@@ -333,8 +333,8 @@ pub struct RetryCandidate {
     /// The job the log was attached to before the retry (its `job_id`).
     pub old_job_id: Option<i64>,
     /// The fair-share group its new job joins: its account's integration
-    /// ([`group_sql`](super::group_sql), as intake computes it), so a retried event is still paused,
-    /// rate-limited and shared out with its integration's others.
+    /// ([`group_sql`](super::group_sql), as intake computes it), so a retried event is
+    /// still paused, rate-limited and shared out with its integration's others.
     pub group_key: String,
     /// Its conversation, the new job's order key.
     pub conversation_key: Option<String>,

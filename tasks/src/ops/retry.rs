@@ -4,7 +4,8 @@
 //! [`transitions::reset_for_retry`], so a log is never left without a job nor given two.
 //!
 //! One reset serves both endpoints (`POST /api/webhook-logs/{id}/retry` and the bulk
-//! `POST /api/webhook-logs/retry`): [`retry_log`] locks the one log named, [`retry_matching`] a filter's. Logs another
+//! `POST /api/webhook-logs/retry`): [`retry_log`] locks the one log named,
+//! [`retry_matching`] a filter's. Logs another
 //! transaction holds are skipped by the bulk form (`SKIP LOCKED`), so two operators
 //! pressing "retry all" at once never retry a log twice; the single form waits for the
 //! lock, then sees the state the other left.
