@@ -353,26 +353,26 @@ WITH RECURSIVE groups(key) AS (
             ORDER BY q.group_key LIMIT 1)
     FROM groups g WHERE g.key IS NOT NULL
 ), budget AS MATERIALIZED (
-    SELECT g.key, g.key <= $6 AS wrapped,
+    SELECT g.key, g.key <= $4 AS wrapped,
         CASE
             WHEN g.key = '' THEN $2
             WHEN coalesce(b.paused, false) THEN 0
-            WHEN b.max_running IS NULL AND coalesce(b.rate_limit, $7) IS NULL THEN $2
-            WHEN NOT $9 THEN 0
+            WHEN b.max_running IS NULL AND coalesce(b.rate_limit, $5) IS NULL THEN $2
+            WHEN NOT $7 THEN 0
             ELSE (SELECT least($2,
                 coalesce(b.max_running - r.running, $2),
-                CASE WHEN coalesce(b.rate_limit, $7) IS NULL THEN $2
-                     ELSE coalesce(b.rate_limit, $7) - r.running - (
+                CASE WHEN coalesce(b.rate_limit, $5) IS NULL THEN $2
+                     ELSE coalesce(b.rate_limit, $5) - r.running - (
                          SELECT count(*) FROM queue_jobs_done d
                          WHERE d.group_key = g.key AND d.group_key <> '' AND d.finished_at > now()
-                             - coalesce(b.rate_window_ms, $8) * interval '1 millisecond')
+                             - coalesce(b.rate_window_ms, $6) * interval '1 millisecond')
                 END)
                 FROM (SELECT count(*) AS running FROM queue_jobs q
                       WHERE q.group_key = g.key AND q.group_key <> '' AND q.status = 'running') r)
         END AS room,
         coalesce(b.paused, false) AS paused,
-        coalesce(b.rate_limit, $7) AS rate_limit,
-        coalesce(b.rate_window_ms, $8) AS window_ms
+        coalesce(b.rate_limit, $5) AS rate_limit,
+        coalesce(b.rate_window_ms, $6) AS window_ms
     FROM groups g
     LEFT JOIN queue_groups b ON b.key = g.key
     WHERE g.key IS NOT NULL
@@ -382,7 +382,7 @@ WITH RECURSIVE groups(key) AS (
     CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM queue_jobs j
         WHERE j.status = 'pending' AND j.group_key = bu.key
-            AND j.run_at <= coalesce($5, now()) AND j.task_name = ANY($1)
+            AND j.run_at <= coalesce($3, now()) AND j.task_name = ANY($1)
             AND (j.order_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM queue_jobs e WHERE e.order_key = j.order_key
                     AND coalesce(e.order_pos, e.id) + 0 < coalesce(j.order_pos, j.id)))
@@ -444,55 +444,61 @@ pub(crate) async fn claim(
     due_by: Option<DateTime<Utc>>,
     fair: Fairness<'_>,
 ) -> Result<Claim, QueueError> {
-    let pick = sqlx::query_as::<_, (Option<JobId>, Option<f64>)>(PICK)
-        .bind(task_names)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(worker_id)
-        .bind(millis(lease))
-        .bind(due_by)
-        .bind(fair.cursor)
-        .bind(fair.default_rate.map(|r| i64::from(r.limit)))
-        .bind(fair.default_rate.map(|r| millis(r.window)))
-        .bind(fair.strict);
-    let take = |ids: Vec<JobId>| {
-        sqlx::query_as(TAKE)
-            .bind(ids)
-            .bind(worker_id)
-            .bind(millis(lease))
-    };
-    let split = |picked: Vec<(Option<JobId>, Option<f64>)>| {
-        let mut ids = Vec::with_capacity(picked.len());
-        let mut rate_wake = None;
-        for (id, wake_ms) in picked {
-            match (id, wake_ms) {
-                (Some(id), _) => ids.push(id),
-                (None, Some(ms)) => rate_wake = Some(Duration::from_secs_f64(ms.max(0.0) / 1e3)),
-                (None, None) => {}
-            }
-        }
-        (ids, rate_wake)
-    };
+    // A strict claim serialises on the advisory lock, taken before the choice's snapshot
+    // and held to the commit; the others pick and take on one connection, autocommit.
     if !fair.strict {
-        let (ids, rate_wake) = split(pick.fetch_all(pool).await?);
-        let rows = if ids.is_empty() {
-            Vec::new()
-        } else {
-            take(ids).fetch_all(pool).await?
-        };
-        return Ok(Claim { rows, rate_wake });
+        let mut conn = pool.acquire().await?;
+        return pick_and_take(&mut conn, task_names, limit, worker_id, lease, due_by, fair).await;
     }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CLAIM_LOCK)
         .execute(&mut *tx)
         .await?;
-    let (ids, rate_wake) = split(pick.fetch_all(&mut *tx).await?);
+    let claim = pick_and_take(&mut tx, task_names, limit, worker_id, lease, due_by, fair).await?;
+    tx.commit().await?;
+    Ok(claim)
+}
+
+/// [`PICK`] then [`TAKE`] on one connection (the caller's transaction when strict).
+async fn pick_and_take(
+    db: &mut PgConnection,
+    task_names: &[&str],
+    limit: usize,
+    worker_id: &str,
+    lease: Duration,
+    due_by: Option<DateTime<Utc>>,
+    fair: Fairness<'_>,
+) -> Result<Claim, QueueError> {
+    let picked: Vec<(Option<JobId>, Option<f64>)> = sqlx::query_as(PICK)
+        .bind(task_names)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(due_by)
+        .bind(fair.cursor)
+        .bind(fair.default_rate.map(|r| i64::from(r.limit)))
+        .bind(fair.default_rate.map(|r| millis(r.window)))
+        .bind(fair.strict)
+        .fetch_all(&mut *db)
+        .await?;
+    let mut ids = Vec::with_capacity(picked.len());
+    let mut rate_wake = None;
+    for (id, wake_ms) in picked {
+        match (id, wake_ms) {
+            (Some(id), _) => ids.push(id),
+            (None, Some(ms)) => rate_wake = Some(Duration::from_secs_f64(ms.max(0.0) / 1e3)),
+            (None, None) => {}
+        }
+    }
     let rows = if ids.is_empty() {
         Vec::new()
     } else {
-        take(ids).fetch_all(&mut *tx).await?
+        sqlx::query_as(TAKE)
+            .bind(ids)
+            .bind(worker_id)
+            .bind(millis(lease))
+            .fetch_all(&mut *db)
+            .await?
     };
-    tx.commit().await?;
     Ok(Claim { rows, rate_wake })
 }
 
