@@ -365,8 +365,9 @@ pub async fn set_paused(pool: &PgPool, id: Uuid, paused: bool) -> Result<Integra
     .await
 }
 
-/// An integration's queue as `GET /api/integrations/{id}/stats` shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// An integration's queue as `GET /api/integrations/{id}/stats` shows it: its
+/// [`IntegrationQueue`] row and its processing times.
+#[derive(Debug, Clone, Serialize)]
 pub struct IntegrationStats {
     /// Its events waiting to run (held by a budget, paused, or simply not reached yet).
     pub pending: i64,
@@ -395,49 +396,34 @@ pub async fn integration_stats(
     id: Uuid,
     default_rate: Option<crate::config::RateLimit>,
 ) -> Result<IntegrationStats> {
-    let i = get_integration(pool, id).await?;
-    // A stored limit was written by `rate_limit` above, so it parses; the one in force
-    // is its own, else the default.
-    let limit = i
-        .reply_rate_limit
-        .as_deref()
-        .and_then(|r| crate::config::parse_rate_limit(r).ok().flatten())
-        .or(default_rate);
-    let window_ms = limit.map(|l| i64::try_from(l.per.as_millis()).unwrap_or(i64::MAX));
-    let rate_limit = limit.map(|l| l.to_string());
-    let key = format!("{}:{}", i.platform, i.account_id);
-    let mut stats: IntegrationStats = sqlx::query_as(
-        "SELECT
-            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'pending') AS pending,
-            (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM queue_jobs
-             WHERE group_key = $1 AND status = 'pending') AS oldest_pending_age_secs,
-            $2 AS paused,
-            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'running')
-              + CASE WHEN $3::bigint IS NULL THEN 0 ELSE (
-                SELECT count(*) FROM queue_jobs_done WHERE group_key = $1
-                AND finished_at > now() - $3 * interval '1 millisecond') END AS rate_used,
-            NULL::text AS rate_limit,
-            (SELECT count(*) FROM queue_jobs WHERE group_key = $1 AND status = 'running') AS running,
-            $4::int4 AS max_concurrent,
-            p.p50_ms, p.p95_ms
-         FROM (SELECT
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50_ms,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms
-               FROM (SELECT extract(epoch FROM processed_at - started_at) * 1000 AS ms
-                     FROM webhook_logs
-                     WHERE integration_id = $5 AND status = 'processed'
-                       AND processed_at > now() - interval '1 hour'
-                       AND started_at IS NOT NULL) t) p",
+    let mut conn = pool.acquire().await?;
+    let q = queue_rows(&mut conn, Some(id), 1, 0, default_rate)
+        .await?
+        .pop()
+        .ok_or(Error::NotFound)?;
+    let (p50_ms, p95_ms): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT extract(epoch FROM processed_at - started_at) * 1000 AS ms
+               FROM webhook_logs
+               WHERE integration_id = $1 AND status = 'processed'
+                 AND processed_at > now() - interval '1 hour'
+                 AND started_at IS NOT NULL) t",
     )
-    .bind(&key)
-    .bind(i.paused)
-    .bind(window_ms)
-    .bind(i.max_concurrent)
-    .bind(i.id)
-    .fetch_one(pool)
+    .bind(id)
+    .fetch_one(&mut *conn)
     .await?;
-    stats.rate_limit = rate_limit;
-    Ok(stats)
+    Ok(IntegrationStats {
+        pending: q.pending,
+        oldest_pending_age_secs: q.oldest_pending_age_secs,
+        paused: q.paused,
+        rate_used: q.rate_used,
+        rate_limit: q.rate_limit,
+        running: q.running,
+        max_concurrent: q.max_concurrent,
+        p50_ms,
+        p95_ms,
+    })
 }
 
 /// One integration's queue at a glance, as the dashboard's integrations panel lists it.
@@ -467,9 +453,8 @@ pub struct IntegrationQueue {
 }
 
 /// Every integration's queue, the largest backlog first (then paused ones, then by
-/// platform and account), a page at a time; one statement for the page, the live jobs
-/// grouped once, and the total read in the same snapshot. `default_rate` is
-/// `HOOKQ_REPLY_RATE_LIMIT`.
+/// platform and account), a page at a time, the page and the total read in one
+/// snapshot. `default_rate` is `HOOKQ_REPLY_RATE_LIMIT`.
 pub async fn integration_queues(
     pool: &PgPool,
     limit: i64,
@@ -480,41 +465,54 @@ pub async fn integration_queues(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let items = sqlx::query_as(
+    let items = queue_rows(&mut tx, None, limit, offset, default_rate).await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM integrations")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Listed { items, total })
+}
+
+/// The [`IntegrationQueue`] rows of one integration (`only`) or of a page of all, the
+/// largest backlog first; one statement, each integration's counts read through the
+/// queue's per-group indexes.
+async fn queue_rows(
+    conn: &mut sqlx::PgConnection,
+    only: Option<Uuid>,
+    limit: i64,
+    offset: i64,
+    default_rate: Option<crate::config::RateLimit>,
+) -> Result<Vec<IntegrationQueue>> {
+    Ok(sqlx::query_as(
         "SELECT i.id, i.platform, i.account_id, i.paused, i.max_concurrent,
-                coalesce(q.pending, 0) AS pending, coalesce(q.running, 0) AS running,
-                q.oldest_pending_age_secs,
+                q.pending, q.running, q.oldest_pending_age_secs,
                 coalesce(i.reply_rate_limit, $3) AS rate_limit,
-                coalesce(q.running, 0) + coalesce(d.finished, 0) AS rate_used
+                q.running + CASE WHEN coalesce(i.reply_rate_limit, $3) IS NULL THEN 0 ELSE (
+                    SELECT count(*) FROM queue_jobs_done d
+                    WHERE d.group_key = q.key AND d.group_key <> ''
+                      AND d.finished_at > now()
+                          - coalesce(g.rate_window_ms, $4) * interval '1 millisecond') END AS rate_used
          FROM integrations i
-         LEFT JOIN (
-             SELECT group_key,
-                 count(*) FILTER (WHERE status = 'pending') AS pending,
-                 count(*) FILTER (WHERE status = 'running') AS running,
-                 extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
-                     AS oldest_pending_age_secs
-             FROM queue_jobs WHERE group_key <> '' GROUP BY group_key
-         ) q ON q.group_key = hookq_integration_key(i.platform, i.account_id)
-         LEFT JOIN queue_groups g ON g.key = hookq_integration_key(i.platform, i.account_id)
-         LEFT JOIN LATERAL (
-             SELECT count(*) AS finished FROM queue_jobs_done d
-             WHERE coalesce(i.reply_rate_limit, $3) IS NOT NULL
-                 AND d.group_key = hookq_integration_key(i.platform, i.account_id)
-                 AND d.group_key <> ''
-                 AND d.finished_at > now() - coalesce(g.rate_window_ms, $4) * interval '1 millisecond'
-         ) d ON true
-         ORDER BY coalesce(q.pending, 0) DESC, i.paused DESC, i.platform, i.account_id, i.id
+         CROSS JOIN LATERAL (
+             SELECT k.key,
+                 (SELECT count(*) FROM queue_jobs WHERE group_key = k.key AND status = 'pending')
+                     AS pending,
+                 (SELECT count(*) FROM queue_jobs
+                  WHERE group_key = k.key AND group_key <> '' AND status = 'running') AS running,
+                 (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM queue_jobs
+                  WHERE group_key = k.key AND status = 'pending') AS oldest_pending_age_secs
+             FROM (SELECT hookq_integration_key(i.platform, i.account_id) AS key) k
+         ) q
+         LEFT JOIN queue_groups g ON g.key = q.key
+         WHERE $5::uuid IS NULL OR i.id = $5
+         ORDER BY q.pending DESC, i.paused DESC, i.platform, i.account_id, i.id
          LIMIT $1 OFFSET $2",
     )
     .bind(limit)
     .bind(offset)
     .bind(default_rate.map(|r| r.to_string()))
     .bind(default_rate.map(|r| i64::try_from(r.per.as_millis()).unwrap_or(i64::MAX)))
-    .fetch_all(&mut *tx)
-    .await?;
-    let total = sqlx::query_scalar("SELECT count(*) FROM integrations")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Listed { items, total })
+    .bind(only)
+    .fetch_all(conn)
+    .await?)
 }
