@@ -7,6 +7,12 @@
 //! a time to a running API with idle workers and times it from the request until its log
 //! is `processed` (`webhook_p50_ms`, `webhook_p99_ms`). `bench cluster-start DIR` / `cluster-stop DIR` run a throwaway
 //! durable PostgreSQL; `bench reset` empties the tables and loads the demo data.
+//! `bench search` (contract section 13) fills `webhook_logs` with `SEARCH_LOGS`
+//! (1,000,000) logs of generated comments and times the admin list's search (`q`) through
+//! the API's own read (`hookq_core::logs::reads::page`): `hookq_search logs=N queries=N
+//! p50_ms= p95_ms= max_ms=` over names, ids and phrases, plus the time of a word in
+//! about one log in eight (`common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
+//! on stderr.
 
 // Example code is not a public API: the workspace's `missing_docs` lint does not apply.
 #![allow(missing_docs)]
@@ -67,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
         }
         Some("queue") => queue_bench().await?,
+        Some("search") => search_bench().await?,
         Some("webhook-latency") => {
             webhook_latency(
                 args.get(1)
@@ -76,10 +83,170 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         _ => anyhow::bail!(
-            "usage: bench queue | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
+            "usage: bench queue | search | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
         ),
     }
     Ok(())
+}
+
+/// Words of the generated comments; a comment is eight of them.
+const WORDS: [&str; 48] = [
+    "love",
+    "this",
+    "jacket",
+    "shirt",
+    "blue",
+    "red",
+    "green",
+    "size",
+    "price",
+    "ship",
+    "canada",
+    "brazil",
+    "portugal",
+    "when",
+    "back",
+    "stock",
+    "available",
+    "amazing",
+    "color",
+    "colour",
+    "please",
+    "reply",
+    "order",
+    "delivery",
+    "return",
+    "refund",
+    "cotton",
+    "wool",
+    "small",
+    "medium",
+    "large",
+    "xl",
+    "discount",
+    "code",
+    "sale",
+    "today",
+    "tomorrow",
+    "week",
+    "gift",
+    "friend",
+    "sister",
+    "mother",
+    "wow",
+    "nice",
+    "great",
+    "cute",
+    "want",
+    "need",
+];
+
+async fn search_bench() -> anyhow::Result<()> {
+    use hookq_core::logs::reads::{self, LogFilter};
+    let n = env_u64("SEARCH_LOGS", 1_000_000) as i64;
+    let rounds = env_u64("SEARCH_ROUNDS", 20) as usize;
+    let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 4).await?;
+    hookq_core::db::migrate(&pool).await?;
+    sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
+        .execute(&pool)
+        .await?;
+    let t = Instant::now();
+    // Comments over 30 days, 50,000 senders, ids like Instagram's; a tenth of the
+    // threads have a reply. Written in chunks so one transaction never holds them all.
+    let chunk = 100_000i64;
+    let mut from = 0i64;
+    while from < n {
+        let to = (from + chunk).min(n);
+        sqlx::query(
+            "INSERT INTO webhook_logs (dedup_key, source, event_type, handling, payload, status,
+                 item_id, sender_id, sender_name, message_text, received_at, processed_at,
+                 outcome, reply_text, conversation_key)
+             SELECT 'ig:comment:' || (17900000000000 + g), 'instagram', 'comment', 'reply',
+                 '{}'::jsonb, 'processed', (17900000000000 + g)::text, 'u' || (g % 50000),
+                 'customer_' || (g % 50000),
+                 (SELECT string_agg(($3::text[])[1 + (abs(hashint8(g * 8 + k)) % 48)], ' ')
+                  FROM generate_series(1, 8) k),
+                 now() - (g % 2592000) * interval '1 second',
+                 now() - (g % 2592000) * interval '1 second' + interval '2 seconds',
+                 'replied', 'Thanks!', 'instagram:acct:thread:' || (17900000000000 + g)
+             FROM generate_series($1::int8, $2::int8 - 1) g",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(&WORDS[..])
+        .execute(&pool)
+        .await?;
+        from = to;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO webhook_log_text (log_id, doc) SELECT id, {} FROM webhook_logs",
+        hookq_core::logs::SEARCH_DOC
+    )))
+    .execute(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE webhook_logs")
+        .execute(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE webhook_log_text")
+        .execute(&pool)
+        .await?;
+    eprintln!("filled {n} logs in {:.1}s", t.elapsed().as_secs_f64());
+
+    // What an operator types: a customer's name (20 logs each), a comment id, a dedup
+    // key, two-word phrases, part of an id, and a name under a status filter.
+    let queries: Vec<(&str, LogFilter)> = vec![
+        ("name", q("customer_31337")),
+        ("name_upper", q("CUSTOMER_4242")),
+        ("item_id", q("17900000123456")),
+        ("dedup_key", q("ig:comment:17900000999001")),
+        ("phrase", q("canada please")),
+        ("phrase2", q("wool sale")),
+        ("partial_id", q("000424242")),
+        (
+            "name_processed",
+            LogFilter {
+                status: Some(hookq_core::logs::LogStatus::Processed),
+                ..q("customer_777")
+            },
+        ),
+    ];
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        for (_, f) in &queries {
+            let t = Instant::now();
+            let (items, _total) = reads::page(&pool, f, 50, 0).await?;
+            std::hint::black_box(items);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    let t = Instant::now();
+    let (_, common_total) = reads::page(&pool, &q("canada"), 50, 0).await?;
+    let common_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM webhook_logs
+         WHERE id = ANY(ARRAY(SELECT log_id FROM webhook_log_text WHERE doc ILIKE '%customer\\_31337%'))
+         ORDER BY received_at DESC, id DESC LIMIT 50",
+    )
+    .fetch_all(&pool)
+    .await?;
+    eprintln!("{}", plan.join("\n"));
+    println!(
+        "hookq_search logs={n} queries={} p50_ms={:.2} p95_ms={:.2} max_ms={:.2} common_matches={common_total} common_ms={common_ms:.1}",
+        times.len(),
+        p(0.5),
+        p(0.95),
+        p(1.0)
+    );
+    Ok(())
+}
+
+fn q(text: &str) -> hookq_core::logs::reads::LogFilter {
+    hookq_core::logs::reads::LogFilter {
+        q: Some(text.to_owned()),
+        ..Default::default()
+    }
 }
 
 async fn queue_bench() -> anyhow::Result<()> {

@@ -37,6 +37,8 @@ type Apis = (
     health::HealthApi,
     metrics::MetricsApi,
     admin::logs::LogsApi,
+    admin::conversations::ConversationsApi,
+    admin::replays::ReplaysApi,
     admin::resources::ResourcesApi,
     admin::tasks::TasksApi,
 );
@@ -48,6 +50,8 @@ fn service() -> OpenApiService<Apis, ()> {
             health::HealthApi,
             metrics::MetricsApi,
             admin::logs::LogsApi,
+            admin::conversations::ConversationsApi,
+            admin::replays::ReplaysApi,
             admin::resources::ResourcesApi,
             admin::tasks::TasksApi,
         ),

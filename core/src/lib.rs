@@ -9,6 +9,7 @@
 //! | [`comment`] | the comment use case, a function over the [`comment::ports`] |
 //! | [`delivery`] | the at-most-once reply delivery protocol and its tables |
 //! | [`resources`] | the five admin resources: users, integrations, templates, personas, posts |
+//! | [`replays`] | shadow replays and their items' one state machine (contract section 13) |
 //! | [`directory`] | the use case's cached read-only lookups of those resources |
 //! | [`config`], [`db`], [`error`] | configuration read once; database failures classified once; the domain's error |
 
@@ -43,6 +44,7 @@ pub mod directory;
 pub mod error;
 pub mod intake;
 pub mod logs;
+pub mod replays;
 pub mod resources;
 
 pub use error::{Error, FailureKind, Result};

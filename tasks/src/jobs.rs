@@ -27,3 +27,16 @@ pub struct DeliverReply {
 impl Job for DeliverReply {
     const NAME: &'static str = "deliver_reply";
 }
+
+/// Run the next chunk of a shadow replay (contract section 13; see `crate::replay`).
+/// Each run takes the replay's next pending items; a run that leaves some enqueues the
+/// next chunk in the transaction that records its results.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayChunk {
+    /// The replay (`replays.id`).
+    pub replay_id: i64,
+}
+
+impl Job for ReplayChunk {
+    const NAME: &'static str = "replay_chunk";
+}

@@ -9,6 +9,7 @@
 //! | [`pipeline`] | the worker process: `process_webhook` (the comment use case) and `deliver_reply`, the reply outbox, the grouped log writers |
 //! | [`outbound`] | every outbound HTTP request: reply delivery, the SSRF guard, the LLM |
 //! | [`ops`] | operator actions and housekeeping: retry, retention |
+//! | [`replay`] | shadow replay: the comment use case over stored events, delivering nothing |
 //! | [`batch`] | the group-commit primitive intake and the pipeline share |
 //! | [`jobs`], [`error`], [`supervisor`] | the pipeline's job types; this crate's error; the worker process supervisor |
 
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod outbound;
 pub mod pipeline;
 pub mod queue;
+pub mod replay;
 pub mod supervisor;
 
 pub use error::Error;

@@ -856,3 +856,189 @@ async fn pausing_an_integration_holds_its_events_and_resuming_runs_them_once() {
     assert_eq!(stats["max_concurrent"], json!(2));
     assert!(stats["rate_used"].as_i64().unwrap() >= 1, "{stats}");
 }
+
+/// Contract section 13: `q` finds logs by message text, sender name, item id or dedup
+/// key (any case, `%` and `_` taken literally); delete by filter deletes exactly the
+/// matches that are not in flight and retry by filter takes `q` too; the conversation
+/// view lists a comment thread in the order received, each event with its reply.
+#[tokio::test]
+async fn search_act_on_a_filter_and_the_conversation_view() {
+    let app = spawn_app(Options::default()).await;
+    let a = Admin { app: &app };
+    let reply_in_thread = |id: &str, text: &str, parent: &str| {
+        compact(id, text).replace(
+            "\"item\":\"comment\"",
+            &format!("\"item\":\"comment\",\"parent_id\":\"{parent}\""),
+        )
+    };
+    let mut ids = Vec::new();
+    for body in [
+        compact("srch_1", "Do you ship to CANADA?"),
+        compact("srch_2", "Love the 100%_cotton shirt"),
+        reply_in_thread("srch_3", "and to Alaska?", "srch_1"),
+        compact("srch_4", "Great colours"),
+    ] {
+        let (s, v) = json(app.post_instagram(&body).await).await;
+        assert_eq!(s, 200, "{v}");
+        ids.push(v["ids"][0].as_i64().unwrap());
+    }
+    for id in &ids {
+        app.wait_status(*id, "processed").await;
+    }
+    let found = |v: &Value| -> Vec<i64> {
+        let mut got: Vec<i64> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_i64().unwrap())
+            .collect();
+        got.sort_unstable();
+        got
+    };
+
+    // Message text, any case; the item id; the dedup key; the sender's name.
+    let (s, v) = a.get("/api/webhook-logs?q=canada").await;
+    assert_eq!(
+        (s, found(&v), v["total"].as_i64()),
+        (200, vec![ids[0]], Some(1))
+    );
+    let (_, v) = a.get("/api/webhook-logs?q=srch_3").await;
+    assert_eq!(found(&v), vec![ids[2]], "the item id");
+    let (_, v) = a.get("/api/webhook-logs?q=SRCH_").await;
+    assert_eq!(found(&v), ids, "the dedup keys and item ids of all four");
+    let (_, v) = a.get("/api/webhook-logs?q=test%20user").await;
+    assert_eq!(v["total"].as_i64(), Some(4), "the sender's name");
+    // `%` and `_` match themselves, not any text.
+    let (_, v) = a.get("/api/webhook-logs?q=100%25_cot").await;
+    assert_eq!(found(&v), vec![ids[1]]);
+    let (_, v) = a.get("/api/webhook-logs?q=100%25x").await;
+    assert_eq!(v["total"].as_i64(), Some(0));
+    // Combined with the other filters.
+    let (_, v) = a.get("/api/webhook-logs?q=canada&status=failed").await;
+    assert_eq!(v["total"].as_i64(), Some(0));
+    let (s, v) = a
+        .get(&format!("/api/webhook-logs?q={}", "x".repeat(201)))
+        .await;
+    assert_error(s, &v, 422);
+
+    // The conversation view: the thread of srch_1, in the order received, with replies.
+    let (s, log) = a.get(&format!("/api/webhook-logs/{}", ids[2])).await;
+    assert_eq!(s, 200);
+    let key = log["conversation_key"].as_str().unwrap().to_owned();
+    assert!(key.ends_with(":thread:srch_1"), "{key}");
+    let (s, conv) = a.get(&format!("/api/conversations/{key}")).await;
+    assert_eq!(s, 200, "{conv}");
+    let events = conv["events"].as_array().unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["log"]["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![ids[0], ids[2]]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["log"]["reply_text"].is_string() && e["delivery"].is_null()),
+        "{conv}"
+    );
+    assert_eq!(conv["truncated"].as_bool(), Some(false));
+
+    // Delete by filter: a status in flight is refused; the search's matches go.
+    let (s, v) = a
+        .post("/api/webhook-logs/delete", json!({"status": "pending"}))
+        .await;
+    assert_error(s, &v, 422);
+    let (s, v) = a
+        .post("/api/webhook-logs/delete", json!({"q": "canada"}))
+        .await;
+    assert_eq!((s, v["deleted"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(v["ids"], json!([ids[0]]));
+    let (_, v) = a.get("/api/webhook-logs").await;
+    assert_eq!(v["total"].as_i64(), Some(3));
+    let (s, _) = a.get(&format!("/api/webhook-logs/{}", ids[0])).await;
+    assert_eq!(s, 404);
+    // Retry by filter takes `q` too (nothing failed matches: nothing retried).
+    let (s, v) = a
+        .post("/api/webhook-logs/retry", json!({"q": "alaska"}))
+        .await;
+    assert_eq!((s, v["retried"].as_u64()), (200, Some(0)), "{v}");
+    app.stop().await;
+}
+
+/// Contract section 13: a template replay shows each log's old reply next to the new
+/// one, over the logs a filter matches; a model is refused without an LLM.
+#[tokio::test]
+async fn a_template_replay_shows_old_and_new_replies_side_by_side() {
+    let app = spawn_app(Options::default()).await;
+    let a = Admin { app: &app };
+    let mut ids = Vec::new();
+    for (i, text) in [
+        "Love it",
+        "Nice colours",
+        "spam spam http://a http://b http://c",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (_, v) = json(app.post_instagram(&compact(&format!("tr_{i}"), text)).await).await;
+        ids.push(v["ids"][0].as_i64().unwrap());
+    }
+    for id in &ids {
+        app.wait_status(*id, "processed").await;
+    }
+    let (s, v) = a.post("/api/replays", json!({"model": "gpt-x"})).await;
+    assert_error(s, &v, 422);
+    let (s, made) = a
+        .post(
+            "/api/replays",
+            json!({"reply_template": "New: {message}", "filter": {"status": "processed"}, "limit": 10}),
+        )
+        .await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["total"].as_i64(), Some(3));
+    let id = made["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let detail = loop {
+        let (_, v) = a.get(&format!("/api/replays/{id}")).await;
+        if v["replay"]["done"].as_bool() == Some(true) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not done: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let by_log: HashMap<i64, &Value> = detail["items"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["log_id"].as_i64().unwrap(), i))
+        .collect();
+    let love = by_log[&ids[0]];
+    assert_eq!(love["new_reply"].as_str(), Some("New: Love it"));
+    assert!(
+        love["old_reply"]
+            .as_str()
+            .is_some_and(|r| r != "New: Love it"),
+        "{love}"
+    );
+    let spam = by_log[&ids[2]];
+    assert_eq!(
+        (
+            spam["old_skip_reason"].as_str(),
+            spam["new_outcome"].as_str(),
+            spam["new_skip_reason"].as_str(),
+            spam["new_reply"].as_str()
+        ),
+        (Some("spam"), Some("skipped"), Some("spam"), None),
+        "the rules still apply: {spam}"
+    );
+    assert_eq!(detail["replay"]["changed"].as_i64(), Some(2));
+    // The logs keep their own replies.
+    let (_, log) = a.get(&format!("/api/webhook-logs/{}", ids[0])).await;
+    assert_eq!(log["reply_text"], love["old_reply"]);
+    let (_, list) = a.get("/api/replays").await;
+    assert_eq!(list["total"].as_i64(), Some(1));
+    let (s, _) = a.get("/api/replays/999999").await;
+    assert_eq!(s, 404);
+    app.stop().await;
+}

@@ -542,6 +542,53 @@ async fn delivery_reports_update_the_outbound_reply_they_name() {
         outbound(&app, received).await.provider_status.as_deref(),
         Some("sent")
     );
+
+    // The conversation view (contract section 13) ties the reports back to the reply.
+    let key: String = sqlx::query_scalar("SELECT conversation_key FROM webhook_logs WHERE id = $1")
+        .bind(msg)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let url = format!("{}/api/conversations/{key}", app.base);
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let conv: Value = resp.json().await.unwrap();
+    let events = conv["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{conv}");
+    assert_eq!(events[0]["log"]["id"].as_i64(), Some(msg));
+    assert_eq!(events[0]["delivery"]["status"].as_str(), Some("delivered"));
+    assert_eq!(
+        events[0]["delivery"]["provider_message_id"].as_str(),
+        Some("wamid.REPLY1")
+    );
+    let reports: Vec<&str> = events[0]["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reports,
+        ["sent", "delivered", "read", "failed"],
+        "every report, in the platform's order"
+    );
+    let missing = app
+        .http
+        .get(format!(
+            "{}/api/conversations/whatsapp:nobody:dm:0",
+            app.base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     app.stop().await;
 }
 
@@ -784,5 +831,186 @@ async fn nul_characters_from_the_llm_are_stored_as_replacement_characters() {
         .await[0];
     let row = app.wait_status(replied, "processed").await;
     assert_eq!(row.reply_text.as_deref(), Some("Thanks\u{FFFD}!"));
+    app.stop().await;
+}
+
+/// A log's id, status, reply, runs and last change.
+type LogState = (
+    i64,
+    String,
+    Option<String>,
+    i32,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// Polls `GET /api/replays/{id}` until every item is replayed (or 30 s pass).
+async fn replay_done(app: &TestApp, id: i64) -> Value {
+    let url = format!("{}/api/replays/{id}?limit=500", app.base);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = app
+            .http
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["replay"]["done"].as_bool() == Some(true) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replay {id} not done: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Contract section 13: a shadow replay runs the use case again (the LLM may be asked,
+/// with the replay's prompt or model) but delivers nothing and changes no log, outbound
+/// reply or delivery attempt; the callback peer and the LLM peer count every request.
+#[tokio::test]
+async fn a_shadow_replay_asks_the_llm_but_delivers_nothing_and_changes_no_log() {
+    let llm = MockServer::start().await;
+    let answer = |text: &str| {
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}))
+    };
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(wiremock::matchers::body_string_contains("Be terse"))
+        .respond_with(answer("Terse."))
+        .with_priority(1)
+        .mount(&llm)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(answer("Thanks for asking!"))
+        .mount(&llm)
+        .await;
+    let callback = answering(ResponseTemplate::new(200)).await;
+    let mut extra: Vec<(String, String)> = delivery_env().into_iter().collect();
+    extra.push(("REPLY_LLM_MODEL".into(), "live-model".into()));
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let app = chat_app(&llm, &extra).await;
+    set_delivery(
+        app.pool(),
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some(&format!("{}/hooks/reply", callback.uri())),
+    )
+    .await;
+
+    let mut ids = Vec::new();
+    for (i, text) in ["Is it waterproof?", "Ship to Lisbon?", "Any discount?"]
+        .iter()
+        .enumerate()
+    {
+        ids.push(
+            app.ingest("/webhooks/instagram", &compact(&format!("rp_{i}"), text))
+                .await[0],
+        );
+    }
+    for id in &ids {
+        app.wait_status(*id, "processed").await;
+    }
+    assert_eq!(callback.received_requests().await.unwrap().len(), 3);
+    assert_eq!(llm.received_requests().await.unwrap().len(), 3);
+    let snapshot = || async {
+        let logs: Vec<LogState> = sqlx::query_as(
+            "SELECT id, status, reply_text, attempts, updated_at FROM webhook_logs ORDER BY id",
+        )
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+        let replies: Vec<(i64, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT id, status, attempts, updated_at FROM outbound_replies ORDER BY id",
+        )
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+        let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_attempts")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        (logs, replies, attempts)
+    };
+    let before = snapshot().await;
+
+    // A new system prompt, over every log.
+    let post = |body: Value| {
+        let app = &app;
+        async move {
+            let resp = app
+                .http
+                .post(format!("{}/api/replays", app.base))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, made) = post(serde_json::json!({"system_prompt": "Be terse."})).await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["total"].as_i64(), Some(3));
+    let done = replay_done(&app, made["id"].as_i64().unwrap()).await;
+    let items = done["items"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for item in items {
+        assert_eq!(
+            (
+                item["status"].as_str(),
+                item["old_reply"].as_str(),
+                item["new_reply"].as_str(),
+                item["new_outcome"].as_str()
+            ),
+            (
+                Some("done"),
+                Some("Thanks for asking!"),
+                Some("Terse."),
+                Some("replied")
+            ),
+            "{item}"
+        );
+    }
+    assert_eq!(done["replay"]["changed"].as_i64(), Some(3));
+
+    // Another model, over one log found by search.
+    let (s, made) =
+        post(serde_json::json!({"model": "shadow-model", "filter": {"q": "lisbon"}})).await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["total"].as_i64(), Some(1));
+    let done = replay_done(&app, made["id"].as_i64().unwrap()).await;
+    assert_eq!(done["items"]["items"][0]["log_id"].as_i64(), Some(ids[1]));
+    let asked = llm.received_requests().await.unwrap();
+    assert_eq!(
+        asked.len(),
+        3 + 3 + 1,
+        "the replays asked the LLM once per log"
+    );
+    let last: Value = serde_json::from_slice(&asked.last().unwrap().body).unwrap();
+    assert_eq!(last["model"], "shadow-model");
+
+    // Nothing left hookq: no callback, no log, reply or attempt changed.
+    assert_eq!(
+        callback.received_requests().await.unwrap().len(),
+        3,
+        "a replay never delivers"
+    );
+    assert_eq!(snapshot().await, before, "a replay changes no log");
+
+    // Refused: an unknown persona.
+    let (s, v) =
+        post(serde_json::json!({"persona_id": "00000000-0000-0000-0000-000000000000"})).await;
+    assert_eq!(s, 422, "{v}");
     app.stop().await;
 }

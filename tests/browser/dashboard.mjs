@@ -1,6 +1,8 @@
 // Drives the hookq dashboard in Debian's headless Chromium (playwright-core, no browser
 // download): sign in, watch a log arrive live, open it, retry a dead letter, retry all
-// dead letters, pause and resume an integration from its panel, and save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
+// dead letters, pause and resume an integration from its panel, search, delete what a
+// search matches after seeing the count, open a conversation, run a shadow replay, and
+// save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
 // and passes: HOOKQ_BASE, HOOKQ_TOKEN, META_SECRET, SCREENSHOT.
 import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
@@ -29,8 +31,9 @@ async function admin(path, body) {
   return r.json();
 }
 
-const comment = (id, message, { persona = 'persona_123', post = 'post_123', name = 'Test User' } = {}) => ({
-  entry: [{ changes: [{ value: { post_id: post, item: 'comment', comment_id: id, sender_id: `s_${id}`, sender_name: name, message, created_time: 1625097600 } }] }],
+const comment = (id, message, { persona = 'persona_123', post = 'post_123', name = 'Test User', parent } = {}) => ({
+  entry: [{ changes: [{ value: { post_id: post, item: 'comment', comment_id: id, sender_id: `s_${id}`, sender_name: name, message, created_time: 1625097600,
+    ...(parent ? { parent_id: parent } : {}) } }] }],
   object: 'instagram', user_id: 'user_123', persona_id: persona,
 });
 
@@ -127,6 +130,57 @@ try {
   // Its run counts against the limit.
   await page.waitForFunction(([sel, before]) => Number(document.querySelector(sel).textContent.split(' / ')[0]) > before,
     [rateCell, usedBefore], { timeout: 15000 });
+
+  step('search: the box narrows the list to the logs containing the text');
+  const ship = (await admin('/api/webhook-logs?q=canada')).items.map((l) => l.id);
+  if (ship.length !== 1) throw new Error(`the API finds ${ship.length} logs for "canada"`);
+  await page.fill('#f-q', 'CANADA');
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll('#logs tbody tr')];
+    return rows.length === 1 && rows[0].dataset.id === String(id);
+  }, ship[0], { timeout: 10000 });
+
+  step('act on the filter: delete everything matching, after being shown how many');
+  await page.click('#bulk-delete');
+  await page.waitForSelector('#bulk-text:text("Delete 1 log matching these filters?")');
+  await page.click('#bulk-go');
+  await page.waitForSelector('#toast:text("1 log deleted")');
+  await page.waitForSelector('#empty:not([hidden])');
+  if ((await admin('/api/webhook-logs?q=canada')).total !== 0) throw new Error('the matching log is still there');
+  if ((await admin('/api/webhook-logs?q=jacket')).total !== 1) throw new Error('a log not matching was deleted');
+  await page.fill('#f-q', '');
+  await page.waitForSelector(`#logs tr[data-id="${deadId}"]`, { timeout: 10000 });
+
+  step('retry matching: the count shown is what the filter can retry (processed logs: none)');
+  await page.selectOption('#f-status', 'processed');
+  await page.click('#bulk-retry');
+  await page.waitForSelector('#bulk-text:text("No log matching these filters can be retried.")');
+  await page.click('#bulk-cancel');
+  await page.selectOption('#f-status', '');
+
+  step('the conversation view: a thread of two comments, each with its reply');
+  const first = await signed(comment('thread_a', 'Which sizes do you have?', { name: 'Mia' }));
+  const second = await signed(comment('thread_b', 'And in blue?', { name: 'Mia', parent: 'thread_a' }));
+  await page.waitForSelector(`#logs tr[data-id="${second}"][data-status="processed"]`, { timeout: 15000 });
+  await page.click(`#logs tr[data-id="${second}"]`);
+  await page.waitForSelector('#detail-conversation:not([hidden])');
+  await page.click('#detail-conversation');
+  await page.waitForSelector('#conversation:not([hidden]) #conversation-events li');
+  const order = await page.$$eval('#conversation-events li', (lis) => lis.map((li) => Number(li.dataset.id)));
+  if (JSON.stringify(order) !== JSON.stringify([first, second])) throw new Error(`conversation order ${order}`);
+  const replies = await page.$$eval('#conversation-events li .conv-reply', (r) => r.length);
+  if (replies !== 2) throw new Error(`${replies} replies shown in the conversation`);
+
+  step('shadow replay: old and new replies side by side; the logs keep theirs');
+  await page.fill('#replay-template', 'Shadow: {message}');
+  await page.fill('#replay-limit', '5');
+  await page.click('#replay-start');
+  await page.waitForSelector('#replay-panel[data-done="true"]', { timeout: 20000 });
+  const pairs = await page.$$eval('#replay-items tbody tr', (trs) => trs.map((tr) => [Number(tr.dataset.log), tr.querySelector('.old').textContent, tr.querySelector('.new').textContent]));
+  const shadowed = pairs.find(([, , n]) => n === 'Shadow: And in blue?');
+  if (!shadowed || shadowed[1] === shadowed[2]) throw new Error(`no side-by-side pair for the thread's reply: ${JSON.stringify(pairs)}`);
+  const kept = await admin(`/api/webhook-logs/${shadowed[0]}`);
+  if (kept.reply_text !== shadowed[1]) throw new Error(`the replay changed the log's reply: ${kept.reply_text}`);
 
   await page.click(`#logs tr[data-id="${deadId}"]`);
   await page.waitForSelector('#detail-reply:not([hidden])');

@@ -38,12 +38,18 @@ function filters() {
   const f = {
     status: $('#f-status').value, event_type: $('#f-event').value,
     source: $('#f-source').value, integration_id: $('#f-integration').value,
+    q: $('#f-q').value.trim(),
   };
   return Object.fromEntries(Object.entries(f).filter(([, v]) => v));
 }
 
-function matches(log, f) {
-  return Object.entries(f).every(([k, v]) => log[k] === v);
+// Whether a live update belongs in the list. The search (`q`) also matches fields a
+// list item does not carry (item id, dedup key), so under a search only rows already
+// listed are updated; new matches come with the next load.
+function matches(log, f, listed) {
+  const { q, ...exact } = f;
+  if (q && !listed) return false;
+  return Object.entries(exact).every(([k, v]) => log[k] === v);
 }
 
 // ---------------------------------------------------------------------- login
@@ -228,6 +234,139 @@ async function openDetail(id) {
     : [el('li', { class: 'muted none', textContent: log.attempts ? `${log.attempts} run${log.attempts === 1 ? '' : 's'}, no failures recorded` : 'not run yet' })]));
   $('#detail-payload').textContent = JSON.stringify(log.payload, null, 2);
   $('#detail-retry').hidden = !['failed', 'dead_letter'].includes(log.status);
+  $('#detail-conversation').hidden = !log.conversation_key;
+  $('#detail-conversation').dataset.key = log.conversation_key || '';
+}
+
+// ------------------------------------------------------------- conversation
+
+// One conversation end to end: each event with its reply, the reply's delivery
+// attempts and the platform's reports on it (WhatsApp sent/delivered/read/failed).
+async function openConversation(key) {
+  const c = await api(`/api/conversations/${encodeURIComponent(key)}`);
+  $('#conversation-key').textContent = c.key;
+  $('#conversation-more').hidden = !c.truncated;
+  $('#conversation-events').replaceChildren(...c.events.map((e) => {
+    const l = e.log;
+    const li = el('li', { dataset: { id: String(l.id), status: l.status } },
+      el('div', { class: 'conv-head' },
+        el('span', { class: 'muted', textContent: `${fmtDate(l.received_at)} · #${l.id} · ${l.event_type}` }), ' ', badge(l.status)),
+      el('div', { class: 'conv-msg', textContent: `${l.sender_name || 'someone'}: ${l.message_preview || ''}` }));
+    if (l.reply_text) li.append(el('div', { class: 'conv-reply', textContent: `↳ ${l.reply_text}` }));
+    else if (l.skip_reason) li.append(el('div', { class: 'muted', textContent: `no reply: ${l.skip_reason}` }));
+    if (e.delivery) {
+      const d = e.delivery;
+      li.append(el('div', { class: 'conv-delivery', textContent:
+        `delivery ${d.status} (${d.kind}) · ${d.attempts.length} attempt${d.attempts.length === 1 ? '' : 's'}` +
+        (d.attempts.length ? `: ${d.attempts.map((a) => a.status_code ?? a.state).join(', ')}` : '') }));
+    }
+    for (const r of e.reports) {
+      li.append(el('div', { class: 'conv-report', dataset: { status: r.status }, textContent: `platform: ${r.status} at ${fmtTime(r.occurred_at || r.received_at)}` }));
+    }
+    return li;
+  }));
+  $('#conversation').hidden = false;
+  $('#conversation').dataset.key = c.key;
+  $('#conversation').scrollIntoView({ block: 'start' });
+}
+
+// -------------------------------------------------------------- shadow replay
+
+// What a log got, as one line: the reply, else the skip (or error).
+function resultText(outcome, skip, reply, error) {
+  if (error) return `error: ${error}`;
+  if (reply) return reply;
+  if (outcome === 'skipped') return `skipped: ${skip}`;
+  return outcome || '–';
+}
+
+async function startReplay() {
+  const body = { filter: filters(), limit: Number($('#replay-limit').value) || 100 };
+  const fields = [['reply_template', '#replay-template'], ['system_prompt', '#replay-prompt'], ['model', '#replay-model']];
+  for (const [k, sel] of fields) { const v = $(sel).value.trim(); if (v) body[k] = v; }
+  const r = await api('/api/replays', { method: 'POST', body: JSON.stringify(body) });
+  toast(`Replay #${r.id} of ${fmtNum(r.total)} log${r.total === 1 ? '' : 's'} started`);
+  clearInterval(state.replayTimer);
+  state.replayTimer = setInterval(guard(() => showReplay(r.id)), 1000);
+  await showReplay(r.id);
+}
+
+// The replay's progress, and each log's old result next to the new one.
+async function showReplay(id) {
+  const d = await api(`/api/replays/${id}?limit=200`);
+  const r = d.replay;
+  $('#replay-panel').dataset.id = String(r.id);
+  $('#replay-panel').dataset.done = String(r.done);
+  $('#replay-status').hidden = false;
+  $('#replay-status').textContent = `Replay #${r.id}: ${fmtNum(r.finished)} of ${fmtNum(r.total)} replayed` +
+    ` · ${fmtNum(r.changed)} changed · ${fmtNum(r.failed)} failed${r.done ? ' · done' : ''}`;
+  $('#replay-wrap').hidden = false;
+  $('#replay-items tbody').replaceChildren(...d.items.items.map((i) => {
+    const before = i.old_outcome ? resultText(i.old_outcome, i.old_skip_reason, i.old_reply, null) : i.old_status.replace('_', ' ');
+    const after = i.status === 'pending' ? '…' : resultText(i.new_outcome, i.new_skip_reason, i.new_reply, i.error);
+    const tr = el('tr', { dataset: { log: String(i.log_id), status: i.status } },
+      el('td', { class: 'num', textContent: i.log_id }),
+      el('td', { class: 'msg', textContent: i.message_preview || '', title: i.message_preview || '' }),
+      el('td', { class: 'old', textContent: before }),
+      el('td', { class: `new${after !== before && i.status !== 'pending' ? ' changed' : ''}`, textContent: after }));
+    tr.addEventListener('click', () => openDetail(i.log_id));
+    return tr;
+  }));
+  if (r.done) clearInterval(state.replayTimer);
+}
+
+// ------------------------------------------------------------ act on a filter
+
+// What the bulk buttons may touch: retry takes failed and dead letters, delete takes
+// processed, failed and dead letters (never a log in flight).
+const BULK = {
+  retry: { statuses: ['failed', 'dead_letter'], path: '/api/webhook-logs/retry', verb: 'Retry', done: (r) => r.retried },
+  delete: { statuses: ['processed', 'failed', 'dead_letter'], path: '/api/webhook-logs/delete', verb: 'Delete', done: (r) => r.deleted },
+};
+
+// How many logs the action would touch: the list's total for the current filters, per
+// status the action takes.
+async function bulkCount(kind) {
+  const f = filters();
+  const statuses = f.status ? BULK[kind].statuses.filter((s) => s === f.status) : BULK[kind].statuses;
+  let n = 0;
+  for (const status of statuses) {
+    const q = new URLSearchParams({ ...f, status, limit: '1' });
+    n += (await api(`/api/webhook-logs?${q}`)).total;
+  }
+  return n;
+}
+
+async function bulkAsk(kind) {
+  const n = await bulkCount(kind);
+  const box = $('#bulk-confirm');
+  box.dataset.kind = kind;
+  box.dataset.count = String(n);
+  $('#bulk-text').textContent = n
+    ? `${BULK[kind].verb} ${fmtNum(n)} log${n === 1 ? '' : 's'} matching these filters?`
+    : `No log matching these filters can be ${kind === 'retry' ? 'retried' : 'deleted'}.`;
+  $('#bulk-go').hidden = n === 0;
+  box.hidden = false;
+}
+
+async function bulkGo() {
+  const box = $('#bulk-confirm');
+  const kind = box.dataset.kind;
+  const count = Number(box.dataset.count);
+  box.hidden = true;
+  // 10,000 per call (the API's most), until the shown count is done: a retried log
+  // that fails again is not taken a second time.
+  let total = 0;
+  for (;;) {
+    const limit = Math.min(10000, count - total);
+    if (limit <= 0) break;
+    const r = await api(BULK[kind].path, { method: 'POST', body: JSON.stringify({ ...filters(), limit }) });
+    const n = BULK[kind].done(r);
+    total += n;
+    if (n < limit) break;
+  }
+  toast(`${fmtNum(total)} log${total === 1 ? '' : 's'} ${kind === 'retry' ? 'queued again' : 'deleted'}`);
+  await loadList();
 }
 
 function closeDetail() {
@@ -285,7 +424,7 @@ function applyUpdate(update) {
   const fresh = new Set();
   for (const log of update.logs) {
     const had = state.logs.has(log.id);
-    if (matches(log, f)) { state.logs.set(log.id, log); if (!had) fresh.add(log.id); }
+    if (matches(log, f, had)) { state.logs.set(log.id, log); if (!had) fresh.add(log.id); }
     else state.logs.delete(log.id);
     if (state.selected === log.id) guard(openDetail)(log.id);
   }
@@ -353,6 +492,7 @@ function start() {
 }
 
 function stopAll() {
+  clearInterval(state.replayTimer);
   if (state.feed) state.feed.abort();
   state.feed = null;
   state.timers.forEach(clearInterval);
@@ -365,6 +505,16 @@ document.addEventListener('DOMContentLoaded', () => {
   $('#login-form').addEventListener('submit', (e) => { e.preventDefault(); signIn($('#login-token').value.trim()); });
   $('#logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); state.token = null; showLogin(); });
   $('#filters').addEventListener('change', guard(loadList));
+  $('#filters').addEventListener('submit', (e) => { e.preventDefault(); guard(loadList)(); });
+  let searchTimer;
+  $('#f-q').addEventListener('input', () => { clearTimeout(searchTimer); searchTimer = setTimeout(guard(loadList), 300); });
+  $('#bulk-retry').addEventListener('click', guard(() => bulkAsk('retry')));
+  $('#bulk-delete').addEventListener('click', guard(() => bulkAsk('delete')));
+  $('#bulk-go').addEventListener('click', guard(bulkGo));
+  $('#bulk-cancel').addEventListener('click', () => { $('#bulk-confirm').hidden = true; });
+  $('#detail-conversation').addEventListener('click', guard(() => openConversation($('#detail-conversation').dataset.key)));
+  $('#conversation-close').addEventListener('click', () => { $('#conversation').hidden = true; });
+  $('#replay-form').addEventListener('submit', (e) => { e.preventDefault(); guard(startReplay)(); });
   $('#detail-close').addEventListener('click', closeDetail);
   for (const card of document.querySelectorAll('.card.count')) {
     card.addEventListener('click', () => {

@@ -87,6 +87,10 @@ pub struct LogItem {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// When the log last changed.
     pub updated_at: DateTime<Utc>,
+    /// The conversation it belongs to (a comment thread or a direct conversation;
+    /// `GET /api/conversations/{key}`); `null` for an event that gets no reply.
+    #[oai(nullable)]
+    pub conversation_key: Option<String>,
 }
 
 impl From<LogSummary> for LogItem {
@@ -111,6 +115,7 @@ impl From<LogSummary> for LogItem {
             processed_at: l.processed_at,
             next_retry_at: l.next_retry_at,
             updated_at: l.updated_at,
+            conversation_key: l.conversation_key,
         }
     }
 }
@@ -203,6 +208,10 @@ pub struct LogDetail {
     pub correlation_id: Option<String>,
     /// When the log last changed.
     pub updated_at: DateTime<Utc>,
+    /// The conversation it belongs to (`GET /api/conversations/{key}`); `null` for an
+    /// event that gets no reply.
+    #[oai(nullable)]
+    pub conversation_key: Option<String>,
     /// The processing job, with each failed run's error (null once the archive has
     /// pruned it).
     #[oai(nullable)]
@@ -270,7 +279,7 @@ pub struct DeliveryAttemptView {
 }
 
 impl Delivery {
-    fn new(
+    pub(super) fn new(
         r: hookq_core::delivery::OutboundReply,
         attempts: Vec<hookq_core::delivery::DeliveryAttempt>,
     ) -> Self {
@@ -335,6 +344,7 @@ impl LogDetail {
             duplicate_count: l.duplicate_count,
             correlation_id: l.correlation_id,
             updated_at: l.updated_at,
+            conversation_key: l.conversation_key,
             job,
             delivery,
         }
@@ -513,8 +523,43 @@ pub struct RetryFilter {
     pub since: Option<DateTime<Utc>>,
     /// Only logs received before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    /// Only logs whose message text, sender name, item id or dedup key contains this
+    /// (any case), as the list's `q`.
+    pub q: Option<String>,
     /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
     pub limit: Option<u32>,
+}
+
+/// Which logs to delete; every field optional, as the list's filters. Logs still in
+/// flight (`pending`, `processing`) are never deleted by a filter: their runs hold them.
+#[derive(Debug, Clone, Default, Object)]
+pub struct DeleteFilter {
+    /// `processed`, `failed` or `dead_letter`; all three when absent.
+    pub status: Option<String>,
+    /// Only logs of this event type.
+    pub event_type: Option<String>,
+    /// Only logs from this source: `instagram`, `facebook` or `whatsapp`.
+    pub source: Option<String>,
+    /// Only logs resolved to this integration.
+    pub integration_id: Option<Uuid>,
+    /// Only logs received at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only logs received before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Only logs whose message text, sender name, item id or dedup key contains this
+    /// (any case), as the list's `q`.
+    pub q: Option<String>,
+    /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
+    pub limit: Option<u32>,
+}
+
+/// What a delete by filter did.
+#[derive(Debug, Clone, Object)]
+pub struct DeletedMany {
+    /// Logs deleted.
+    pub deleted: u32,
+    /// Their ids.
+    pub ids: Vec<i64>,
 }
 
 /// What a retry did.
@@ -614,6 +659,10 @@ impl ApiResponse for LiveEvents {
     }
 }
 
+/// The longest search text `q` taken (characters): longer is answered 422.
+const MAX_QUERY_CHARS: usize = 200;
+
+#[allow(clippy::too_many_arguments)]
 fn filter_from(
     status: Option<String>,
     event_type: Option<String>,
@@ -621,7 +670,23 @@ fn filter_from(
     integration_id: Option<Uuid>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    q: Option<String>,
 ) -> Result<LogFilter, AdminError> {
+    let q = q.filter(|q| !q.trim().is_empty());
+    if q.as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+    {
+        return Err(ApiError::from(hookq_core::Error::Invalid(format!(
+            "q must be at most {MAX_QUERY_CHARS} characters"
+        )))
+        .into());
+    }
+    if q.as_ref().is_some_and(|q| q.contains('\0')) {
+        return Err(ApiError::from(hookq_core::Error::Invalid(
+            "q must not contain NUL characters".into(),
+        ))
+        .into());
+    }
     Ok(LogFilter {
         status: LogFilter::parse_status(status.as_deref())?,
         event_type: event_type.filter(|s| !s.is_empty()),
@@ -629,6 +694,7 @@ fn filter_from(
         integration_id,
         since,
         until,
+        q,
     })
 }
 
@@ -639,9 +705,11 @@ fn conflict(detail: String) -> AdminError {
 #[OpenApi(prefix_path = "/api/webhook-logs", tag = "ApiTags::Admin")]
 impl LogsApi {
     /// Logs, newest first, filtered by any of `status`, `event_type`, `source`,
-    /// `integration_id` and a receipt window (`since` inclusive, `until` exclusive,
-    /// RFC 3339). `total` counts every log the filter matches, read in the same
-    /// snapshot as the page.
+    /// `integration_id`, a receipt window (`since` inclusive, `until` exclusive,
+    /// RFC 3339) and `q`, text that the message, the sender's name, the item id or the
+    /// dedup key contains (any case; at most 200 characters; a trigram index answers
+    /// it). `total` counts every log the filter matches, read in the same snapshot as
+    /// the page.
     #[oai(path = "/", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -654,6 +722,7 @@ impl LogsApi {
         integration_id: Query<Option<Uuid>>,
         since: Query<Option<DateTime<Utc>>>,
         until: Query<Option<DateTime<Utc>>>,
+        q: Query<Option<String>>,
         limit: Query<Option<u32>>,
         offset: Query<Option<u32>>,
     ) -> AdminResult<Page<LogItem>> {
@@ -664,6 +733,7 @@ impl LogsApi {
             integration_id.0,
             since.0,
             until.0,
+            q.0,
         )?;
         let (limit, offset) = paging(limit.0, offset.0);
         let pool = &state.pool;
@@ -847,6 +917,7 @@ impl LogsApi {
             f.integration_id,
             f.since,
             f.until,
+            f.q,
         )?;
         if filter
             .status
@@ -868,6 +939,47 @@ impl LogsApi {
         .await?;
         Ok(Json(Retried {
             retried: ids.len() as u32,
+            ids,
+        }))
+    }
+
+    /// Deletes every log matching the filter body (as the list's filters, `q` too),
+    /// oldest first, up to `limit` (default 1,000, at most 10,000) per call. Only
+    /// finished or waiting-to-retry logs (`processed`, `failed`, `dead_letter`) are
+    /// deleted; a log still in flight is left to its run. The dashboard shows the
+    /// list's `total` for the same filters before it calls this.
+    #[oai(path = "/delete", method = "post")]
+    async fn delete_many(
+        &self,
+        _auth: AdminAuth,
+        state: Data<&AppState>,
+        body: Json<DeleteFilter>,
+    ) -> AdminResult<DeletedMany> {
+        let f = body.0;
+        let filter = filter_from(
+            f.status,
+            f.event_type,
+            f.source,
+            f.integration_id,
+            f.since,
+            f.until,
+            f.q,
+        )?;
+        if filter
+            .status
+            .is_some_and(|s| !hookq_core::logs::transitions::DELETE_MATCHING.allows(s))
+        {
+            return Err(ApiError::from(hookq_core::Error::Invalid(
+                "status must be processed, failed or dead_letter: logs in flight are not deleted by a filter".into(),
+            ))
+            .into());
+        }
+        let limit = f.limit.unwrap_or(1000).clamp(1, 10_000);
+        let ids =
+            hookq_core::logs::transitions::delete_matching(&state.pool, &filter, limit.into())
+                .await?;
+        Ok(Json(DeletedMany {
+            deleted: ids.len() as u32,
             ids,
         }))
     }

@@ -12,7 +12,9 @@
 //! are the same way round: a
 //! `PATCH` field that takes `null` to clear it is declared `nullable`.
 
+pub mod conversations;
 pub mod logs;
+pub mod replays;
 pub mod resources;
 pub mod tasks;
 

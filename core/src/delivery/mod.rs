@@ -37,7 +37,10 @@ use crate::{
     resources::ReplyDelivery,
 };
 
-pub use store::{PgDeliveryStore, delivery_attempts, latest_connection_statuses, outbound_reply};
+pub use store::{
+    PgDeliveryStore, delivery_attempts, delivery_attempts_of, latest_connection_statuses,
+    outbound_replies_of, outbound_reply,
+};
 
 /// The `error_message` of a log whose delivery attempt was cut off by a crash.
 pub const OUTCOME_UNKNOWN: &str = "delivery outcome unknown";

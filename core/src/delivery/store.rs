@@ -53,6 +53,26 @@ pub async fn delivery_attempts(pool: &PgPool, log_id: i64) -> Result<Vec<Deliver
     )
 }
 
+/// The outbound replies of the logs `log_ids` (at most one each), for a conversation.
+pub async fn outbound_replies_of(pool: &PgPool, log_ids: &[i64]) -> Result<Vec<OutboundReply>> {
+    Ok(
+        sqlx::query_as("SELECT * FROM outbound_replies WHERE log_id = ANY($1)")
+            .bind(log_ids)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Every delivery attempt of the logs `log_ids`, oldest first within each log.
+pub async fn delivery_attempts_of(pool: &PgPool, log_ids: &[i64]) -> Result<Vec<DeliveryAttempt>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM delivery_attempts WHERE log_id = ANY($1) ORDER BY log_id, attempt, id",
+    )
+    .bind(log_ids)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The latest status of every Bridge connection, most recently changed first.
 pub async fn latest_connection_statuses(pool: &PgPool) -> Result<Vec<ConnectionStatus>> {
     Ok(

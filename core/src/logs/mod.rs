@@ -46,6 +46,13 @@ pub fn group_sql(row: &str) -> String {
     )
 }
 
+/// The text a log is searched by (contract section 13), over the log columns of the
+/// row the statement returns or reads: message text, sender name, item id and dedup
+/// key, joined by U+001F so a match never spans two fields. Intake writes it once into
+/// `webhook_log_text` (`migrations/0013_operator_search.sql` spells the same expression
+/// for the logs stored before it; the reasons for the separate table are there).
+pub const SEARCH_DOC: &str = "concat_ws(chr(31), message_text, sender_name, item_id, dedup_key)";
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;

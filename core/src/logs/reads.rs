@@ -2,8 +2,9 @@
 //! lists, counts, processing-time stats, the per-minute throughput series, the live
 //! feed's "changed since" poll, operator retry and delete, and retention.
 //!
-//! Every query here is shaped for an index of `migrations/0001_domain.sql` or
-//! `0004_admin.sql`, so it stays fast at millions of rows: filters are appended only
+//! Every query here is shaped for an index of `migrations/0001_domain.sql`,
+//! `0004_admin.sql` or `0013_operator_search.sql` (the search), so it stays fast at
+//! millions of rows: filters are appended only
 //! when given (a dynamic statement per combination, so each gets its own plan instead of
 //! one generic plan full of `$1 IS NULL OR …`), and aggregates over the whole table read
 //! the narrow `(status, event_type, source)` index instead of the heap.
@@ -35,6 +36,24 @@ pub struct LogFilter {
     pub since: Option<DateTime<Utc>>,
     /// Received before.
     pub until: Option<DateTime<Utc>>,
+    /// Text the log's message, sender name, item id or dedup key contains, any case
+    /// (contract section 13's search).
+    pub q: Option<String>,
+}
+
+/// `q` as an `ILIKE` pattern matching it anywhere: its `\`, `%` and `_` escaped, so
+/// they match themselves.
+fn contains_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 impl LogFilter {
@@ -51,7 +70,9 @@ impl LogFilter {
         .transpose()
     }
 
-    fn push_where(&self, q: &mut QueryBuilder<Postgres>) {
+    /// Appends ` WHERE …` for the given fields (always a `WHERE`, so callers append
+    /// ` AND …`).
+    pub(crate) fn push_where(&self, q: &mut QueryBuilder<Postgres>) {
         q.push(" WHERE true");
         if let Some(s) = self.status {
             q.push(" AND status = ").push_bind(s.as_str());
@@ -70,6 +91,15 @@ impl LogFilter {
         }
         if let Some(t) = self.until {
             q.push(" AND received_at < ").push_bind(t);
+        }
+        if let Some(text) = &self.q {
+            // The matching ids first (the trigram index of `webhook_log_text`), then
+            // those logs by primary key: as a join or `IN`, the planner may walk the
+            // newest-first index and test every log against the matches, all of them
+            // when fewer than a page match.
+            q.push(" AND id = ANY(ARRAY(SELECT log_id FROM webhook_log_text WHERE doc ILIKE ")
+                .push_bind(contains_pattern(text))
+                .push("))");
         }
     }
 }
@@ -116,12 +146,15 @@ pub struct LogSummary {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// When the row last changed (the live feed polls on it).
     pub updated_at: DateTime<Utc>,
+    /// Its conversation (contract section 10's key), for events that get a reply.
+    pub conversation_key: Option<String>,
 }
 
 const SUMMARY_COLUMNS: &str =
     "id, source, event_type, status, attempts, outcome, skip_reason, error_message,
     integration_id, sender_name, left(message_text, 200) AS message_preview, reply_text, job_id,
-    duplicate_count, correlation_id, received_at, processed_at, next_retry_at, updated_at";
+    duplicate_count, correlation_id, received_at, processed_at, next_retry_at, updated_at,
+    conversation_key";
 
 /// One page of logs, newest first, and how many logs match the filter in all, both read
 /// in one snapshot (a read-only REPEATABLE READ transaction), so `total` describes the
@@ -381,6 +414,67 @@ pub async fn lock_matching_for_retry(
         .push_bind(limit)
         .push(" FOR UPDATE SKIP LOCKED");
     Ok(q.build_query_as::<RetryCandidate>().fetch_all(conn).await?)
+}
+
+/// The most events a conversation view lists.
+pub const CONVERSATION_LIMIT: i64 = 1_000;
+
+/// The events of conversation `key` (contract section 10's key: a comment thread or a
+/// direct conversation), in the order received, at most [`CONVERSATION_LIMIT`]; and
+/// whether there were more. On `webhook_logs_conversation`.
+pub async fn conversation(pool: &PgPool, key: &str) -> Result<(Vec<LogSummary>, bool)> {
+    let mut items: Vec<LogSummary> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS} FROM webhook_logs WHERE conversation_key = $1
+         ORDER BY received_at, id LIMIT $2"
+    )))
+    .bind(key)
+    .bind(CONVERSATION_LIMIT + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = items.len() as i64 > CONVERSATION_LIMIT;
+    items.truncate(CONVERSATION_LIMIT as usize);
+    Ok((items, more))
+}
+
+/// A platform's report on one of our messages, stored as its own log (a WhatsApp Cloud
+/// API `statuses[]` item, a Bridge `message.sent` or `message.failed`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryReport {
+    /// The report's own log.
+    pub log_id: i64,
+    /// The provider message id it reports on (the reply's `provider_message_id`).
+    pub message_id: String,
+    /// `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
+    /// When the platform says it happened, if it says.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// When hookq stored the report.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The stored reports on the provider messages `message_ids`, oldest first (on
+/// `webhook_logs_report_item`).
+pub async fn delivery_reports(
+    pool: &PgPool,
+    message_ids: &[String],
+) -> Result<Vec<DeliveryReport>> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT id AS log_id, item_id AS message_id,
+            coalesce(payload #>> '{entry,0,changes,0,value,statuses,0,status}',
+                     CASE event_type WHEN 'message.sent' THEN 'sent'
+                                     WHEN 'message.failed' THEN 'failed'
+                                     ELSE event_type END) AS status,
+            occurred_at, received_at
+         FROM webhook_logs
+         WHERE handling = 'delivery_status' AND item_id = ANY($1)
+         ORDER BY coalesce(occurred_at, received_at), id",
+    )
+    .bind(message_ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Where a log's jobs stand in its conversation.

@@ -20,6 +20,7 @@
 //! | [`DELIVERY_FAILED`] | pending, processing, failed | dead_letter | delivery ended without delivering (or its outcome is unknown) |
 //! | [`RESET_FOR_RETRY`] | failed, dead_letter | pending | an operator retry, with its new job |
 //! | [`PURGE`] | processed | (deleted) | retention |
+//! | [`DELETE_MATCHING`] | processed, failed, dead_letter | (deleted) | an operator deletes every log matching a filter (logs in flight are left to their runs) |
 //!
 //! The delivery transitions accept `pending` and `failed` as well as `processing`
 //! because the log waits `pending` for its delivery job and `failed` between delivery
@@ -31,13 +32,13 @@
 //! `tasks/tests/log_transitions.rs` walks every transition from every state.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgExecutor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::Started;
 use crate::{
     error::Result,
-    logs::{LogStatus, Outcome, SkipReason},
+    logs::{LogStatus, Outcome, SkipReason, reads::LogFilter},
 };
 
 use LogStatus::{DeadLetter, Failed, Pending, Processed, Processing};
@@ -133,6 +134,11 @@ transition!(
     /// Retention deletes the log.
     PURGE: [Processed] => None
 );
+transition!(
+    /// An operator deletes every log matching a filter (contract section 13). A
+    /// `pending` or `processing` log is left out: a run holds it or is about to.
+    DELETE_MATCHING: [Processed, Failed, DeadLetter] => None
+);
 
 /// Every transition, for the doc table's test.
 pub const ALL: &[Transition] = &[
@@ -150,6 +156,7 @@ pub const ALL: &[Transition] = &[
     DELIVERY_FAILED,
     RESET_FOR_RETRY,
     PURGE,
+    DELETE_MATCHING,
 ];
 
 /// [`START`] for many runs in one statement: the logs that moved to `processing`, in no
@@ -497,6 +504,21 @@ pub async fn purge_processed(pool: &PgPool, cutoff: DateTime<Utc>, limit: i64) -
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// [`DELETE_MATCHING`]: deletes up to `limit` logs matching `filter` (oldest first) and
+/// answers their ids. Rows another transaction holds are skipped, so two operators
+/// pressing "delete all" never wait on each other.
+pub async fn delete_matching(pool: &PgPool, filter: &LogFilter, limit: i64) -> Result<Vec<i64>> {
+    let mut q =
+        QueryBuilder::new("DELETE FROM webhook_logs WHERE id IN (SELECT id FROM webhook_logs");
+    filter.push_where(&mut q);
+    q.push(" AND status = ANY(")
+        .push_bind(DELETE_MATCHING.bound_from())
+        .push(") ORDER BY received_at, id LIMIT ")
+        .push_bind(limit)
+        .push(" FOR UPDATE SKIP LOCKED) RETURNING id");
+    Ok(q.build_query_scalar().fetch_all(pool).await?)
 }
 
 /// Deletes one log, whatever its state (an operator's delete). False when it was gone.

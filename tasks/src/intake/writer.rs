@@ -56,7 +56,9 @@ const DEADLOCK_TRIES: usize = 3;
 /// ([`group_sql`](hookq_core::logs::group_sql)), worked out once per distinct account of
 /// the batch (`groups`): per row, the compact shape's user lookups cost ~150 µs a row,
 /// 28 ms of a 192-row batch (auto_explain, `hookq send --sample compact`), and a batch
-/// names few accounts. Its order key is the log's conversation.
+/// names few accounts. Its order key is the log's conversation. A new log's search text
+/// ([`SEARCH_DOC`](hookq_core::logs::SEARCH_DOC)) goes into `webhook_log_text` here,
+/// once: nothing searched changes afterwards.
 /// The jobs CTE takes parameters `$19` on ([`JobsForRows::bind`]).
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -85,7 +87,10 @@ WITH input AS (
         SET duplicate_count = webhook_logs.duplicate_count + 1 + EXCLUDED.duplicate_count,
             updated_at = now()
     RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted, source, account_id,
-        user_external_id, post_external_id, conversation_key
+        user_external_id, post_external_id, conversation_key, {search_doc} AS search_doc
+), search AS (
+    INSERT INTO webhook_log_text (log_id, doc)
+    SELECT id, search_doc FROM logs WHERE inserted
 ), groups AS (
     SELECT a.*, {group} AS group_key
     FROM (SELECT DISTINCT source, account_id, user_external_id, post_external_id
@@ -96,6 +101,7 @@ WITH input AS (
 SELECT id, dedup_key, inserted FROM logs
 "#,
         next_job_id = JobsForRows::<ProcessWebhook>::NEXT_JOB_ID,
+        search_doc = hookq_core::logs::SEARCH_DOC,
         group = hookq_core::logs::group_sql("a"),
         jobs = JobsForRows::<ProcessWebhook>::insert_sql(
             "logs l JOIN groups g ON g.source = l.source

@@ -1,5 +1,6 @@
 //! One worker process: the queue runtime with the pipeline's job handlers registered
-//! (`process_webhook` runs the comment use case, `deliver_reply` delivers its reply).
+//! (`process_webhook` runs the comment use case, `deliver_reply` delivers its reply,
+//! `replay_chunk` runs a shadow replay's next items: `crate::replay`).
 
 pub mod deliver;
 pub mod finish;
@@ -24,7 +25,7 @@ use self::{
 };
 use crate::{
     error::Error,
-    jobs::{DeliverReply, ProcessWebhook},
+    jobs::{DeliverReply, ProcessWebhook, ReplayChunk},
     outbound::llm::LlmGenerator,
     queue::{GroupRate, JobContext, JobError, Notifier, WorkerOptions, Workers},
 };
@@ -87,6 +88,16 @@ pub async fn run(
     // Retention (issue 5): hourly purge of processed logs past HOOKQ_RETENTION_DAYS.
     crate::ops::retention::register(&mut workers, &pool, config.retention_days)?;
     let deps = deps(&pool, config, notifier.clone())?;
+    let replayer = crate::replay::Replayer::new(
+        pool.clone(),
+        notifier.clone(),
+        deps.directory.clone(),
+        config.llm.clone(),
+    );
+    workers.register(move |job: ReplayChunk, ctx: JobContext| {
+        let replayer = replayer.clone();
+        async move { replayer.run_chunk(job, ctx).await }
+    });
     workers.register(move |job: ProcessWebhook, ctx: JobContext| {
         let deps = deps.clone();
         async move { process_webhook(&deps, job, ctx).await }

@@ -7,7 +7,7 @@
 use chrono::{Duration, Utc};
 use hookq_core::{
     logs::transitions::{self as t, Owner, Reply, Transition},
-    logs::{LogStatus, Outcome},
+    logs::{LogStatus, Outcome, reads::LogFilter},
 };
 use hookq_testkit::fresh_db;
 use sqlx::PgPool;
@@ -58,6 +58,11 @@ const TABLE: &[(&str, &[&str], Option<&str>)] = &[
         Some("pending"),
     ),
     ("PURGE", &["processed"], None),
+    (
+        "DELETE_MATCHING",
+        &["processed", "failed", "dead_letter"],
+        None,
+    ),
 ];
 
 #[test]
@@ -167,6 +172,13 @@ async fn apply(pool: &PgPool, tr: Transition, id: i64) -> Vec<i64> {
                     .unwrap();
             assert_eq!(n == 1, gone);
             if gone { vec![id] } else { vec![] }
+        }
+        "DELETE_MATCHING" => {
+            let filter = LogFilter {
+                source: Some("instagram".into()),
+                ..LogFilter::default()
+            };
+            t::delete_matching(pool, &filter, 1_000).await.unwrap()
         }
         other => panic!("no case for transition {other}: add one"),
     }
