@@ -10,9 +10,12 @@
 //! `bench search` (contract section 13) fills `webhook_logs` with `SEARCH_LOGS`
 //! (1,000,000) logs of generated comments and times the admin list's search (`q`) through
 //! the API's own read (`hookq_core::logs::reads::page`): `hookq_search logs=N queries=N
-//! p50_ms= p95_ms= max_ms=` over names, ids and phrases, plus the time of a word in
-//! about one log in eight (`common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
-//! on stderr.
+//! p50_ms= p95_ms= max_ms=` over names, ids and phrases, plus the time of the commonest
+//! word (`common_matches`, `common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
+//! on stderr (`SEARCH_REUSE=1` keeps logs a previous run filled). `bench replay URL` starts a template shadow replay of the newest
+//! `REPLAY_N` (10,000) logs through the admin API of a running hookq and, until it is
+//! done, sends one live comment at a time, timing each until processed: `hookq_replay
+//! logs=N replay_s= live_samples=N live_p50_ms= live_p99_ms=`.
 
 // Example code is not a public API: the workspace's `missing_docs` lint does not apply.
 #![allow(missing_docs)]
@@ -74,6 +77,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("queue") => queue_bench().await?,
         Some("search") => search_bench().await?,
+        Some("replay") => {
+            replay_bench(
+                args.get(1)
+                    .map(String::as_str)
+                    .unwrap_or("http://127.0.0.1:8080"),
+            )
+            .await?
+        }
         Some("webhook-latency") => {
             webhook_latency(
                 args.get(1)
@@ -83,13 +94,14 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         _ => anyhow::bail!(
-            "usage: bench queue | search | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
+            "usage: bench queue | search | replay URL | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
         ),
     }
     Ok(())
 }
 
-/// Words of the generated comments; a comment is eight of them.
+/// The most frequent words of the generated comments (a shop's), first in the
+/// vocabulary; [`vocabulary`] adds pseudo-words after them.
 const WORDS: [&str; 48] = [
     "love",
     "this",
@@ -140,6 +152,57 @@ const WORDS: [&str; 48] = [
     "want",
     "need",
 ];
+const FIRST: [&str; 20] = [
+    "Maya", "Leo", "Ines", "Noah", "Zoe", "Ava", "Liam", "Sofia", "Tiago", "Emma", "Lucas", "Ana",
+    "Mateo", "Julia", "Omar", "Yara", "Hugo", "Clara", "Ravi", "Lena",
+];
+const LAST: [&str; 25] = [
+    "Costa",
+    "Silva",
+    "Santos",
+    "Ferreira",
+    "Pereira",
+    "Oliveira",
+    "Rodrigues",
+    "Martins",
+    "Jesus",
+    "Sousa",
+    "Fernandes",
+    "Goncalves",
+    "Gomes",
+    "Lopes",
+    "Marques",
+    "Alves",
+    "Almeida",
+    "Ribeiro",
+    "Pinto",
+    "Carvalho",
+    "Teixeira",
+    "Moreira",
+    "Correia",
+    "Mendes",
+    "Nunes",
+];
+
+/// 5,000 words: [`WORDS`], then pseudo-words of two or three syllables.
+fn vocabulary() -> Vec<String> {
+    const SYL: [&str; 20] = [
+        "ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "go", "ri", "za", "mu", "be",
+        "fo", "ni", "sa", "te", "ho",
+    ];
+    let mut v: Vec<String> = WORDS.iter().map(|w| w.to_string()).collect();
+    let mut i = 0usize;
+    while v.len() < 5_000 {
+        let (a, b, c) = (i % 20, (i / 20) % 20, (i / 400) % 20);
+        v.push(if i < 400 {
+            format!("{}{}", SYL[a], SYL[b])
+        } else {
+            format!("{}{}{}", SYL[a], SYL[b], SYL[c])
+        });
+        i += 1;
+    }
+    v
+}
 
 async fn search_bench() -> anyhow::Result<()> {
     use hookq_core::logs::reads::{self, LogFilter};
@@ -147,24 +210,37 @@ async fn search_bench() -> anyhow::Result<()> {
     let rounds = env_u64("SEARCH_ROUNDS", 20) as usize;
     let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 4).await?;
     hookq_core::db::migrate(&pool).await?;
-    sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
-        .execute(&pool)
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_log_text")
+        .fetch_one(&pool)
         .await?;
+    let reuse = std::env::var("SEARCH_REUSE").is_ok_and(|v| v == "1") && have == n;
+    if !reuse {
+        sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
+            .execute(&pool)
+            .await?;
+    }
     let t = Instant::now();
-    // Comments over 30 days, 50,000 senders, ids like Instagram's; a tenth of the
-    // threads have a reply. Written in chunks so one transaction never holds them all.
+    // Comments over 30 days, ids like Instagram's (17 digits, the leading ones shared),
+    // from 2,000 people (500 logs each: 20 first names x 25 last names x 4), eight
+    // words each drawn from a 5,000-word vocabulary with a long tail (word rank r with
+    // probability ~ 1/r: the shop's words are the commonest, "canada" in ~9 % of
+    // comments). Written in chunks so one transaction never holds them all.
+    let words = vocabulary();
     let chunk = 100_000i64;
-    let mut from = 0i64;
+    let mut from = if reuse { n } else { 0 };
     while from < n {
         let to = (from + chunk).min(n);
         sqlx::query(
             "INSERT INTO webhook_logs (dedup_key, source, event_type, handling, payload, status,
                  item_id, sender_id, sender_name, message_text, received_at, processed_at,
                  outcome, reply_text, conversation_key)
-             SELECT 'ig:comment:' || (17900000000000 + g), 'instagram', 'comment', 'reply',
-                 '{}'::jsonb, 'processed', (17900000000000 + g)::text, 'u' || (g % 50000),
-                 'customer_' || (g % 50000),
-                 (SELECT string_agg(($3::text[])[1 + (abs(hashint8(g * 8 + k)) % 48)], ' ')
+             SELECT 'ig:comment:' || (17912000000000000 + g * 7919), 'instagram', 'comment',
+                 'reply', '{}'::jsonb, 'processed', (17912000000000000 + g * 7919)::text,
+                 'u' || (g % 2000),
+                 ($4::text[])[1 + g % 20] || ' ' || ($5::text[])[1 + (g / 20) % 25]
+                     || CASE WHEN g % 2000 >= 500 THEN ' ' || (g % 2000) / 500 ELSE '' END,
+                 (SELECT string_agg(($3::text[])[least(5000, floor(exp(ln(5000.0)
+                      * ((abs(hashint8(g * 8 + k)) % 1000000) / 1000000.0)))::int)], ' ')
                   FROM generate_series(1, 8) k),
                  now() - (g % 2592000) * interval '1 second',
                  now() - (g % 2592000) * interval '1 second' + interval '2 seconds',
@@ -173,17 +249,21 @@ async fn search_bench() -> anyhow::Result<()> {
         )
         .bind(from)
         .bind(to)
-        .bind(&WORDS[..])
+        .bind(&words)
+        .bind(&FIRST[..])
+        .bind(&LAST[..])
         .execute(&pool)
         .await?;
         from = to;
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO webhook_log_text (log_id, doc) SELECT id, {} FROM webhook_logs",
-        hookq_core::logs::SEARCH_DOC
-    )))
-    .execute(&pool)
-    .await?;
+    if !reuse {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO webhook_log_text (log_id, doc) SELECT id, {} FROM webhook_logs",
+            hookq_core::logs::SEARCH_DOC
+        )))
+        .execute(&pool)
+        .await?;
+    }
     sqlx::query("VACUUM ANALYZE webhook_logs")
         .execute(&pool)
         .await?;
@@ -192,41 +272,56 @@ async fn search_bench() -> anyhow::Result<()> {
         .await?;
     eprintln!("filled {n} logs in {:.1}s", t.elapsed().as_secs_f64());
 
-    // What an operator types: a customer's name (20 logs each), a comment id, a dedup
-    // key, two-word phrases, part of an id, and a name under a status filter.
+    // What an operator types: a customer's name (~500 logs), a comment id, a dedup key,
+    // phrases, part of an id, a pseudo-word of the long tail, and a name under a status
+    // filter. The ids exist: log g has item id 17912000000000000 + 7919 g.
     let queries: Vec<(&str, LogFilter)> = vec![
-        ("name", q("customer_31337")),
-        ("name_upper", q("CUSTOMER_4242")),
-        ("item_id", q("17900000123456")),
-        ("dedup_key", q("ig:comment:17900000999001")),
-        ("phrase", q("canada please")),
+        ("name", q("maya costa")),
+        ("name_upper", q("LENA NUNES 3")),
+        ("item_id", q("17912000977655983")),
+        ("dedup_key", q("ig:comment:17912007918992081")),
+        ("phrase", q("ship canada")),
         ("phrase2", q("wool sale")),
-        ("partial_id", q("000424242")),
+        ("partial_id", q("3959507919")),
+        ("rare_word", q("kalomi")),
         (
             "name_processed",
             LogFilter {
                 status: Some(hookq_core::logs::LogStatus::Processed),
-                ..q("customer_777")
+                ..q("yara pinto")
             },
         ),
     ];
     let mut times = Vec::new();
+    let mut by_kind: Vec<(&str, Vec<f64>, i64)> =
+        queries.iter().map(|(k, _)| (*k, Vec::new(), 0)).collect();
     for _ in 0..rounds {
-        for (_, f) in &queries {
+        for (i, (_, f)) in queries.iter().enumerate() {
             let t = Instant::now();
-            let (items, _total) = reads::page(&pool, f, 50, 0).await?;
+            let (items, total) = reads::page(&pool, f, 50, 0).await?;
             std::hint::black_box(items);
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            times.push(ms);
+            by_kind[i].1.push(ms);
+            by_kind[i].2 = total;
         }
+    }
+    for (kind, mut t, total) in by_kind {
+        t.sort_by(|a, b| a.total_cmp(b));
+        eprintln!(
+            "search {kind}: matches={total} p50_ms={:.1} max_ms={:.1}",
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
     let t = Instant::now();
-    let (_, common_total) = reads::page(&pool, &q("canada"), 50, 0).await?;
+    let (_, common_total) = reads::page(&pool, &q("love"), 50, 0).await?;
     let common_ms = t.elapsed().as_secs_f64() * 1000.0;
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM webhook_logs
-         WHERE id = ANY(ARRAY(SELECT log_id FROM webhook_log_text WHERE doc ILIKE '%customer\\_31337%'))
+         WHERE id = ANY(ARRAY(SELECT log_id FROM webhook_log_text WHERE doc ILIKE '%maya costa%'))
          ORDER BY received_at DESC, id DESC LIMIT 50",
     )
     .fetch_all(&pool)
@@ -405,6 +500,56 @@ async fn queue_bench() -> anyhow::Result<()> {
 /// Idle webhook → `processed`: one signed compact comment at a time (the next one only
 /// after a pause once the last is done), timed from sending the request until the log's
 /// status reads `processed` in the database.
+/// One signed compact comment to a running API, timed until its 200 and until its log
+/// is `processed`: (ack ms, processed ms).
+async fn latency_sample(
+    http: &reqwest::Client,
+    pool: &PgPool,
+    url: &str,
+    secret: &str,
+    tag: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let body = serde_json::json!({
+        "entry": [{"changes": [{"value": {
+            "post_id": "post_123", "item": "comment", "comment_id": tag,
+            "sender_id": "user_456", "sender_name": "Latency", "message": "How fast is this?",
+            "created_time": 1625097600}}]}],
+        "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"})
+    .to_string();
+    let sig = format!(
+        "sha256={}",
+        hookq_core::intake::signature::hmac_hex(secret.as_bytes(), body.as_bytes())
+    );
+    let t = Instant::now();
+    let ack: serde_json::Value = http
+        .post(format!("{url}/webhooks/instagram"))
+        .header("Content-Type", "application/json")
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let acked = t.elapsed().as_secs_f64() * 1000.0;
+    let id = ack["ids"][0]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM webhook_logs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+        if status == "processed" {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("webhook latency sample {tag} is still {status} after 30 s");
+        }
+    }
+    Ok((acked, t.elapsed().as_secs_f64() * 1000.0))
+}
+
 async fn webhook_latency(url: &str) -> anyhow::Result<()> {
     let samples = env_u64("LAT_SAMPLES", 300).min(200);
     let secret = std::env::var("META_APP_SECRET")?;
@@ -416,46 +561,9 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
     let mut acked = Vec::with_capacity(samples as usize);
     for i in 0..samples {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let body = serde_json::json!({
-            "entry": [{"changes": [{"value": {
-                "post_id": "post_123", "item": "comment", "comment_id": format!("lat_{run}_{i}"),
-                "sender_id": "user_456", "sender_name": "Latency", "message": "How fast is this?",
-                "created_time": 1625097600}}]}],
-            "object": "instagram", "user_id": "user_123", "persona_id": "persona_123"})
-        .to_string();
-        let sig = format!(
-            "sha256={}",
-            hookq_core::intake::signature::hmac_hex(secret.as_bytes(), body.as_bytes())
-        );
-        let t = Instant::now();
-        let ack: serde_json::Value = http
-            .post(format!("{url}/webhooks/instagram"))
-            .header("Content-Type", "application/json")
-            .header("X-Hub-Signature-256", sig)
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        acked.push(t.elapsed().as_secs_f64() * 1000.0);
-        let id = ack["ids"][0]
-            .as_i64()
-            .ok_or_else(|| anyhow::anyhow!("no log id in {ack}"))?;
-        loop {
-            let status: String =
-                sqlx::query_scalar("SELECT status FROM webhook_logs WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&pool)
-                    .await?;
-            if status == "processed" {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                anyhow::bail!("webhook latency sample {i} is still {status} after 30 s");
-            }
-        }
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (a, l) = latency_sample(&http, &pool, url, &secret, &format!("lat_{run}_{i}")).await?;
+        acked.push(a);
+        lat.push(l);
     }
     acked.sort_by(|a, b| a.total_cmp(b));
     eprintln!(
@@ -466,6 +574,62 @@ async fn webhook_latency(url: &str) -> anyhow::Result<()> {
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
     println!(
         "webhook webhook_p50_ms={:.2} webhook_p99_ms={:.2}",
+        p(0.5),
+        p(0.99)
+    );
+    Ok(())
+}
+
+async fn replay_bench(url: &str) -> anyhow::Result<()> {
+    let n = env_u64("REPLAY_N", 10_000);
+    let secret = std::env::var("META_APP_SECRET")?;
+    let token = std::env::var("HOOKQ_ADMIN_TOKEN")?;
+    let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 2).await?;
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let made: serde_json::Value = http
+        .post(format!("{url}/api/replays"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"limit": n, "reply_template": "Shadow: {message}"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = made["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("{made}"))?;
+    let total = made["total"].as_i64().unwrap_or(0);
+    let run = std::process::id();
+    let mut lat = Vec::new();
+    let replay_s = loop {
+        let v: serde_json::Value = http
+            .get(format!("{url}/api/replays/{id}?limit=1"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if v["replay"]["done"].as_bool() == Some(true) {
+            break t.elapsed().as_secs_f64();
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("replay {id} not done after 300 s: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let tag = format!("rlat_{run}_{}", lat.len());
+        lat.push(latency_sample(&http, &pool, url, &secret, &tag).await?.1);
+    };
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "hookq_replay logs={total} replay_s={replay_s:.2} live_samples={} live_p50_ms={:.2} live_p99_ms={:.2}",
+        lat.len(),
         p(0.5),
         p(0.99)
     );
