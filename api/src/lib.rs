@@ -39,6 +39,7 @@ type Apis = (
     admin::logs::LogsApi,
     admin::conversations::ConversationsApi,
     admin::replays::ReplaysApi,
+    admin::audit::AuditApi,
     admin::resources::ResourcesApi,
     admin::tasks::TasksApi,
 );
@@ -52,6 +53,7 @@ fn service() -> OpenApiService<Apis, ()> {
             admin::logs::LogsApi,
             admin::conversations::ConversationsApi,
             admin::replays::ReplaysApi,
+            admin::audit::AuditApi,
             admin::resources::ResourcesApi,
             admin::tasks::TasksApi,
         ),
@@ -81,6 +83,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", spec)
         .nest("/dashboard", dashboard::routes())
         .nest("/", api)
+        .around(admin::audit::record_changes)
         .around(metrics::count_webhooks)
         .around(signed::limit_body)
         .with(ratelimit::RateLimiter::new(state.config.rate_limits))

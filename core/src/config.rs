@@ -115,6 +115,9 @@ pub struct Config {
     /// `HOOKQ_ADMIN_TOKEN`: bearer token for `/api/*` and `/dashboard`; `None` answers
     /// 401 to everyone.
     pub admin_token: Option<Secret>,
+    /// `HOOKQ_READONLY_TOKEN`: reads the admin API and the dashboard, changes nothing
+    /// (contract section 12).
+    pub readonly_token: Option<Secret>,
     /// `META_APP_SECRET`: HMAC-SHA256 key for `X-Hub-Signature-256`; `None` answers 401
     /// on Meta routes.
     pub meta_app_secret: Option<Secret>,
@@ -338,6 +341,7 @@ impl Config {
             max_async_tasks,
             bind: parse_or(&get, "HOOKQ_BIND", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             admin_token: secret("HOOKQ_ADMIN_TOKEN"),
+            readonly_token: secret("HOOKQ_READONLY_TOKEN"),
             meta_app_secret: secret("META_APP_SECRET"),
             meta_verify_token: secret("META_VERIFY_TOKEN"),
             whatsapp_webhook_secret: secret("WHATSAPP_WEBHOOK_SECRET"),

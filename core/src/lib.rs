@@ -9,6 +9,7 @@
 //! | [`comment`] | the comment use case, a function over the [`comment::ports`] |
 //! | [`delivery`] | the at-most-once reply delivery protocol and its tables |
 //! | [`resources`] | the five admin resources: users, integrations, templates, personas, posts |
+//! | [`audit`] | the record of every change an operator made through the admin API |
 //! | [`replays`] | shadow replays and their items' one state machine (contract section 13) |
 //! | [`directory`] | the use case's cached read-only lookups of those resources |
 //! | [`config`], [`db`], [`error`] | configuration read once; database failures classified once; the domain's error |
@@ -36,6 +37,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod audit;
 pub mod comment;
 pub mod config;
 pub mod db;

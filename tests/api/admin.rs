@@ -1042,3 +1042,119 @@ async fn a_template_replay_shows_old_and_new_replies_side_by_side() {
     assert_eq!(s, 404);
     app.stop().await;
 }
+
+/// Contract section 12: `HOOKQ_READONLY_TOKEN` reads everything and is answered 403 for
+/// any change; every change (and the refused attempt) is listed by `GET /api/audit`,
+/// newest first, with its role, action, resource and status, filterable.
+#[tokio::test]
+async fn a_read_only_token_reads_is_refused_changes_and_every_change_is_audited() {
+    const RO: &str = "read-only-token-for-tests";
+    let app = spawn_app(Options {
+        env: env_of(&[("HOOKQ_READONLY_TOKEN", RO)]),
+        ..Options::default()
+    })
+    .await;
+    let a = Admin { app: &app };
+    let ro = |method: reqwest::Method, path: &str| {
+        app.http
+            .request(method, format!("{}{path}", app.base))
+            .bearer_auth(RO)
+    };
+    let (s, v) = json(
+        ro(reqwest::Method::GET, "/api/webhook-logs")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = json(
+        ro(reqwest::Method::GET, "/api/session")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, v["role"].as_str()), (200, Some("readonly")));
+    let (_, v) = a.get("/api/session").await;
+    assert_eq!(v["role"].as_str(), Some("admin"));
+    let (s, v) = json(
+        ro(reqwest::Method::POST, "/api/users")
+            .json(&json!({"external_id": "ro_user", "name": "No"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(s, &v, 403);
+    let (s, v) = json(
+        ro(reqwest::Method::DELETE, "/api/webhook-logs/1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(s, &v, 403);
+
+    let (s, user) = a
+        .post(
+            "/api/users",
+            json!({"external_id": "audited", "name": "Audited"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{user}");
+    let id = user["id"].as_str().unwrap().to_owned();
+    let (s, _) = a
+        .patch(&format!("/api/users/{id}"), json!({"name": "Renamed"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = a.delete(&format!("/api/users/{id}")).await;
+    assert_eq!(s, 200);
+
+    let (s, audit) = a.get("/api/audit").await;
+    assert_eq!(s, 200, "{audit}");
+    let rows: Vec<(String, String, String, Option<String>, i64)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["role"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["resource_type"].as_str().unwrap().to_owned(),
+                e["resource_id"].as_str().map(str::to_owned),
+                e["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        rows,
+        vec![
+            (s("admin"), s("delete"), s("users"), Some(id.clone()), 200),
+            (s("admin"), s("update"), s("users"), Some(id.clone()), 200),
+            (s("admin"), s("create"), s("users"), None, 201),
+            (
+                s("readonly"),
+                s("delete"),
+                s("webhook-logs"),
+                Some(s("1")),
+                403
+            ),
+            (s("readonly"), s("create"), s("users"), None, 403),
+        ],
+        "newest first; reads are not recorded"
+    );
+    let (_, v) = a.get("/api/audit?role=readonly").await;
+    assert_eq!(v["total"].as_i64(), Some(2));
+    let (_, v) = a
+        .get(&format!("/api/audit?resource_type=users&resource_id={id}"))
+        .await;
+    assert_eq!(v["total"].as_i64(), Some(2));
+    let (_, v) = a.get("/api/audit?action=create&limit=1").await;
+    assert_eq!(
+        (v["total"].as_i64(), v["items"].as_array().unwrap().len()),
+        (Some(2), 1)
+    );
+    app.stop().await;
+}

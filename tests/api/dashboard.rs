@@ -286,9 +286,13 @@ mod schema {
 }
 
 /// Sign in, see a log arrive live, open it, retry a dead letter, retry all dead letters,
-/// filter — in Debian's Chromium, headless. `scripts/install-deps` installs chromium
+/// filter, search, act on a filter, open a conversation, replay, and look again with the
+/// read-only token — in Debian's Chromium, headless. `scripts/install-deps` installs chromium
 /// and the script's one npm package; set HOOKQ_SKIP_BROWSER=1 to skip on a machine
 /// without them.
+/// The read-only token the browser flow signs in with last.
+const READONLY_TOKEN: &str = "test-readonly-token";
+
 #[tokio::test]
 async fn dashboard_flow_in_headless_chromium() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -304,7 +308,11 @@ async fn dashboard_flow_in_headless_chromium() {
             "chromium or tests/browser/node_modules missing: run scripts/install-deps (or set HOOKQ_SKIP_BROWSER=1)"
         );
     }
-    let app = spawn_app(Options::default()).await;
+    let app = spawn_app(Options {
+        env: env_of(&[("HOOKQ_READONLY_TOKEN", READONLY_TOKEN)]),
+        ..Options::default()
+    })
+    .await;
     let shots = format!("{root}/target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let shot = format!("{shots}/dashboard.png");
@@ -315,6 +323,7 @@ async fn dashboard_flow_in_headless_chromium() {
             .current_dir(&script_dir)
             .env("HOOKQ_BASE", &app.base)
             .env("HOOKQ_TOKEN", ADMIN_TOKEN)
+            .env("HOOKQ_READONLY", READONLY_TOKEN)
             .env("META_SECRET", META_SECRET)
             .env("SCREENSHOT", &shot)
             .kill_on_drop(true)

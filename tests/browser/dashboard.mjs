@@ -1,9 +1,9 @@
 // Drives the hookq dashboard in Debian's headless Chromium (playwright-core, no browser
 // download): sign in, watch a log arrive live, open it, retry a dead letter, retry all
 // dead letters, pause and resume an integration from its panel, search, delete what a
-// search matches after seeing the count, open a conversation, run a shadow replay, and
-// save a screenshot. Run by tests/api/dashboard.rs, which starts hookq
-// and passes: HOOKQ_BASE, HOOKQ_TOKEN, META_SECRET, SCREENSHOT.
+// search matches after seeing the count, open a conversation, run a shadow replay, save
+// a screenshot, then sign in read-only and see nothing that changes anything. Run by tests/api/dashboard.rs, which starts hookq
+// and passes: HOOKQ_BASE, HOOKQ_TOKEN, HOOKQ_READONLY, META_SECRET, SCREENSHOT.
 import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
@@ -187,6 +187,30 @@ try {
   await page.waitForSelector('#chart svg polyline');
   await page.screenshot({ path: shot, fullPage: true });
   step(`screenshot: ${shot}`);
+
+  step('the read-only token: everything shows, nothing that changes anything does');
+  await page.click('#logout');
+  await page.fill('#login-token', process.env.HOOKQ_READONLY);
+  await page.click('#login-submit');
+  await page.waitForSelector('#app:not([hidden])');
+  await page.waitForSelector('body.readonly');
+  await page.waitForSelector('#role:text("read-only")');
+  await page.waitForSelector(`#logs tr[data-id="${deadId}"]`, { timeout: 10000 });
+  await page.waitForSelector(`${row} td:nth-child(3)`, { timeout: 10000 });
+  for (const sel of ['#retry-dead', '.bulk', '#replay-form', `${row} button[data-action]`]) {
+    if (await page.isVisible(sel)) throw new Error(`${sel} is shown to the read-only token`);
+  }
+  await page.click(`#logs tr[data-id="${deadId}"]`);
+  await page.waitForSelector(`#detail[data-id="${deadId}"]:not([hidden])`);
+  if (await page.isVisible('#detail-retry')) throw new Error('retry is shown to the read-only token');
+  const refused = await fetch(`${base}/api/webhook-logs/${deadId}/retry`, { method: 'POST', headers: { Authorization: `Bearer ${process.env.HOOKQ_READONLY}` } });
+  if (refused.status !== 403) throw new Error(`a read-only retry answered ${refused.status}`);
+  // The audit log has the admin's changes and the refused attempt, by role.
+  const audit = await admin('/api/audit?limit=500');
+  const seen = (role, action, type) => audit.items.some((e) => e.role === role && e.action === action && e.resource_type === type);
+  for (const [role, action, type] of [['admin', 'retry', 'webhook-logs'], ['admin', 'pause', 'integrations'], ['admin', 'delete', 'webhook-logs'], ['admin', 'create', 'replays'], ['readonly', 'retry', 'webhook-logs']]) {
+    if (!seen(role, action, type)) throw new Error(`audit lacks ${role} ${action} ${type}: ${JSON.stringify(audit.items.slice(0, 5))}`);
+  }
   if (problems.length) throw new Error(problems.join('\n'));
   console.log('OK');
 } catch (e) {

@@ -73,6 +73,11 @@ async function signIn(token) {
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
+  // A read-only token sees everything and changes nothing: what it cannot do is hidden.
+  const session = await api('/api/session').catch(() => ({ role: 'admin' }));
+  state.role = session.role;
+  document.body.classList.toggle('readonly', session.role === 'readonly');
+  $('#role').textContent = session.role === 'readonly' ? 'read-only' : '';
   $('#login').hidden = true;
   $('#app').hidden = false;
   start();
@@ -397,7 +402,7 @@ async function loadIntegrations() {
 function renderIntegrations(page) {
   const rows = page.items.map((i) => {
     const button = el('button', {
-      className: i.paused ? '' : 'secondary',
+      className: `admin-only ${i.paused ? '' : 'secondary'}`,
       textContent: i.paused ? 'Resume' : 'Pause',
     });
     button.dataset.id = i.id;

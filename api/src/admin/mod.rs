@@ -12,6 +12,7 @@
 //! are the same way round: a
 //! `PATCH` field that takes `null` to clear it is declared `nullable`.
 
+pub mod audit;
 pub mod conversations;
 pub mod logs;
 pub mod replays;
@@ -71,6 +72,9 @@ pub enum AdminError {
     /// Missing or wrong admin token, or `HOOKQ_ADMIN_TOKEN` unset.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The read-only token asked for a change.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such resource.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -102,7 +106,8 @@ impl From<ApiError> for AdminError {
             | ApiError::TooLarge(_)
             | ApiError::TooManyEvents(_)
             | ApiError::UnknownShape(_) => AdminError::BadRequest(body),
-            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => AdminError::Unauthorized(body),
+            ApiError::Unauthorized(_) => AdminError::Unauthorized(body),
+            ApiError::Forbidden(_) => AdminError::Forbidden(body),
             ApiError::NotFound => AdminError::NotFound(body),
             ApiError::Conflict(_) => AdminError::Conflict(body),
             ApiError::Invalid(_) | ApiError::UnknownReference(_) => {
