@@ -14,8 +14,9 @@
 //! word (`common_matches`, `common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
 //! on stderr (`SEARCH_REUSE=1` keeps logs a previous run filled). `bench replay URL` starts a template shadow replay of the newest
 //! `REPLAY_N` (10,000) logs through the admin API of a running hookq and, until it is
-//! done, sends one live comment at a time, timing each until processed: `hookq_replay
-//! logs=N replay_s= live_samples=N live_p50_ms= live_p99_ms=`.
+//! done, sends one live comment at a time, timing each until processed (and 50 before
+//! it starts, for the idle path): `hookq_replay logs=N replay_s= idle_p50_ms=
+//! live_samples=N live_p50_ms= live_p99_ms=`.
 
 // Example code is not a public API: the workspace's `missing_docs` lint does not apply.
 #![allow(missing_docs)]
@@ -586,6 +587,16 @@ async fn replay_bench(url: &str) -> anyhow::Result<()> {
     let token = std::env::var("HOOKQ_ADMIN_TOKEN")?;
     let pool = hookq_core::db::connect(std::env::var("DATABASE_URL")?.parse()?, 2).await?;
     let http = reqwest::Client::new();
+    let run = std::process::id();
+    // The idle path first, for comparison.
+    let mut idle = Vec::new();
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let tag = format!("ilat_{run}_{i}");
+        idle.push(latency_sample(&http, &pool, url, &secret, &tag).await?.1);
+    }
+    idle.sort_by(|a, b| a.total_cmp(b));
+    let idle_p50 = idle[idle.len() / 2];
     let t = Instant::now();
     let made: serde_json::Value = http
         .post(format!("{url}/api/replays"))
@@ -600,9 +611,18 @@ async fn replay_bench(url: &str) -> anyhow::Result<()> {
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("{made}"))?;
     let total = made["total"].as_i64().unwrap_or(0);
-    let run = std::process::id();
     let mut lat = Vec::new();
+    // Progress is read every 250 ms, not per sample: the read counts the replay's items,
+    // and reading it between every two samples loaded the server being measured.
+    let mut looked = Instant::now() - Duration::from_secs(1);
     let replay_s = loop {
+        if looked.elapsed() < Duration::from_millis(250) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let tag = format!("rlat_{run}_{}", lat.len());
+            lat.push(latency_sample(&http, &pool, url, &secret, &tag).await?.1);
+            continue;
+        }
+        looked = Instant::now();
         let v: serde_json::Value = http
             .get(format!("{url}/api/replays/{id}?limit=1"))
             .bearer_auth(&token)
@@ -628,7 +648,7 @@ async fn replay_bench(url: &str) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN)
     };
     println!(
-        "hookq_replay logs={total} replay_s={replay_s:.2} live_samples={} live_p50_ms={:.2} live_p99_ms={:.2}",
+        "hookq_replay logs={total} replay_s={replay_s:.2} idle_p50_ms={idle_p50:.2} live_samples={} live_p50_ms={:.2} live_p99_ms={:.2}",
         lat.len(),
         p(0.5),
         p(0.99)
