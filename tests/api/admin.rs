@@ -958,6 +958,15 @@ async fn search_act_on_a_filter_and_the_conversation_view() {
     assert_eq!(v["total"].as_i64(), Some(3));
     let (s, _) = a.get(&format!("/api/webhook-logs/{}", ids[0])).await;
     assert_eq!(s, 404);
+    let texts: Vec<i64> = sqlx::query_scalar("SELECT log_id FROM webhook_log_text ORDER BY log_id")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        texts,
+        ids[1..].to_vec(),
+        "a deleted log's search text goes with it"
+    );
     // Retry by filter takes `q` too (nothing failed matches: nothing retried).
     let (s, v) = a
         .post("/api/webhook-logs/retry", json!({"q": "alaska"}))

@@ -452,10 +452,12 @@ pub const CONVERSATION_LIMIT: i64 = 1_000;
 
 /// The events of conversation `key` (contract section 10's key: a comment thread or a
 /// direct conversation), in the order received, at most [`CONVERSATION_LIMIT`]; and
-/// whether there were more. On `webhook_logs_conversation`.
+/// whether there were more. The log ids come from `webhook_log_text`'s conversation
+/// index (written once at intake; see `migrations/0013_operator_search.sql`).
 pub async fn conversation(pool: &PgPool, key: &str) -> Result<(Vec<LogSummary>, bool)> {
     let mut items: Vec<LogSummary> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUMMARY_COLUMNS} FROM webhook_logs WHERE conversation_key = $1
+        "SELECT {SUMMARY_COLUMNS} FROM webhook_logs
+         WHERE id = ANY(ARRAY(SELECT log_id FROM webhook_log_text WHERE conversation_key = $1))
          ORDER BY received_at, id LIMIT $2"
     )))
     .bind(key)

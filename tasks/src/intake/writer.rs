@@ -57,8 +57,8 @@ const DEADLOCK_TRIES: usize = 3;
 /// the batch (`groups`): per row, the compact shape's user lookups cost ~150 µs a row,
 /// 28 ms of a 192-row batch (auto_explain, `hookq send --sample compact`), and a batch
 /// names few accounts. Its order key is the log's conversation. A new log's search text
-/// ([`SEARCH_DOC`](hookq_core::logs::SEARCH_DOC)) goes into `webhook_log_text` here,
-/// once: nothing searched changes afterwards.
+/// ([`SEARCH_DOC`](hookq_core::logs::SEARCH_DOC)) and its conversation go into
+/// `webhook_log_text` here, once: neither changes afterwards.
 /// The jobs CTE takes parameters `$19` on ([`JobsForRows::bind`]).
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -89,8 +89,8 @@ WITH input AS (
     RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted, source, account_id,
         user_external_id, post_external_id, conversation_key, {search_doc} AS search_doc
 ), search AS (
-    INSERT INTO webhook_log_text (log_id, doc)
-    SELECT id, search_doc FROM logs WHERE inserted
+    INSERT INTO webhook_log_text (log_id, doc, conversation_key)
+    SELECT id, search_doc, conversation_key FROM logs WHERE inserted
 ), groups AS (
     SELECT a.*, {group} AS group_key
     FROM (SELECT DISTINCT source, account_id, user_external_id, post_external_id
