@@ -93,9 +93,11 @@ pub(crate) async fn run(mut config: Config, data_dir: PathBuf) -> Result<()> {
     let shutdown = runtime::shutdown_signal().shared();
     let sup_opts = runtime::supervisor_options(&config, child_env)?;
     let config = Arc::new(config);
-    let workers = hookq_tasks::supervisor::supervise(sup_opts, shutdown.clone());
+    let metrics = runtime::serve_worker_metrics(&config, &sup_opts, shutdown.clone()).await?;
+    let workers = hookq_tasks::supervisor::supervise(sup_opts.clone(), shutdown.clone());
     let api = runtime::serve_api((*config).clone(), pool, listener, shutdown);
     let (w, a) = tokio::join!(workers, api);
+    runtime::finish_worker_metrics(&sup_opts, metrics).await;
     // The private cluster is ours to stop; its data stays for the next run.
     if let Some(cluster) = private {
         println!("stopping the private PostgreSQL");

@@ -3,8 +3,9 @@
 use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context, Result};
+use futures::FutureExt;
 use hookq_core::config::{Config, LogFormat};
-use hookq_tasks::supervisor;
+use hookq_tasks::{supervisor, worker_metrics};
 use sqlx::PgPool;
 
 pub(crate) fn init_tracing(format: LogFormat) {
@@ -82,19 +83,39 @@ fn worker_pool_size(max_async_tasks: usize) -> u32 {
     u32::try_from((max_async_tasks / 4).clamp(4, 16) + 4).unwrap_or(20)
 }
 
-/// One worker process (what the supervisor runs `TASKIQ_WORKERS` of).
+/// One worker process (what the supervisor runs `TASKIQ_WORKERS` of). It measures its
+/// jobs and serves them to its supervisor when given a socket.
 pub(crate) async fn worker_process(config: Config) -> Result<()> {
     let pool = connect(&config, worker_pool_size(config.max_async_tasks)).await?;
-    hookq_tasks::pipeline::run(pool, &config, shutdown_signal()).await?;
+    let metrics = match &config.worker_metrics_socket {
+        Some(path) => {
+            let listener = worker_metrics::bind_child(path)
+                .with_context(|| format!("cannot serve worker metrics on {}", path.display()))?;
+            let handle = worker_metrics::install()
+                .context("another metrics recorder is already installed")?;
+            Some(tokio::spawn(worker_metrics::serve_child(listener, handle)))
+        }
+        None => None,
+    };
+    let run = hookq_tasks::pipeline::run(pool, &config, shutdown_signal()).await;
+    if let Some(serving) = metrics {
+        serving.abort();
+    }
+    run?;
     Ok(())
 }
 
-/// `hookq worker`: supervises `TASKIQ_WORKERS` children running `hookq worker --single`.
-/// `env` is added to the children's environment (`hookq dev` passes its database).
+/// `hookq worker`: supervises `TASKIQ_WORKERS` children running `hookq worker --single`
+/// and serves their metrics on `HOOKQ_WORKER_METRICS_BIND`. `env` is added to the
+/// children's environment.
 pub(crate) async fn supervise_workers(config: &Config, env: Vec<(String, String)>) -> Result<()> {
     config.require_database()?;
     let opts = supervisor_options(config, env)?;
-    let report = supervisor::supervise(opts, shutdown_signal()).await?;
+    let shutdown = shutdown_signal().shared();
+    let metrics = serve_worker_metrics(config, &opts, shutdown.clone()).await?;
+    let report = supervisor::supervise(opts.clone(), shutdown).await;
+    finish_worker_metrics(&opts, metrics).await;
+    let report = report?;
     tracing::info!(
         restarts = report.restarts,
         killed = report.killed,
@@ -103,15 +124,73 @@ pub(crate) async fn supervise_workers(config: &Config, env: Vec<(String, String)
     Ok(())
 }
 
+/// The supervisor's options; with worker metrics on, a private directory (mode 0700)
+/// for the children's sockets.
 pub(crate) fn supervisor_options(
     config: &Config,
     env: Vec<(String, String)>,
 ) -> Result<supervisor::SupervisorOptions> {
+    let metrics_dir = match config.worker_metrics_bind {
+        Some(_) => {
+            use std::os::unix::fs::DirBuilderExt;
+            let dir = std::env::temp_dir().join(format!("hookq-worker-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(dir)
+        }
+        None => None,
+    };
     Ok(supervisor::SupervisorOptions {
         program: std::env::current_exe().context("cannot find the hookq executable")?,
         args: vec![OsString::from("worker"), OsString::from("--single")],
         env,
         workers: config.workers,
         grace: Duration::from_secs(25),
+        metrics_dir,
+        stats: Default::default(),
     })
+}
+
+/// Binds `HOOKQ_WORKER_METRICS_BIND` and serves the workers' metrics there until
+/// `shutdown`; nothing when it is `off`.
+pub(crate) async fn serve_worker_metrics(
+    config: &Config,
+    opts: &supervisor::SupervisorOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let (Some(addr), Some(dir)) = (config.worker_metrics_bind, opts.metrics_dir.clone()) else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} (HOOKQ_WORKER_METRICS_BIND; `off` serves no worker metrics)"
+        )
+    })?;
+    tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
+    let scraper = worker_metrics::Scraper {
+        dir,
+        workers: opts.workers,
+        stats: opts.stats.clone(),
+    };
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = hookq_api::worker_metrics::serve(listener, scraper, shutdown).await {
+            tracing::error!(error = %e, "worker metrics listener failed");
+        }
+    })))
+}
+
+/// After the supervisor stopped: the metrics listener ends, the sockets' directory goes.
+pub(crate) async fn finish_worker_metrics(
+    opts: &supervisor::SupervisorOptions,
+    serving: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(serving) = serving {
+        let _ = serving.await;
+    }
+    if let Some(dir) = &opts.metrics_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,6 +1,7 @@
 //! hookq's HTTP surface: webhook intake, health, the admin API ([`admin`], behind
 //! [`auth`]), the operator dashboard ([`dashboard`]), Prometheus metrics ([`metrics`]),
 //! the OpenAPI document and Swagger UI. Errors become statuses in one place ([`error`]).
+//! Beside the API, the listener of `hookq worker`'s metrics ([`worker_metrics`]).
 
 pub mod admin;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod signed;
 pub mod slowloris;
 pub mod state;
 pub mod webhooks;
+pub mod worker_metrics;
 
 use std::{future::Future, time::Duration};
 

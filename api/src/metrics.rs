@@ -64,6 +64,8 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// The `# HELP` lines of the series measured here.
 fn describe() {
+    // Jobs run in this process too when a test runs the pipeline beside the API.
+    hookq_tasks::worker_metrics::describe();
     metrics::describe_counter!(
         "hookq_webhooks_received_total",
         "Webhook requests received by this process, by source and the answer given (result)."

@@ -112,6 +112,12 @@ pub struct Config {
     pub max_async_tasks: usize,
     /// `HOOKQ_BIND`: the API's listen address (default `127.0.0.1:8080`).
     pub bind: SocketAddr,
+    /// `HOOKQ_WORKER_METRICS_BIND`: where `hookq worker` serves its processes' Prometheus
+    /// metrics (default `127.0.0.1:9091`; `off`: nowhere).
+    pub worker_metrics_bind: Option<SocketAddr>,
+    /// `HOOKQ_WORKER_METRICS_SOCKET`, set by `hookq worker` for each of its children (not
+    /// an operator's variable): where the child serves its metrics to the supervisor.
+    pub worker_metrics_socket: Option<std::path::PathBuf>,
     /// `HOOKQ_ADMIN_TOKEN`: bearer token for `/api/*` and `/dashboard`; `None` answers
     /// 401 to everyone.
     pub admin_token: Option<Secret>,
@@ -162,6 +168,21 @@ pub struct Config {
     /// `HOOKQ_MESSAGE_REPLY_WINDOW` (default 24 h): a direct message older than this when
     /// its reply would be generated is skipped (`window_closed`).
     pub message_reply_window: Duration,
+    /// `HOOKQ_ALERT_URL`: where operational events are POSTed (contract section 12);
+    /// `None`: no alerts.
+    pub alert_url: Option<String>,
+    /// `HOOKQ_ALERT_SECRET`: the `whsec_` secret alerts are signed with (required with
+    /// `HOOKQ_ALERT_URL`).
+    pub alert_secret: Option<Secret>,
+    /// `HOOKQ_ALERT_DEAD_LETTERS` (default 10): more dead letters than this in 5 minutes
+    /// start `dead_letters.rising`.
+    pub alert_dead_letters: u32,
+    /// `HOOKQ_ALERT_QUEUE_AGE` (default 5 min): the oldest ready job older than this
+    /// starts `queue.stalled`.
+    pub alert_queue_age: Duration,
+    /// `HOOKQ_DISABLE_DELIVERY_AFTER` (default 24 h): an endpoint that failed every
+    /// attempt for this long has its integration's delivery switched off.
+    pub disable_delivery_after: Duration,
 }
 
 /// `N/s`, `N/min` or `N/h` requests per source (client address) for one route group;
@@ -335,11 +356,59 @@ impl Config {
             ));
         }
 
+        let alert_url = get("HOOKQ_ALERT_URL").filter(|u| !u.trim().is_empty());
+        let alert_secret = secret("HOOKQ_ALERT_SECRET");
+        if let Some(url) = &alert_url {
+            let ok = url.starts_with("http://") || url.starts_with("https://");
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "HOOKQ_ALERT_URL",
+                    format!("`{url}`: expected an http(s) URL"),
+                ));
+            }
+            match &alert_secret {
+                None => {
+                    return Err(ConfigError::invalid(
+                        "HOOKQ_ALERT_SECRET",
+                        "required with HOOKQ_ALERT_URL (a whsec_<base64> secret)",
+                    ));
+                }
+                Some(s)
+                    if crate::intake::signature::standard_sign(s.expose(), "check", 0, b"")
+                        .is_err() =>
+                {
+                    return Err(ConfigError::invalid(
+                        "HOOKQ_ALERT_SECRET",
+                        "expected a whsec_<base64> secret",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+
         Ok(Config {
+            alert_url,
+            alert_secret,
+            alert_dead_letters: parse_or(&get, "HOOKQ_ALERT_DEAD_LETTERS", 10)?,
+            alert_queue_age: duration(&get, "HOOKQ_ALERT_QUEUE_AGE", Duration::from_secs(300))?,
+            disable_delivery_after: duration(
+                &get,
+                "HOOKQ_DISABLE_DELIVERY_AFTER",
+                Duration::from_secs(24 * 3600),
+            )?,
             database,
             workers,
             max_async_tasks,
             bind: parse_or(&get, "HOOKQ_BIND", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            worker_metrics_bind: match get("HOOKQ_WORKER_METRICS_BIND").as_deref().map(str::trim) {
+                Some("off" | "") => None,
+                _ => Some(parse_or(
+                    &get,
+                    "HOOKQ_WORKER_METRICS_BIND",
+                    SocketAddr::from(([127, 0, 0, 1], 9091)),
+                )?),
+            },
+            worker_metrics_socket: get("HOOKQ_WORKER_METRICS_SOCKET").map(Into::into),
             admin_token: secret("HOOKQ_ADMIN_TOKEN"),
             readonly_token: secret("HOOKQ_READONLY_TOKEN"),
             meta_app_secret: secret("META_APP_SECRET"),
@@ -486,6 +555,10 @@ mod tests {
         assert_eq!(c.workers, 2);
         assert_eq!(c.max_async_tasks, 32);
         assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.worker_metrics_bind.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9091")
+        );
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.retention_days, 30);
         assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
@@ -552,6 +625,19 @@ mod tests {
             .to_string();
         assert!(e.starts_with("HOOKQ_RATE_LIMIT_API:"), "{e}");
         assert!(cfg(&[("HOOKQ_BODY_READ_TIMEOUT", "0")]).is_err());
+    }
+
+    #[test]
+    fn worker_metrics_bind_can_be_switched_off() {
+        let off = cfg(&[("HOOKQ_WORKER_METRICS_BIND", "off")]).unwrap();
+        assert_eq!(off.worker_metrics_bind, None);
+        let any = cfg(&[("HOOKQ_WORKER_METRICS_BIND", "0.0.0.0:0")]).unwrap();
+        assert_eq!(any.worker_metrics_bind.unwrap().to_string(), "0.0.0.0:0");
+        let bad = cfg(&[("HOOKQ_WORKER_METRICS_BIND", "nine")]).unwrap_err();
+        assert!(
+            bad.to_string().contains("HOOKQ_WORKER_METRICS_BIND"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | [`delivery`] | the at-most-once reply delivery protocol and its tables |
 //! | [`resources`] | the five admin resources: users, integrations, templates, personas, posts |
 //! | [`audit`] | the record of every change an operator made through the admin API |
+//! | [`alerts`] | the operational conditions reported to `HOOKQ_ALERT_URL`, started and cleared once |
 //! | [`replays`] | shadow replays and their items' one state machine (contract section 13) |
 //! | [`directory`] | the use case's cached read-only lookups of those resources |
 //! | [`config`], [`db`], [`error`] | configuration read once; database failures classified once; the domain's error |
@@ -37,6 +38,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod alerts;
 pub mod audit;
 pub mod comment;
 pub mod config;

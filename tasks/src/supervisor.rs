@@ -12,7 +12,10 @@ use std::{
     io,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +38,21 @@ pub struct SupervisorOptions {
     pub workers: usize,
     /// How long children get to drain after SIGTERM.
     pub grace: Duration,
+    /// Where each child serves its metrics (`<dir>/<slot>.sock`, see
+    /// [`crate::worker_metrics`]); `None`: the children serve none.
+    pub metrics_dir: Option<PathBuf>,
+    /// Counts the supervisor keeps while it runs, for its metrics.
+    pub stats: Arc<SupervisorStats>,
+}
+
+/// What the supervisor counts while it runs (read by `hookq_worker_processes` and
+/// `hookq_worker_restarts_total`).
+#[derive(Debug, Default)]
+pub struct SupervisorStats {
+    /// Children running now.
+    pub alive: AtomicU64,
+    /// Children started again after dying.
+    pub restarts: AtomicU64,
 }
 
 /// How the supervised run went, for the caller's exit status and tests.
@@ -84,6 +102,7 @@ pub async fn supervise(
                 };
                 tracing::warn!(slot, exit = %how, restart_in_ms = backoff[slot].as_millis() as u64, "worker process died; restarting");
                 report.restarts += 1;
+                opts.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 start(&opts, slot, &pids, &mut running, backoff[slot]);
             }
         }
@@ -135,12 +154,19 @@ fn start(
         .env("HOOKQ_WORKER_SLOT", slot.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(dir) = &opts.metrics_dir {
+        cmd.env(
+            crate::worker_metrics::SOCKET_ENV,
+            crate::worker_metrics::socket_path(dir, slot),
+        );
+    }
     // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
     }
     let pids = pids.clone();
+    let stats = opts.stats.clone();
     set.spawn(async move {
         tokio::time::sleep(delay).await;
         let started = Instant::now();
@@ -149,7 +175,9 @@ fn start(
                 let pid = child.id();
                 tracing::info!(slot, pid, "worker process started");
                 set_pid(&pids, slot, pid);
+                stats.alive.fetch_add(1, Ordering::Relaxed);
                 let status = child.wait().await;
+                stats.alive.fetch_sub(1, Ordering::Relaxed);
                 set_pid(&pids, slot, None);
                 status
             }

@@ -203,6 +203,8 @@ pub(crate) fn hookq(env: &HashMap<String, String>) -> tokio::process::Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // Many supervisors run at once in the suite: each takes a free port.
+        .env("HOOKQ_WORKER_METRICS_BIND", "127.0.0.1:0")
         .envs(env)
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -9,6 +9,7 @@
 //! | `delivery`, `delivery_kill` | callback and Graph delivery, retries, limits, at-most-once under a worker kill |
 //! | `admin`, `dashboard`, `metrics` | the operator surface: admin API, live page, Prometheus exposition, JSON logs |
 //! | `hostile`, `processes` | bad input answered 4xx losing nothing; the `hookq` commands as processes |
+//! | `service` | running as a service: the workers' metrics, alerts and auto-disable, the files of `deploy/` |
 //! | `chaos` | fault tests (`#[ignore]`, one at a time: `scripts/chaos`) |
 
 // Test code is not a public API: the workspace's `missing_docs` lint does not apply.
@@ -26,3 +27,4 @@ mod hostile;
 mod metrics;
 mod pipeline;
 mod processes;
+mod service;

@@ -205,7 +205,7 @@ rpc_duration_seconds_count 2693
 }
 
 /// A strict reading of the Prometheus text exposition format 0.0.4.
-mod exposition {
+pub(crate) mod exposition {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     const TYPES: &[&str] = &["counter", "gauge", "histogram", "summary", "untyped"];
@@ -217,7 +217,7 @@ mod exposition {
     }
 
     /// Every family's name and type, or every problem found.
-    pub(super) fn check(text: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
+    pub(crate) fn check(text: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
         let mut problems = Vec::new();
         let mut types: BTreeMap<String, String> = BTreeMap::new();
         let mut helps: HashSet<String> = HashSet::new();
@@ -481,7 +481,7 @@ mod exposition {
     /// The `prometheus-parse` crate reads every sample as the type its family declares:
     /// histograms and summaries as such (it leaves their `_sum`/`_count` untyped), and
     /// nothing else untyped; no `le` or `quantile` label on a counter or gauge.
-    pub(super) fn check_with_prometheus_parse(text: &str) {
+    pub(crate) fn check_with_prometheus_parse(text: &str) {
         use prometheus_parse::{Scrape, Value};
         let families: HashMap<&str, &str> = text
             .lines()
@@ -537,7 +537,7 @@ mod exposition {
     }
 
     /// `promtool check metrics` (Prometheus's own parser and linter), when installed.
-    pub(super) fn check_with_promtool(text: &str) {
+    pub(crate) fn check_with_promtool(text: &str) {
         use std::io::Write;
         let promtool = std::env::var("HOOKQ_PROMTOOL").unwrap_or_else(|_| "promtool".into());
         let child = std::process::Command::new(&promtool)

@@ -126,8 +126,14 @@ pub struct Integration {
     /// one.
     #[oai(nullable)]
     pub default_persona_id: Option<Uuid>,
-    /// Off after an endpoint answered 410 Gone, until an operator turns it back on.
+    /// Off after an endpoint answered 410 Gone or failed every attempt for
+    /// `HOOKQ_DISABLE_DELIVERY_AFTER` (or when an operator switched it off), until an
+    /// operator turns it back on.
     pub delivery_enabled: bool,
+    /// Why hookq switched delivery off: `gone` (410) or `failing`; null while on or
+    /// when an operator switched it off.
+    #[oai(nullable)]
+    pub delivery_disabled_reason: Option<String>,
     /// Its events are stored and answered `200`, but stay `pending` and run nothing
     /// until it is resumed.
     pub paused: bool,
@@ -157,6 +163,7 @@ impl From<model::Integration> for Integration {
             has_callback_secret: i.callback_secret.is_some(),
             default_persona_id: i.default_persona_id,
             delivery_enabled: i.delivery_enabled,
+            delivery_disabled_reason: i.delivery_disabled_reason,
             paused: i.paused,
             reply_rate_limit: i.reply_rate_limit,
             max_concurrent: i.max_concurrent,

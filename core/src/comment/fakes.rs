@@ -298,6 +298,7 @@ impl FakeWorld {
             callback_secret: (delivery == ReplyDelivery::Callback).then(|| "whsec_c2VjcmV0".into()),
             default_persona_id,
             delivery_enabled: true,
+            delivery_disabled_reason: None,
             paused: false,
             reply_rate_limit: None,
             max_concurrent: None,

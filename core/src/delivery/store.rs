@@ -299,10 +299,15 @@ pub async fn record_success(
     {
         return Ok(false);
     }
+    // The endpoint works: its integration is no longer failing (delivery_health, in the
+    // same statement: no extra round trip on the path every reply takes).
     sqlx::query(
-        "UPDATE outbound_replies SET status = 'delivered', delivered_at = now(), last_error = NULL,
-                provider_message_id = COALESCE($2, provider_message_id), updated_at = now()
-         WHERE id = $1 AND status = 'sending'",
+        "WITH r AS (
+             UPDATE outbound_replies SET status = 'delivered', delivered_at = now(), last_error = NULL,
+                    provider_message_id = COALESCE($2, provider_message_id), updated_at = now()
+             WHERE id = $1 AND status = 'sending'
+             RETURNING integration_id)
+         DELETE FROM delivery_health d USING r WHERE d.integration_id = r.integration_id",
     )
     .bind(reply.id)
     .bind(&sent.provider_message_id)
@@ -324,6 +329,9 @@ pub struct FailedAttempt<'a> {
     pub error: &'a str,
     /// The log's `error_message`.
     pub log_message: &'a str,
+    /// `HOOKQ_DISABLE_DELIVERY_AFTER`: an integration whose endpoint has failed every
+    /// attempt for this long has its delivery switched off (reason `failing`).
+    pub disable_after: Duration,
 }
 
 /// Closes the claimed attempt as `failed` and moves the reply `sending` → `retrying`
@@ -363,7 +371,47 @@ async fn fail_attempt(
     })
     .execute(&mut *conn)
     .await?;
+    if let Some(integration) = reply.integration_id {
+        note_failing(conn, integration, failed.disable_after).await?;
+    }
     Ok(true)
+}
+
+/// A failed attempt of `integration`'s endpoint: it is failing since its first failure
+/// after its last success; failing for `disable_after`, its delivery is switched off
+/// (`cleared -> disabled`, reason `failing`) until an operator turns it back on.
+async fn note_failing(
+    conn: &mut PgConnection,
+    integration: uuid::Uuid,
+    disable_after: Duration,
+) -> Result<()> {
+    let too_long: Option<bool> = sqlx::query_scalar(
+        "WITH h AS (
+             INSERT INTO delivery_health AS d (integration_id)
+             SELECT id FROM integrations WHERE id = $1
+             ON CONFLICT (integration_id) DO UPDATE SET failing_since = d.failing_since
+             RETURNING failing_since)
+         SELECT failing_since <= now() - make_interval(secs => $2) FROM h",
+    )
+    .bind(integration)
+    .bind(disable_after.as_secs_f64())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if too_long == Some(true) {
+        let switched = sqlx::query(
+            "UPDATE integrations SET delivery_enabled = false, delivery_disabled_reason = 'failing',
+                    updated_at = now()
+             WHERE id = $1 AND delivery_enabled",
+        )
+        .bind(integration)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if switched > 0 {
+            tracing::warn!(%integration, after_s = disable_after.as_secs(), "every delivery attempt failed for HOOKQ_DISABLE_DELIVERY_AFTER: delivery disabled");
+        }
+    }
+    Ok(())
 }
 
 /// A transient failure with tries left: attempt `failed`, reply `sending` → `retrying`
@@ -399,7 +447,8 @@ pub async fn record_failure(
     }
     if disable && let Some(integration) = reply.integration_id {
         sqlx::query(
-            "UPDATE integrations SET delivery_enabled = false, updated_at = now()
+            "UPDATE integrations SET delivery_enabled = false, delivery_disabled_reason = 'gone',
+                    updated_at = now()
              WHERE id = $1 AND delivery_enabled",
         )
         .bind(integration)

@@ -56,9 +56,13 @@ pub struct Integration {
     pub callback_secret: Option<String>,
     /// The persona used when neither the post nor the event names one.
     pub default_persona_id: Option<Uuid>,
-    /// Off once an endpoint answered `410 Gone`: its deliveries fail unsent until an
-    /// operator turns it back on.
+    /// Off once an endpoint answered `410 Gone` or failed every attempt for
+    /// `HOOKQ_DISABLE_DELIVERY_AFTER` (or an operator switched it off): its deliveries
+    /// fail unsent until an operator turns it back on.
     pub delivery_enabled: bool,
+    /// Why hookq switched delivery off: `gone` or `failing`; `None` while on or when an
+    /// operator switched it off (contract section 12's `integration.delivery_disabled`).
+    pub delivery_disabled_reason: Option<String>,
     /// When the row was created.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
@@ -316,6 +320,8 @@ pub async fn update_integration(
                 callback_secret = CASE WHEN $10 THEN $11 ELSE callback_secret END,
                 default_persona_id = CASE WHEN $12 THEN $13 ELSE default_persona_id END,
                 delivery_enabled = coalesce($14, delivery_enabled),
+                delivery_disabled_reason = CASE WHEN $14 IS NOT NULL THEN NULL
+                                                ELSE delivery_disabled_reason END,
                 paused = coalesce($15, paused),
                 reply_rate_limit = CASE WHEN $16 THEN $17 ELSE reply_rate_limit END,
                 max_concurrent = CASE WHEN $18 THEN $19 ELSE max_concurrent END,
@@ -346,6 +352,13 @@ pub async fn update_integration(
         .map_err(|e| db_error(e, false))?,
     )?;
     check_integration(&row)?;
+    if patch.delivery_enabled == Some(true) {
+        // Turned back on: its failing streak starts again from the next failure.
+        sqlx::query("DELETE FROM delivery_health WHERE integration_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(row)
 }

@@ -114,7 +114,9 @@ impl ReplyGenerator for LlmGenerator {
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose());
         }
+        let started = std::time::Instant::now();
         let resp = req.send().await.map_err(|e| {
+            crate::worker_metrics::llm_request(None, started.elapsed());
             let what = if e.is_timeout() {
                 "timed out"
             } else {
@@ -124,10 +126,9 @@ impl ReplyGenerator for LlmGenerator {
         })?;
         let status = resp.status();
         let wait = retry_after(resp.headers());
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| transient(format!("LLM answer unreadable: {e}"), None))?;
+        let text = resp.text().await;
+        crate::worker_metrics::llm_request(Some(status.as_u16()), started.elapsed());
+        let text = text.map_err(|e| transient(format!("LLM answer unreadable: {e}"), None))?;
         let snippet: String = text.trim().chars().take(300).collect();
         if status.is_client_error()
             && status != StatusCode::REQUEST_TIMEOUT

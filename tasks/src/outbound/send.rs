@@ -281,6 +281,24 @@ impl Sender {
     /// Makes the one request of an attempt. Never retries by itself.
     pub async fn send(&self, target: &Target) -> std::result::Result<Sent, NotSent> {
         let started = Instant::now();
+        let kind = match &target.auth {
+            Auth::Signed { .. } => "callback",
+            Auth::Bearer(_) => "graph_api",
+        };
+        let out = self.request(target, started).await;
+        let status = match &out {
+            Ok(sent) => Some(sent.status_code),
+            Err(not_sent) => not_sent.status_code,
+        };
+        crate::worker_metrics::delivery_request(kind, status, started.elapsed());
+        out
+    }
+
+    async fn request(
+        &self,
+        target: &Target,
+        started: Instant,
+    ) -> std::result::Result<Sent, NotSent> {
         let req = match &target.auth {
             Auth::Signed { secret, webhook_id } => {
                 let ts = Utc::now().timestamp();

@@ -160,6 +160,8 @@ pub struct Deliverer {
     graph_url: String,
     /// Delay before each retry; one try plus one per entry.
     backoff: Vec<Duration>,
+    /// `HOOKQ_DISABLE_DELIVERY_AFTER`.
+    disable_after: Duration,
     allow_private: bool,
     limits: Limits,
     notifier: Notifier,
@@ -176,6 +178,7 @@ impl Deliverer {
             sender: Sender::new(config.allow_private_callbacks)?,
             graph_url: config.meta_graph_url.clone(),
             backoff: config.delivery_backoff.clone(),
+            disable_after: config.disable_delivery_after,
             allow_private: config.allow_private_callbacks,
             limits: Limits::default(),
             notifier,
@@ -253,8 +256,13 @@ impl Deliverer {
                 .await;
         };
         if !integration.delivery_enabled {
+            let why = match integration.delivery_disabled_reason.as_deref() {
+                Some("gone") => "an endpoint answered 410 Gone",
+                Some("failing") => "every attempt failed for HOOKQ_DISABLE_DELIVERY_AFTER",
+                _ => "an operator switched it off",
+            };
             let msg = format!(
-                "delivery disabled for integration {} ({} {}): an endpoint answered 410 Gone; re-enable delivery and retry the log",
+                "delivery disabled for integration {} ({} {}): {why}; re-enable delivery and retry the log",
                 integration.id, integration.platform, integration.account_id
             );
             return self.fail_unsent(&reply, &msg).await;
@@ -397,6 +405,7 @@ impl Deliverer {
                             duration: failed.duration,
                             error: &error,
                             log_message: &msg,
+                            disable_after: self.disable_after,
                         };
                         if store::record_retry(&mut tx, reply, claimed, &attempt, at).await? {
                             enqueue_delivery(&mut tx, reply.log_id, Some(at), self.max_attempts)
@@ -420,6 +429,7 @@ impl Deliverer {
                             duration: failed.duration,
                             error: &error,
                             log_message: &msg,
+                            disable_after: self.disable_after,
                         };
                         store::record_failure(&mut tx, reply, claimed, &attempt, failed.gone)
                             .await?;

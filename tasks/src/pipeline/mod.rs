@@ -87,6 +87,25 @@ pub async fn run(
     let mut workers = Workers::new(pool.clone(), opts);
     // Retention (issue 5): hourly purge of processed logs past HOOKQ_RETENTION_DAYS.
     crate::ops::retention::register(&mut workers, &pool, config.retention_days)?;
+    // Alerts (contract section 12): only with HOOKQ_ALERT_URL (the config insists on
+    // HOOKQ_ALERT_SECRET with it).
+    let alert_sender = match (&config.alert_url, &config.alert_secret) {
+        (Some(url), Some(secret)) => Some(crate::outbound::alert::AlertSender::new(
+            url.clone(),
+            secret.clone(),
+        )?),
+        _ => None,
+    };
+    crate::ops::alerts::register(
+        &mut workers,
+        &pool,
+        alert_sender,
+        crate::ops::alerts::Thresholds {
+            dead_letters: config.alert_dead_letters,
+            queue_age: config.alert_queue_age,
+        },
+        notifier.clone(),
+    )?;
     let deps = deps(&pool, config, notifier.clone())?;
     let replayer = crate::replay::Replayer::new(
         pool.clone(),

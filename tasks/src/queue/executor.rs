@@ -103,7 +103,10 @@ impl Executor {
         let outcome = tokio::select! {
             biased;
             outcome = self.execute(job) => outcome,
-            () = rt.hard_stop.cancelled() => Settled::Released { id: ctx.job_id, attempt: ctx.attempt },
+            () = rt.hard_stop.cancelled() => {
+                crate::worker_metrics::job_ran(ctx.task_name, "released", Duration::ZERO);
+                Settled::Released { id: ctx.job_id, attempt: ctx.attempt }
+            }
         };
         rt.finish(outcome);
     }
@@ -130,14 +133,23 @@ impl Executor {
                 after: None,
             }),
         };
-        let ms = started.elapsed().as_millis();
+        let took = started.elapsed();
+        let ms = took.as_millis();
         match &result {
             Ok(_) => tracing::debug!(done_in = format_args!("{ms}ms"), "task.done"),
             Err(e) => {
                 tracing::warn!(done_in = format_args!("{ms}ms"), result = %e, "task.failed")
             }
         }
-        settle(ctx, result)
+        let settled = settle(ctx, result);
+        let outcome = match &settled {
+            Settled::Completed { .. } => "completed",
+            Settled::Retry { .. } => "retry",
+            Settled::Dead { .. } => "dead",
+            Settled::Released { .. } => "released",
+        };
+        crate::worker_metrics::job_ran(ctx.task_name, outcome, took);
+        settled
     }
 }
 
