@@ -51,6 +51,9 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
+        // Histograms keep raw samples until an upkeep: without one, an API nobody
+        // scrapes would grow by every webhook's latency sample.
+        hookq_tasks::worker_metrics::keep_up(handle.clone());
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!(
                 "a metrics recorder was already installed; /metrics shows database gauges only"

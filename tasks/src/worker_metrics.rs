@@ -66,9 +66,28 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            keep_up(handle.clone());
             Some(handle)
         })
         .as_ref()
+}
+
+/// Drains `handle`'s histograms every 5 seconds on a thread of its own, for the life of
+/// the process. A recorder built with `build_recorder` keeps every histogram sample
+/// until an upkeep folds it in; without one, a process nobody scrapes would grow by
+/// 8 bytes per sample for ever (at 30,000 jobs/s, about 2 GiB an hour).
+pub fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+    }
 }
 
 /// The `# HELP` of the worker families (also called by a process that installed its own
