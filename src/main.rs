@@ -90,7 +90,7 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     };
-    runtime::init_tracing(config.log_format);
+    let traces = runtime::init_tracing(config.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -106,6 +106,12 @@ fn main() -> Result<()> {
             Command::Openapi | Command::Send(_) => unreachable!(),
         }
     });
+    // Export the spans still buffered before the process ends.
+    if let Some(traces) = traces
+        && let Err(e) = traces.shutdown()
+    {
+        eprintln!("hookq: traces not all exported at exit: {e}");
+    }
     if let Err(e) = result {
         // One clear line, no backtrace: these are operator errors (no database, a port in use).
         eprintln!("hookq: {e:#}");

@@ -6,18 +6,72 @@ use anyhow::{Context, Result};
 use futures::FutureExt;
 use hookq_core::config::{Config, LogFormat};
 use hookq_tasks::{supervisor, worker_metrics};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use sqlx::PgPool;
 
-pub(crate) fn init_tracing(format: LogFormat) {
+/// Logs to stderr (text or JSON) and, with `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, traces exported over OTLP/HTTP, configured
+/// by the standard `OTEL_*` variables alone (sampler `OTEL_TRACES_SAMPLER`, batching
+/// `OTEL_BSP_*`, `OTEL_SERVICE_NAME` defaulting to `hookq`). Returns the tracer provider
+/// to shut down (flush) at exit.
+pub(crate) fn init_tracing(format: LogFormat) -> Option<SdkTracerProvider> {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let provider = otel_provider();
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        // Without context activation a span starts when its first child does (or when it
+        // closes), not when it is first entered: a worker's run span is entered before it
+        // has read its log, and only then learns which trace it belongs to.
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("hookq"))
+            .with_context_activation(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    provider
+}
+
+/// The OTLP/HTTP tracer provider, when an endpoint is configured.
+fn otel_provider() -> Option<SdkTracerProvider> {
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return None;
     }
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("hookq: the OTLP exporter could not be built ({e}); traces are not exported");
+            return None;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("hookq");
+    }
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    )
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

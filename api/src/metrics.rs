@@ -26,6 +26,8 @@
 
 use std::{fmt::Write, sync::OnceLock, time::Instant};
 
+use tracing::Instrument;
+
 use hookq_core::logs::{LogStatus, reads as stats};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode, web::Data};
@@ -111,7 +113,8 @@ pub fn record_webhook(source: &'static str, status: StatusCode, started: Instant
         .record(started.elapsed().as_secs_f64());
 }
 
-/// Middleware for the webhook routes: counts every POST by source and answer.
+/// Middleware for the webhook routes: counts every POST by source and answer, each in a
+/// `webhook` span.
 pub async fn count_webhooks<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let source: Option<&'static str> = match (req.method().as_str(), req.uri().path()) {
         ("POST", "/webhooks/instagram") => Some("instagram"),
@@ -121,12 +124,27 @@ pub async fn count_webhooks<E: Endpoint>(next: E, req: Request) -> poem::Result<
     let Some(source) = source else {
         return next.call(req).await.map(IntoResponse::into_response);
     };
+    // The request's span: it continues the sender's W3C trace context, if any, and is
+    // the parent of everything the event causes (see hookq_tasks::telemetry).
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        source,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    hookq_tasks::telemetry::continue_in(&span, header("traceparent"), header("tracestate"));
     let started = Instant::now();
-    let out = next.call(req).await.map(IntoResponse::into_response);
+    let out = next
+        .call(req)
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
     let status = match &out {
         Ok(r) => r.status(),
         Err(e) => e.status(),
     };
+    span.record("http.response.status_code", status.as_u16());
     record_webhook(source, status, started);
     out
 }

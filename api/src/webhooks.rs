@@ -123,7 +123,8 @@ async fn ingest(state: &AppState, events: &[ParsedEvent]) -> Result<Json<IngestA
     if state.db.is_down() {
         return Err(ApiError::Unavailable("the event could not be stored; retry later").into());
     }
-    let correlation = uuid::Uuid::now_v7().to_string();
+    // With traces on, the webhook span's traceparent: the job's run continues the trace.
+    let correlation = hookq_tasks::telemetry::correlation_id();
     let done = state
         .ingestor
         .ingest(events, Some(&correlation))

@@ -12,6 +12,7 @@
 //! | [`replay`] | shadow replay: the comment use case over stored events, delivering nothing |
 //! | [`batch`] | the group-commit primitive intake and the pipeline share |
 //! | [`jobs`], [`error`], [`supervisor`] | the pipeline's job types; this crate's error; the worker process supervisor |
+//! | [`telemetry`] | one trace per event: the trace context into the API, across the queue (the log's correlation id) and out on every request |
 //! | [`worker_metrics`] | what worker processes measure, handed to the supervisor and served as one exposition |
 
 pub mod batch;
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod replay;
 pub mod supervisor;
+pub mod telemetry;
 pub mod worker_metrics;
 
 pub use error::Error;

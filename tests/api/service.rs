@@ -688,3 +688,179 @@ async fn an_endpoint_failing_for_the_window_is_disabled_and_alerted() {
     assert_eq!(states, ["started", "cleared"], "{got:?}");
     app.stop().await;
 }
+
+/// One trace per event (contract section 12): a webhook that arrives with a W3C
+/// `traceparent`, through a real `hookq api` and a real worker process, exported over
+/// OTLP/HTTP to a receiver on loopback that decodes the protobuf. The `webhook` span
+/// continues the sender's trace; the job's run (`process_webhook`) and the delivery job
+/// (`deliver_reply`) are its children across the queue; the LLM and delivery requests
+/// are their children and carry their `traceparent` to the peers; nothing secret is in
+/// any exported attribute or event.
+#[tokio::test]
+async fn one_trace_per_event_across_the_api_and_a_worker_process() {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value,
+    };
+    use prost::Message as _;
+
+    let peers = MockServer::start().await;
+    for (route, response) in [
+        ("/hook", ResponseTemplate::new(200)),
+        ("/v1/traces", ResponseTemplate::new(200)),
+        (
+            "/v1/chat/completions",
+            ResponseTemplate::new(200).set_body_json(json!({
+                "id": "chatcmpl-1", "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Thanks!"}, "finish_reason": "stop"}]})),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(route))
+            .respond_with(response)
+            .mount(&peers)
+            .await;
+    }
+    let (db, mut env) = demo_env(&[("TASKIQ_WORKERS", "1")]).await;
+    env.extend(delivery_env());
+    env.extend(env_of(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &peers.uri()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("REPLY_LLM_URL", &format!("{}/v1", peers.uri())),
+        ("REPLY_LLM_API_KEY", "sk-test-llm-key"),
+    ]));
+    set_delivery(
+        &db.pool,
+        DEMO_IG_ACCOUNT,
+        "callback",
+        Some(&format!("{}/hook", peers.uri())),
+    )
+    .await;
+    let mut sup = hookq(&env).args(["worker"]).spawn().unwrap();
+    let (mut api, base) = api_process(&env).await;
+
+    let (trace, sender_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let body = compact("otel_1", "Is it waterproof?");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/webhooks/instagram"))
+        .header("X-Hub-Signature-256", meta_signature(body.as_bytes()))
+        .header("traceparent", format!("00-{trace}-{sender_span}-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    let id = ack["ids"][0].as_i64().unwrap();
+    wait_for(30, "the reply delivered", || async {
+        let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
+        let hooks = peers.received_requests().await?;
+        (row.status.as_str() == "processed" && hooks.iter().any(|r| r.url.path() == "/hook"))
+            .then_some(())
+    })
+    .await;
+    let header_of = |route: &str| {
+        let route = route.to_owned();
+        let peers = &peers;
+        async move {
+            let reqs = peers.received_requests().await.unwrap();
+            let r = reqs
+                .iter()
+                .find(|r| r.url.path() == route)
+                .expect("a request");
+            r.headers
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        }
+    };
+    let to_callback = header_of("/hook").await;
+    let to_llm = header_of("/v1/chat/completions").await;
+    assert!(
+        to_callback.starts_with(&format!("00-{trace}-")),
+        "{to_callback:?}"
+    );
+    assert!(to_llm.starts_with(&format!("00-{trace}-")), "{to_llm:?}");
+
+    // Both processes stop, flushing what they buffered.
+    for child in [&mut api, &mut sup] {
+        signal(child.id().unwrap(), nix::sys::signal::Signal::SIGTERM);
+        let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut spans = Vec::new();
+    let mut services = HashSet::new();
+    let mut exported_text = String::new();
+    for req in peers.received_requests().await.unwrap() {
+        if req.url.path() != "/v1/traces" {
+            continue;
+        }
+        let export = ExportTraceServiceRequest::decode(req.body.as_slice()).expect("OTLP protobuf");
+        for rs in export.resource_spans {
+            for a in rs.resource.iter().flat_map(|r| r.attributes.iter()) {
+                if a.key == "service.name"
+                    && let Some(any_value::Value::StringValue(s)) =
+                        a.value.as_ref().and_then(|v| v.value.clone())
+                {
+                    services.insert(s);
+                }
+            }
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    exported_text.push_str(&format!("{:?}{:?}\n", s.attributes, s.events));
+                    spans.push(s);
+                }
+            }
+        }
+    }
+    assert_eq!(services, HashSet::from(["hookq".to_owned()]));
+    let ours: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == trace).collect();
+    let named = |name: &str| {
+        ours.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            let names: Vec<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+            panic!("no {name} span in the trace: {names:?}")
+        })
+    };
+    let webhook = named("webhook");
+    let run = named("process_webhook");
+    let llm = named("llm.request");
+    let deliver = named("deliver_reply");
+    let request = named("delivery.request");
+    assert_eq!(
+        hex(&webhook.parent_span_id),
+        sender_span,
+        "continues the sender's trace"
+    );
+    assert_eq!(
+        run.parent_span_id, webhook.span_id,
+        "the job's run, across the queue"
+    );
+    assert_eq!(llm.parent_span_id, run.span_id);
+    assert_eq!(
+        deliver.parent_span_id, webhook.span_id,
+        "the delivery job, across the queue"
+    );
+    assert_eq!(request.parent_span_id, deliver.span_id);
+    assert!(to_llm.contains(&hex(&llm.span_id)), "{to_llm}");
+    assert!(
+        to_callback.contains(&hex(&request.span_id)),
+        "{to_callback}"
+    );
+
+    for secret in [
+        META_SECRET,
+        CALLBACK_SECRET,
+        ADMIN_TOKEN,
+        GRAPH_TOKEN,
+        "sk-test-llm-key",
+    ] {
+        assert!(
+            !exported_text.contains(secret),
+            "a secret in an exported span: {secret}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use hookq_core::{
     comment::ports::{ReplyContext, ReplyGenerator},
@@ -114,8 +115,17 @@ impl ReplyGenerator for LlmGenerator {
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose());
         }
+        let span = tracing::info_span!(
+            "llm.request",
+            otel.kind = "client",
+            model = %self.model,
+            http.response.status_code = tracing::field::Empty,
+        );
+        if let Some(tp) = span.in_scope(crate::telemetry::traceparent) {
+            req = req.header("traceparent", tp);
+        }
         let started = std::time::Instant::now();
-        let resp = req.send().await.map_err(|e| {
+        let resp = req.send().instrument(span.clone()).await.map_err(|e| {
             crate::worker_metrics::llm_request(None, started.elapsed());
             let what = if e.is_timeout() {
                 "timed out"
@@ -125,6 +135,7 @@ impl ReplyGenerator for LlmGenerator {
             transient(format!("LLM request {what}: {e}"), None)
         })?;
         let status = resp.status();
+        span.record("http.response.status_code", status.as_u16());
         let wait = retry_after(resp.headers());
         let text = resp.text().await;
         crate::worker_metrics::llm_request(Some(status.as_u16()), started.elapsed());

@@ -22,6 +22,7 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
+use tracing::Instrument;
 use url::Url;
 
 use hookq_core::{
@@ -285,11 +286,21 @@ impl Sender {
             Auth::Signed { .. } => "callback",
             Auth::Bearer(_) => "graph_api",
         };
-        let out = self.request(target, started).await;
+        let span = tracing::info_span!(
+            "delivery.request",
+            otel.kind = "client",
+            target = kind,
+            url = %target.endpoint.shown_url,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let out = self.request(target, started).instrument(span.clone()).await;
         let status = match &out {
             Ok(sent) => Some(sent.status_code),
             Err(not_sent) => not_sent.status_code,
         };
+        if let Some(code) = status {
+            span.record("http.response.status_code", code);
+        }
         crate::worker_metrics::delivery_request(kind, status, started.elapsed());
         out
     }
@@ -320,11 +331,11 @@ impl Sender {
                 .post(target.url.clone())
                 .bearer_auth(token.expose()),
         };
-        let resp = req
-            .header("content-type", "application/json")
-            .body(target.body.clone())
-            .send()
-            .await;
+        let mut req = req.header("content-type", "application/json");
+        if let Some(tp) = crate::telemetry::traceparent() {
+            req = req.header("traceparent", tp);
+        }
+        let resp = req.body(target.body.clone()).send().await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {

@@ -230,7 +230,9 @@ impl Deliverer {
             logs::get(&self.pool, log_id)
         )?;
         if let Some(log) = &log {
-            tracing::Span::current().record("correlation_id", log.correlation_id.as_deref());
+            let span = tracing::Span::current();
+            span.record("correlation_id", log.correlation_id.as_deref());
+            crate::telemetry::continue_in(&span, log.correlation_id.as_deref(), None);
         }
         let Some(reply) = reply else {
             return Ok(());

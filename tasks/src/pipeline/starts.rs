@@ -74,7 +74,17 @@ async fn start_batch(
 #[async_trait::async_trait]
 impl LogStore for GroupedLogStore {
     async fn start(&self, id: i64, attempt: u32) -> Result<Option<Started>> {
-        self.starts.write((id, attempt)).await
+        let started = self.starts.write((id, attempt)).await?;
+        // The run's span (the caller's) joins the trace of the request that stored the
+        // log, before the run makes any child span.
+        if let Some(s) = &started {
+            crate::telemetry::continue_in(
+                &tracing::Span::current(),
+                s.log.correlation_id.as_deref(),
+                None,
+            );
+        }
+        Ok(started)
     }
 
     async fn finish(
