@@ -735,7 +735,12 @@ async fn one_trace_per_event_across_the_api_and_a_worker_process() {
         Some(&format!("{}/hook", peers.uri())),
     )
     .await;
-    let mut sup = hookq(&env).args(["worker"]).spawn().unwrap();
+    // The worker logs warnings only: traces do not depend on RUST_LOG.
+    let mut sup = hookq(&env)
+        .args(["worker"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
     let (mut api, base) = api_process(&env).await;
 
     let (trace, sender_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
