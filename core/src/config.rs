@@ -183,6 +183,20 @@ pub struct Config {
     /// `HOOKQ_DISABLE_DELIVERY_AFTER` (default 24 h): an endpoint that failed every
     /// attempt for this long has its integration's delivery switched off.
     pub disable_delivery_after: Duration,
+    /// `HOOKQ_WAKEUP` (default `notify`): how workers learn of new jobs (contract
+    /// section 11).
+    pub wakeup: Wakeup,
+}
+
+/// `HOOKQ_WAKEUP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Wakeup {
+    /// LISTEN/NOTIFY plus a poll every second.
+    #[default]
+    Notify,
+    /// No LISTEN and no session state, for PgBouncer in transaction mode: a poll every
+    /// 100 ms.
+    Poll,
 }
 
 /// `N/s`, `N/min` or `N/h` requests per source (client address) for one route group;
@@ -396,6 +410,19 @@ impl Config {
                 "HOOKQ_DISABLE_DELIVERY_AFTER",
                 Duration::from_secs(24 * 3600),
             )?,
+            wakeup: match get("HOOKQ_WAKEUP")
+                .map(|v| v.trim().to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("notify") => Wakeup::Notify,
+                Some("poll") => Wakeup::Poll,
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        "HOOKQ_WAKEUP",
+                        format!("`{other}`: expected notify or poll"),
+                    ));
+                }
+            },
             database,
             workers,
             max_async_tasks,
@@ -625,6 +652,17 @@ mod tests {
             .to_string();
         assert!(e.starts_with("HOOKQ_RATE_LIMIT_API:"), "{e}");
         assert!(cfg(&[("HOOKQ_BODY_READ_TIMEOUT", "0")]).is_err());
+    }
+
+    #[test]
+    fn wakeup_is_notify_or_poll() {
+        assert_eq!(cfg(&[]).unwrap().wakeup, Wakeup::Notify);
+        assert_eq!(
+            cfg(&[("HOOKQ_WAKEUP", "poll")]).unwrap().wakeup,
+            Wakeup::Poll
+        );
+        let bad = cfg(&[("HOOKQ_WAKEUP", "sometimes")]).unwrap_err();
+        assert!(bad.to_string().contains("HOOKQ_WAKEUP"), "{bad}");
     }
 
     #[test]

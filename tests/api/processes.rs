@@ -426,3 +426,50 @@ async fn send_with_a_quiet_account_creates_its_integration_and_prints_the_fairne
     assert_eq!(unfinished, 0, "send waits for both streams: {stdout}");
     app.stop().await;
 }
+
+/// `HOOKQ_WAKEUP=poll` (contract section 11, for PgBouncer in transaction mode): the
+/// worker processes hold no LISTEN connection (no session state), and still pick up and
+/// process new events by polling; with the default (`notify`) a LISTEN connection exists.
+#[tokio::test]
+async fn wakeup_poll_keeps_no_listen_connection_and_still_processes() {
+    async fn listeners(db: &hookq_testkit::TestDb) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    }
+    for (wakeup, listening) in [("notify", true), ("poll", false)] {
+        let (db, env) = demo_env(&[("TASKIQ_WORKERS", "1"), ("HOOKQ_WAKEUP", wakeup)]).await;
+        let mut sup = hookq(&env).args(["worker"]).spawn().unwrap();
+        let ingestor = hookq_tasks::intake::Ingestor::new(
+            db.pool.clone(),
+            hookq_tasks::queue::Notifier::spawn(db.pool.clone()),
+            3,
+        );
+        let body = compact(&format!("wake_{wakeup}"), "hello");
+        let events = hookq_core::intake::parse_instagram(body.as_bytes()).unwrap();
+        let id = ingestor.ingest(&events, None).await.unwrap().ids[0];
+        wait_for(20, "the log processed", || async {
+            let row = hookq_core::logs::get(&db.pool, id).await.unwrap()?;
+            (row.status.as_str() == "processed").then_some(())
+        })
+        .await;
+        if listening {
+            wait_for(20, "the LISTEN connection", || async {
+                (listeners(&db).await > 0).then_some(())
+            })
+            .await;
+        } else {
+            assert_eq!(listeners(&db).await, 0, "HOOKQ_WAKEUP=poll must not LISTEN");
+        }
+        signal(sup.id().unwrap(), Signal::SIGTERM);
+        let status = tokio::time::timeout(Duration::from_secs(30), sup.wait())
+            .await
+            .expect("exits within 30 s")
+            .unwrap();
+        assert!(status.success(), "{wakeup}: {status:?}");
+    }
+}

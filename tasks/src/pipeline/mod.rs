@@ -6,7 +6,7 @@ pub mod deliver;
 pub mod finish;
 pub mod starts;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use hookq_core::{
     FailureKind,
@@ -60,7 +60,7 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
 
 /// How long a stopping worker process lets in-flight runs finish before it hands them
 /// back: under the supervisor's grace (25 s) before it SIGKILLs a child.
-pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs this process's workers until `shutdown` resolves, then drains.
 pub async fn run(
@@ -75,6 +75,13 @@ pub async fn run(
         // Within the supervisor's 25 s grace, so runs still going at the deadline are
         // handed back (and their logs with them) before a SIGKILL could cut the process.
         shutdown_timeout: SHUTDOWN_TIMEOUT,
+        // HOOKQ_WAKEUP=poll (PgBouncer in transaction mode): no LISTEN connection, and a
+        // shorter poll in its place.
+        listen: config.wakeup == hookq_core::config::Wakeup::Notify,
+        poll_interval: match config.wakeup {
+            hookq_core::config::Wakeup::Notify => Duration::from_secs(1),
+            hookq_core::config::Wakeup::Poll => Duration::from_millis(100),
+        },
         // An integration's own reply_rate_limit is its queue group's budget; this is the
         // budget of every group that sets none.
         default_group_rate: config.reply_rate_limit.map(|r| GroupRate {

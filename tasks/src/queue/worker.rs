@@ -45,6 +45,10 @@ pub struct WorkerOptions {
     /// How long an idle producer waits before looking again without a NOTIFY: the worst
     /// case cost of a lost notification.
     pub poll_interval: Duration,
+    /// Keep a LISTEN connection so a NOTIFY wakes the producer at once (`HOOKQ_WAKEUP=notify`,
+    /// the default). Off (`poll`): no LISTEN and so no session state at all, for PgBouncer
+    /// in transaction mode; the producer then looks every `poll_interval`.
+    pub listen: bool,
     /// After shutdown is asked, how long in-flight runs get to finish before they are
     /// cancelled and handed back.
     pub shutdown_timeout: Duration,
@@ -71,6 +75,7 @@ impl Default for WorkerOptions {
             max_attempts: 3,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            listen: true,
             shutdown_timeout: Duration::from_secs(30),
             job_timeout: Duration::from_secs(300),
             backoff_base: Duration::from_secs(1),
@@ -234,7 +239,6 @@ impl Workers {
         // until then).
         let background = CancellationToken::new();
         let mut tasks: Vec<JoinHandle<()>> = vec![
-            tokio::spawn(producer::listen(rt.clone(), background.clone())),
             tokio::spawn(maintenance::extend_leases(rt.clone(), background.clone())),
             tokio::spawn(maintenance::sweep_expired(rt.clone(), background.clone())),
             tokio::spawn(dead_letter::run(
@@ -248,6 +252,12 @@ impl Workers {
                 background.clone(),
             )),
         ];
+        if opts.listen {
+            tasks.push(tokio::spawn(producer::listen(
+                rt.clone(),
+                background.clone(),
+            )));
+        }
         tasks.extend(periodic.into_iter().map(|p| {
             tokio::spawn(periodic::run(
                 rt.clone(),
