@@ -267,6 +267,13 @@ pub(crate) fn signal(pid: u32, sig: Signal) {
 }
 
 /// A loopback HTTP peer answering every POST with `answer`.
+/// An OpenAI-style chat completion answering `content`.
+pub(crate) fn chat_completion(content: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}))
+}
+
 pub(crate) async fn answering(answer: wiremock::ResponseTemplate) -> wiremock::MockServer {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))

@@ -612,9 +612,7 @@ async fn the_llm_writes_the_reply_from_prompt_comment_and_caption() {
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
         .and(header("authorization", "Bearer sk-test-key"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "id": "chatcmpl-1", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "  Yes, it is waterproof!  "}, "finish_reason": "stop"}]})))
+        .respond_with(chat_completion("  Yes, it is waterproof!  "))
         .mount(&server)
         .await;
     let app = chat_app(&server, &[]).await;

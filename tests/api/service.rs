@@ -30,9 +30,7 @@ async fn worker_metrics_cover_every_worker_process_and_the_deploy_files() {
         .await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "id": "chatcmpl-1", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Thanks!"}, "finish_reason": "stop"}]})))
+        .respond_with(chat_completion("Thanks!"))
         .mount(&callbacks)
         .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -707,12 +705,7 @@ async fn one_trace_per_event_across_the_api_and_a_worker_process() {
     for (route, response) in [
         ("/hook", ResponseTemplate::new(200)),
         ("/v1/traces", ResponseTemplate::new(200)),
-        (
-            "/v1/chat/completions",
-            ResponseTemplate::new(200).set_body_json(json!({
-                "id": "chatcmpl-1", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Thanks!"}, "finish_reason": "stop"}]})),
-        ),
+        ("/v1/chat/completions", chat_completion("Thanks!")),
     ] {
         Mock::given(method("POST"))
             .and(path(route))
