@@ -86,6 +86,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/dashboard", dashboard::routes())
         .nest("/", api)
         .around(admin::audit::record_changes)
+        .around(state::reads_after_writes)
         .around(metrics::count_webhooks)
         .around(signed::limit_body)
         .with(ratelimit::RateLimiter::new(state.config.rate_limits))

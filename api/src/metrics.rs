@@ -191,7 +191,9 @@ async fn render(
     state: &AppState,
     ops: &OpsState,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let pool = &state.pool;
+    // The gauges read the replica when there is one; the pool figures are this process's
+    // own (primary) pool.
+    let pool = state.reads();
     let h = handle();
     h.run_upkeep();
     let mut out = h.render();
@@ -341,7 +343,8 @@ async fn render(
         "# HELP hookq_db_pool_connections This process's database connections by state."
     )?;
     writeln!(w, "# TYPE hookq_db_pool_connections gauge")?;
-    let (size, idle) = (pool.size(), pool.num_idle() as u32);
+    let primary = &state.pool;
+    let (size, idle) = (primary.size(), primary.num_idle() as u32);
     writeln!(
         w,
         "hookq_db_pool_connections{{state=\"in_use\"}} {}",
@@ -356,7 +359,7 @@ async fn render(
     writeln!(
         w,
         "hookq_db_pool_max_connections {}",
-        pool.options().get_max_connections()
+        primary.options().get_max_connections()
     )?;
     Ok(out)
 }

@@ -104,6 +104,9 @@ pub struct Config {
     /// `DATABASE_URL` or `SSQ_DB_*`; `None` when neither is set (see
     /// [`Config::require_database`]).
     pub database: Option<DatabaseConfig>,
+    /// `DATABASE_READ_URL`: a replica for the API's reads (admin lists, stats, the
+    /// dashboard, the `/metrics` gauges); `None`: everything on `DATABASE_URL`.
+    pub database_read: Option<DatabaseConfig>,
     /// `TASKIQ_WORKERS`: worker processes `hookq worker` supervises (at least 1, default
     /// 2).
     pub workers: usize,
@@ -410,6 +413,14 @@ impl Config {
                 "HOOKQ_DISABLE_DELIVERY_AFTER",
                 Duration::from_secs(24 * 3600),
             )?,
+            database_read: match get("DATABASE_READ_URL") {
+                Some(url) => {
+                    PgConnectOptions::from_str(&url)
+                        .map_err(|e| ConfigError::invalid("DATABASE_READ_URL", e.to_string()))?;
+                    Some(DatabaseConfig::Url(Secret::new(url)))
+                }
+                None => None,
+            },
             wakeup: match get("HOOKQ_WAKEUP")
                 .map(|v| v.trim().to_ascii_lowercase())
                 .as_deref()

@@ -24,6 +24,18 @@ pub async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<PgP
         .await
 }
 
+/// A pool like [`connect`]'s that connects on first use (a replica that is down at
+/// start-up must not stop the API: its reads fail, with 503, until it is back).
+pub fn connect_lazy(opts: PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(true)
+        .connect_lazy_with(opts)
+}
+
 /// Applies every pending migration; safe to run any number of times, from any number
 /// of processes at once (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

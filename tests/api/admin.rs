@@ -1167,3 +1167,125 @@ async fn a_read_only_token_reads_is_refused_changes_and_every_change_is_audited(
     );
     app.stop().await;
 }
+
+/// `DATABASE_READ_URL` (contract section 11): the admin API reads from the replica —
+/// here a separate database whose rows differ, so where each read came from shows —
+/// writes go to the primary, and an operator's reads just after their own change come
+/// from the primary: on the API host that made it, and on another host while the
+/// `hookq_wrote` cookie the change answered with is fresh.
+#[tokio::test]
+async fn reads_come_from_the_replica_except_just_after_an_operators_own_write() {
+    use hookq_core::resources::{NewUser, create_user};
+    let replica = hookq_testkit::fresh_db().await;
+    hookq_testkit::demo::load(&replica.pool).await.unwrap();
+    create_user(
+        &replica.pool,
+        &NewUser {
+            external_id: "only-on-replica".into(),
+            name: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let app = spawn_app(Options {
+        env: env_of(&[("DATABASE_READ_URL", &replica.url)]),
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    // A second API host over the same primary and replica.
+    let other = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = hookq_api::AppState::new(app.config.clone(), app.pool().clone());
+        tokio::spawn(async move {
+            hookq_api::serve(listener, state, std::future::pending())
+                .await
+                .unwrap()
+        });
+        base
+    };
+    let ids_at = |base: String, cookie: Option<String>| {
+        let http = app.http.clone();
+        async move {
+            let mut req = http
+                .get(format!("{base}/api/users?limit=100"))
+                .bearer_auth(ADMIN_TOKEN);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let page: Value = req.send().await.unwrap().json().await.unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["external_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let from_replica = |ids: &[String]| ids.iter().any(|i| i == "only-on-replica");
+
+    assert!(
+        from_replica(&ids_at(app.base.clone(), None).await),
+        "lists read the replica"
+    );
+    let r = app
+        .http
+        .post(format!("{}/api/users", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"external_id": "made-now", "name": "New"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("hookq_wrote="))
+        .expect("a change answers with the hookq_wrote cookie");
+    let made: Value = r.json().await.unwrap();
+    let on_primary: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE external_id = 'made-now'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    let on_replica: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE external_id = 'made-now'")
+            .fetch_one(&replica.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (on_primary, on_replica),
+        (1, 0),
+        "the write went to the primary"
+    );
+
+    // The host that made the change reads the primary: the new row is there.
+    let after = ids_at(app.base.clone(), None).await;
+    assert!(
+        after.contains(&"made-now".to_owned()) && !from_replica(&after),
+        "{after:?}"
+    );
+    let got = app
+        .http
+        .get(format!(
+            "{}/api/users/{}",
+            app.base,
+            made["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    // Another host: the replica without the cookie, the primary with it.
+    assert!(from_replica(&ids_at(other.clone(), None).await));
+    let with_cookie = ids_at(other, Some(cookie)).await;
+    assert!(
+        with_cookie.contains(&"made-now".to_owned()) && !from_replica(&with_cookie),
+        "{with_cookie:?}"
+    );
+    app.stop().await;
+}

@@ -82,7 +82,8 @@ impl AuditApi {
             until: until.0,
         };
         let (limit, offset) = paging(limit.0, offset.0);
-        let (items, total) = audit::page(&state.pool, &filter, limit.into(), offset.into()).await?;
+        let (items, total) =
+            audit::page(state.reads(), &filter, limit.into(), offset.into()).await?;
         Ok(Json(Page {
             items: items
                 .into_iter()

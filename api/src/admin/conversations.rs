@@ -76,7 +76,7 @@ impl ConversationsApi {
         state: Data<&AppState>,
         key: Path<String>,
     ) -> AdminResult<Conversation> {
-        let pool = &state.pool;
+        let pool = state.reads();
         let (logs, truncated) = reads::conversation(pool, &key.0).await?;
         if logs.is_empty() {
             return Err(ApiError::NotFound.into());

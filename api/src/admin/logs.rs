@@ -736,7 +736,7 @@ impl LogsApi {
             q.0,
         )?;
         let (limit, offset) = paging(limit.0, offset.0);
-        let pool = &state.pool;
+        let pool = state.reads();
         let (items, total) = stats::page(pool, &filter, limit.into(), offset.into()).await?;
         Ok(Json(Page {
             items: items.into_iter().map(LogItem::from).collect(),
@@ -757,7 +757,7 @@ impl LogsApi {
         ops: Data<&OpsState>,
         window_minutes: Query<Option<u32>>,
     ) -> AdminResult<LogStats> {
-        let pool = &state.pool;
+        let pool = state.reads();
         let window = window_minutes.0.unwrap_or(60).clamp(1, 7 * 24 * 60);
         let groups = ops
             .counts
@@ -822,7 +822,7 @@ impl LogsApi {
         minutes: Query<Option<u32>>,
     ) -> AdminResult<Vec<Minute>> {
         let minutes = minutes.0.unwrap_or(60).clamp(1, 1440) as i32;
-        let rows = stats::throughput(&state.pool, minutes).await?;
+        let rows = stats::throughput(state.reads(), minutes).await?;
         Ok(Json(
             rows.into_iter()
                 .map(|m| Minute {
@@ -845,8 +845,8 @@ impl LogsApi {
         state: Data<&AppState>,
         ops: Data<&OpsState>,
     ) -> Result<LiveEvents, AdminError> {
-        let start = stats::db_now(&state.pool).await?;
-        let stream = live_feed(state.pool.clone(), ops.clone(), start);
+        let start = stats::db_now(state.reads()).await?;
+        let stream = live_feed(state.reads().clone(), ops.clone(), start);
         Ok(LiveEvents(
             EventStream::new(stream.boxed()).keep_alive(Duration::from_secs(15)),
         ))
@@ -860,16 +860,17 @@ impl LogsApi {
         state: Data<&AppState>,
         id: Path<i64>,
     ) -> AdminResult<LogDetail> {
-        let log = hookq_core::logs::get(&state.pool, id.0)
+        let log = hookq_core::logs::get(state.reads(), id.0)
             .await?
             .ok_or(hookq_core::Error::NotFound)?;
         let job = match log.job_id {
-            Some(job_id) => queue::get_job(&state.pool, job_id).await?.map(Job::from),
+            Some(job_id) => queue::get_job(state.reads(), job_id).await?.map(Job::from),
             None => None,
         };
-        let delivery = match hookq_core::delivery::outbound_reply(&state.pool, log.id).await? {
+        let delivery = match hookq_core::delivery::outbound_reply(state.reads(), log.id).await? {
             Some(reply) => {
-                let attempts = hookq_core::delivery::delivery_attempts(&state.pool, log.id).await?;
+                let attempts =
+                    hookq_core::delivery::delivery_attempts(state.reads(), log.id).await?;
                 Some(Delivery::new(reply, attempts))
             }
             None => None,

@@ -283,7 +283,7 @@ impl ReplaysApi {
         offset: Query<Option<u32>>,
     ) -> AdminResult<Page<ReplayView>> {
         let (limit, offset) = paging(limit.0, offset.0);
-        let (items, total) = replays::list(&state.pool, limit.into(), offset.into()).await?;
+        let (items, total) = replays::list(state.reads(), limit.into(), offset.into()).await?;
         Ok(Json(Page {
             items: items.into_iter().map(ReplayView::from).collect(),
             total,
@@ -303,11 +303,12 @@ impl ReplaysApi {
         limit: Query<Option<u32>>,
         offset: Query<Option<u32>>,
     ) -> AdminResult<ReplayDetail> {
-        let replay = replays::get(&state.pool, id.0)
+        let replay = replays::get(state.reads(), id.0)
             .await?
             .ok_or(hookq_core::Error::NotFound)?;
         let (limit, offset) = paging(limit.0, offset.0);
-        let (items, total) = replays::items(&state.pool, id.0, limit.into(), offset.into()).await?;
+        let (items, total) =
+            replays::items(state.reads(), id.0, limit.into(), offset.into()).await?;
         Ok(Json(ReplayDetail {
             replay: replay.into(),
             items: Page {

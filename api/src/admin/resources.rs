@@ -564,7 +564,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<User>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::list_users(&s.pool, l.into(), o.into()).await?,
+            model::list_users(s.reads(), l.into(), o.into()).await?,
             l,
             o,
             User::from,
@@ -578,7 +578,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<User> {
-        Ok(Json(model::get_user(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_user(s.reads(), id.0).await?.into()))
     }
 
     #[oai(path = "/users/:id", method = "patch")]
@@ -646,7 +646,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Integration>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::list_integrations(&s.pool, l.into(), o.into()).await?,
+            model::list_integrations(s.reads(), l.into(), o.into()).await?,
             l,
             o,
             Integration::from,
@@ -666,7 +666,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<IntegrationQueue>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::integration_queues(&s.pool, l.into(), o.into(), s.config.reply_rate_limit)
+            model::integration_queues(s.reads(), l.into(), o.into(), s.config.reply_rate_limit)
                 .await?,
             l,
             o,
@@ -681,7 +681,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Integration> {
-        Ok(Json(model::get_integration(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_integration(s.reads(), id.0).await?.into()))
     }
 
     #[oai(path = "/integrations/:id", method = "patch")]
@@ -747,7 +747,7 @@ impl ResourcesApi {
     ) -> AdminResult<IntegrationStats> {
         let default = s.config.reply_rate_limit;
         Ok(Json(
-            model::integration_stats(&s.pool, id.0, default)
+            model::integration_stats(s.reads(), id.0, default)
                 .await?
                 .into(),
         ))
@@ -792,7 +792,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<PersonaTemplate>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::list_templates(&s.pool, l.into(), o.into()).await?,
+            model::list_templates(s.reads(), l.into(), o.into()).await?,
             l,
             o,
             PersonaTemplate::from,
@@ -806,7 +806,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<PersonaTemplate> {
-        Ok(Json(model::get_template(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_template(s.reads(), id.0).await?.into()))
     }
 
     #[oai(path = "/persona-templates/:id", method = "patch")]
@@ -871,7 +871,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Persona>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::list_personas(&s.pool, l.into(), o.into()).await?,
+            model::list_personas(s.reads(), l.into(), o.into()).await?,
             l,
             o,
             Persona::from,
@@ -885,7 +885,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Persona> {
-        Ok(Json(model::get_persona(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_persona(s.reads(), id.0).await?.into()))
     }
 
     #[oai(path = "/personas/:id", method = "patch")]
@@ -950,7 +950,7 @@ impl ResourcesApi {
     ) -> AdminResult<Page<Post>> {
         let (l, o) = paging(limit.0, offset.0);
         Ok(Json(page(
-            model::list_posts(&s.pool, l.into(), o.into()).await?,
+            model::list_posts(s.reads(), l.into(), o.into()).await?,
             l,
             o,
             Post::from,
@@ -964,7 +964,7 @@ impl ResourcesApi {
         s: Data<&AppState>,
         id: Path<Uuid>,
     ) -> AdminResult<Post> {
-        Ok(Json(model::get_post(&s.pool, id.0).await?.into()))
+        Ok(Json(model::get_post(s.reads(), id.0).await?.into()))
     }
 
     #[oai(path = "/posts/:id", method = "patch")]

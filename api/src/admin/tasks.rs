@@ -95,7 +95,7 @@ impl TasksApi {
         state: Data<&AppState>,
         id: Path<i64>,
     ) -> AdminResult<Job> {
-        let job = hookq_tasks::queue::get_job(&state.pool, id.0)
+        let job = hookq_tasks::queue::get_job(state.reads(), id.0)
             .await?
             .ok_or_else(|| AdminError::from(ApiError::from(hookq_core::Error::NotFound)))?;
         Ok(poem_openapi::payload::Json(job.into()))
