@@ -93,7 +93,15 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn connect(config: &Config, max_connections: u32) -> Result<PgPool> {
-    let opts = config.require_database()?.connect_options()?;
+    let database = config.require_database()?;
+    if let Some(hosts) = database.hosts()? {
+        // Several hosts (or target_session_attrs=read-write): the one that takes writes,
+        // followed through failovers.
+        return hookq_core::db::connect_primary(hosts, max_connections)
+            .await
+            .context("cannot connect to the database");
+    }
+    let opts = database.connect_options()?;
     hookq_core::db::connect(opts, max_connections)
         .await
         .context("cannot connect to the database")

@@ -51,12 +51,25 @@ pub enum DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// The hosts of a `DATABASE_URL` that names several, or asks for
+    /// `target_session_attrs=read-write` (see [`crate::db::Hosts`]); `None` otherwise.
+    pub fn hosts(&self) -> Result<Option<crate::db::Hosts>, ConfigError> {
+        match self {
+            DatabaseConfig::Url(url) => crate::db::Hosts::parse(url.expose())
+                .map_err(|e| ConfigError::invalid("DATABASE_URL", e)),
+            DatabaseConfig::Parts { .. } => Ok(None),
+        }
+    }
+
     /// Connect options for either form; a `DATABASE_URL` that does not parse is a
     /// [`ConfigError::Invalid`].
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         match self {
-            DatabaseConfig::Url(url) => PgConnectOptions::from_str(url.expose())
-                .map_err(|e| ConfigError::invalid("DATABASE_URL", e.to_string())),
+            DatabaseConfig::Url(url) => match self.hosts()? {
+                Some(hosts) => Ok(hosts.options(0)),
+                None => PgConnectOptions::from_str(url.expose())
+                    .map_err(|e| ConfigError::invalid("DATABASE_URL", e.to_string())),
+            },
             DatabaseConfig::Parts {
                 user,
                 password,
@@ -663,6 +676,36 @@ mod tests {
             .to_string();
         assert!(e.starts_with("HOOKQ_RATE_LIMIT_API:"), "{e}");
         assert!(cfg(&[("HOOKQ_BODY_READ_TIMEOUT", "0")]).is_err());
+    }
+
+    #[test]
+    fn several_hosts_are_read_libpq_style() {
+        let c = cfg(&[(
+            "DATABASE_URL",
+            "postgres://u:pw@10.0.0.1:5433,db2,[::1]:6000/hookq?target_session_attrs=read-write&sslmode=disable",
+        )])
+        .unwrap();
+        let hosts = c.require_database().unwrap().hosts().unwrap().unwrap();
+        let at = |i: usize| {
+            let o = hosts.options(i);
+            (
+                o.get_host().to_owned(),
+                o.get_port(),
+                o.get_database().map(str::to_owned),
+            )
+        };
+        assert_eq!(at(0), ("10.0.0.1".into(), 5433, Some("hookq".into())));
+        assert_eq!(at(1), ("db2".into(), 5432, Some("hookq".into())));
+        assert_eq!(at(2), ("::1".into(), 6000, Some("hookq".into())));
+        assert_eq!(hosts.options(1).get_username(), "u");
+        // The first host is what a plain connect uses.
+        let first = c.require_database().unwrap().connect_options().unwrap();
+        assert_eq!((first.get_host(), first.get_port()), ("10.0.0.1", 5433));
+        // One host without the attribute: plain sqlx.
+        let one = cfg(&[("DATABASE_URL", "postgres://u@h:5432/db")]).unwrap();
+        assert!(one.require_database().unwrap().hosts().unwrap().is_none());
+        let bad = cfg(&[("DATABASE_URL", "postgres://u@h:x,h2/db")]).unwrap();
+        assert!(bad.require_database().unwrap().hosts().is_err());
     }
 
     #[test]

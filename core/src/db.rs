@@ -163,8 +163,7 @@ impl Availability {
         let this = std::sync::Arc::new(Availability {
             down: std::sync::atomic::AtomicBool::new(false),
         });
-        let opts = (*pool.connect_options()).clone();
-        tokio::spawn(watch(std::sync::Arc::downgrade(&this), opts));
+        tokio::spawn(watch(std::sync::Arc::downgrade(&this), pool.clone()));
         this
     }
 
@@ -183,7 +182,7 @@ impl Availability {
     }
 }
 
-async fn watch(this: std::sync::Weak<Availability>, opts: PgConnectOptions) {
+async fn watch(this: std::sync::Weak<Availability>, pool: PgPool) {
     use sqlx::Connection;
     let mut conn: Option<sqlx::PgConnection> = None;
     loop {
@@ -201,7 +200,9 @@ async fn watch(this: std::sync::Weak<Availability>, opts: PgConnectOptions) {
             // A lost connection is not yet a lost database: one fresh try decides.
             conn = match tokio::time::timeout(
                 Availability::PING_TIMEOUT,
-                sqlx::PgConnection::connect_with(&opts),
+                // The pool's options as they are now: after a failover they name the
+                // new primary (see [`Hosts`]).
+                sqlx::PgConnection::connect_with(&pool.connect_options()),
             )
             .await
             {
@@ -218,5 +219,197 @@ async fn watch(this: std::sync::Weak<Availability>, opts: PgConnectOptions) {
             Availability::RETRY_EVERY
         })
         .await;
+    }
+}
+
+/// Several hosts in `DATABASE_URL`, libpq style (contract section 11):
+/// `postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write`. sqlx takes one
+/// host, so this is the smallest layer that gives libpq's behaviour:
+///
+/// - **At start** the hosts are tried in order and the first that takes writes is used
+///   (libpq's test for `read-write`: `SHOW transaction_read_only` answers `off`).
+/// - **Every connection** is checked the same way before it is handed out (instead of
+///   the plain ping `test_before_acquire` would send: no extra round trip), so a pooled
+///   connection to a server that became a standby is dropped, not used.
+/// - **A follower** ([`follow_primary`]) runs one cheap statement through the pool every
+///   [`Hosts::CHECK_EVERY`]; when it fails, it looks for the host that takes writes now
+///   and points the pool there (`set_connect_options`). In between, requests that need
+///   the database fail as `Unavailable` (503) and nothing is acknowledged.
+///
+/// Pools derived from this one (the queue's asynchronous-commit pool, the availability
+/// watcher, the LISTEN connection) read the pool's options when they connect, or follow
+/// it with [`follow_pool`].
+#[derive(Clone, Debug)]
+pub struct Hosts {
+    hosts: Vec<(String, u16)>,
+    base: PgConnectOptions,
+}
+
+impl Hosts {
+    /// How often the follower checks that the pool still reaches a primary.
+    pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+    /// How long one probe of a host may take.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The hosts of a `DATABASE_URL`; `None` for a URL with one host and no
+    /// `target_session_attrs=read-write` (plain sqlx then).
+    pub fn parse(url: &str) -> Result<Option<Hosts>, String> {
+        use std::str::FromStr;
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(None);
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hostlist) = match authority.rfind('@') {
+            Some(at) => (&authority[..=at], &authority[at + 1..]),
+            None => ("", authority),
+        };
+        let read_write = tail.contains("target_session_attrs=read-write");
+        if !hostlist.contains(',') && !read_write {
+            return Ok(None);
+        }
+        let mut hosts = Vec::new();
+        for h in hostlist.split(',') {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && !port.contains(']') => (
+                    host,
+                    port.parse::<u16>()
+                        .map_err(|_| format!("`{h}`: the port is not a number"))?,
+                ),
+                _ => (h, 5432),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err("a host of the list is empty".into());
+            }
+            hosts.push((host.to_owned(), port));
+        }
+        // sqlx ignores (with a warning) what it does not know: drop the attribute it
+        // would warn about, it is this layer's.
+        let tail = tail
+            .replace("target_session_attrs=read-write&", "")
+            .replace("&target_session_attrs=read-write", "")
+            .replace("?target_session_attrs=read-write", "");
+        let (h, p) = &hosts[0];
+        let single = format!("{scheme}://{userinfo}{h}:{p}{tail}");
+        let base = PgConnectOptions::from_str(&single).map_err(|e| e.to_string())?;
+        Ok(Some(Hosts { hosts, base }))
+    }
+
+    /// The connect options for host `i`.
+    pub fn options(&self, i: usize) -> PgConnectOptions {
+        let (host, port) = &self.hosts[i];
+        self.base.clone().host(host).port(*port)
+    }
+
+    /// The first host, in order, that takes writes now.
+    pub async fn find_primary(&self) -> Option<usize> {
+        for i in 0..self.hosts.len() {
+            if probe(&self.options(i)).await {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Whether the server at `opts` answers and takes writes.
+async fn probe(opts: &PgConnectOptions) -> bool {
+    use sqlx::Connection;
+    let check = async {
+        let mut conn = sqlx::PgConnection::connect_with(opts).await.ok()?;
+        let writable = takes_writes(&mut conn).await.ok();
+        let _ = conn.close().await;
+        writable
+    };
+    matches!(
+        tokio::time::timeout(Hosts::PROBE_TIMEOUT, check).await,
+        Ok(Some(true))
+    )
+}
+
+async fn takes_writes(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    let ro: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(ro == "off")
+}
+
+/// A pool on the host of `hosts` that takes writes (the first host when none does yet:
+/// its connections then fail until one does), following it through failovers.
+pub async fn connect_primary(hosts: Hosts, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let first = hosts.find_primary().await.unwrap_or(0);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                if takes_writes(conn).await? {
+                    Ok(())
+                } else {
+                    Err(sqlx::Error::Io(std::io::Error::other(
+                        "this host does not take writes (a standby); waiting for the primary",
+                    )))
+                }
+            })
+        })
+        .before_acquire(|conn, _| {
+            Box::pin(async move { Ok(takes_writes(conn).await.unwrap_or(false)) })
+        })
+        .connect_with(hosts.options(first))
+        .await?;
+    tokio::spawn(follow_primary(pool.clone(), hosts));
+    Ok(pool)
+}
+
+/// Keeps `pool` on the host that takes writes, until the pool is closed.
+pub async fn follow_primary(pool: PgPool, hosts: Hosts) {
+    loop {
+        tokio::time::sleep(Hosts::CHECK_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        let ok = tokio::time::timeout(Hosts::PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool))
+            .await;
+        if matches!(ok, Ok(Ok(_))) {
+            continue;
+        }
+        let current = (
+            pool.connect_options().get_host().to_owned(),
+            pool.connect_options().get_port(),
+        );
+        if let Some(i) = hosts.find_primary().await {
+            let next = hosts.options(i);
+            if (next.get_host().to_owned(), next.get_port()) != current {
+                tracing::warn!(
+                    host = next.get_host(),
+                    port = next.get_port(),
+                    "the primary moved: connecting to the host that takes writes now"
+                );
+                pool.set_connect_options(next);
+            }
+        }
+    }
+}
+
+/// Keeps `derived` (a pool made from `main`'s options by `make`) on the same host as
+/// `main` after a failover moved it.
+pub async fn follow_pool(
+    derived: PgPool,
+    main: PgPool,
+    make: fn(PgConnectOptions) -> PgConnectOptions,
+) {
+    loop {
+        tokio::time::sleep(Hosts::CHECK_EVERY).await;
+        if derived.is_closed() || main.is_closed() {
+            return;
+        }
+        let (m, d) = (main.connect_options(), derived.connect_options());
+        if m.get_host() != d.get_host() || m.get_port() != d.get_port() {
+            derived.set_connect_options(make((*m).clone()));
+        }
     }
 }

@@ -64,13 +64,34 @@ pub const NOTIFY_CHANNEL: &str = "hookq_queue";
 /// by the indexes it walks at most a batch of each group. Every bookkeeping statement
 /// has an index to use; one that had none would still scan.
 pub(crate) fn async_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
-    let opts = (*pool.connect_options()).clone().options([
+    let derived = async_commit_pool_on(pool, max_connections);
+    // After a failover moves the main pool (several hosts in DATABASE_URL), this one
+    // follows it.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(hookq_core::db::follow_pool(
+            derived.clone(),
+            pool.clone(),
+            async_commit_options,
+        ));
+    }
+    derived
+}
+
+/// The bookkeeping settings over `opts` (see [`async_commit_pool`]).
+fn async_commit_options(
+    opts: sqlx::postgres::PgConnectOptions,
+) -> sqlx::postgres::PgConnectOptions {
+    opts.options([
         ("synchronous_commit", "off"),
         ("enable_nestloop", "off"),
         ("enable_seqscan", "off"),
         ("plan_cache_mode", "force_generic_plan"),
         ("jit", "off"),
-    ]);
+    ])
+}
+
+fn async_commit_pool_on(pool: &PgPool, max_connections: u32) -> PgPool {
+    let opts = async_commit_options((*pool.connect_options()).clone());
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
