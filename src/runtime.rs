@@ -18,34 +18,45 @@ pub(crate) fn init_tracing(format: LogFormat) -> Option<SdkTracerProvider> {
     use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let Some(provider) = otel_provider() else {
+        // No traces: one global filter, exactly the subscriber hookq had before traces, so
+        // a callsite it disables (the dependencies' debug and trace events on every
+        // request) is skipped at the macro. Per-layer filters, needed only when traces
+        // are exported, can leave such callsites to be checked on every hit.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+        return None;
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
         LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    let provider = otel_provider();
-    let otel = provider.as_ref().map(|p| {
-        use opentelemetry::trace::TracerProvider as _;
-        // Traces do not depend on RUST_LOG (a quiet log must not empty the traces): every
-        // span at info and above, and the warnings and errors inside them as span events.
-        let traced = tracing_subscriber::filter::filter_fn(|meta| {
-            let most = if meta.is_span() {
-                tracing::Level::INFO
-            } else {
-                tracing::Level::WARN
-            };
-            *meta.level() <= most
-        });
-        // Without context activation a span starts when its first child does (or when it
-        // closes), not when it is first entered: a worker's run span is entered before it
-        // has read its log, and only then learns which trace it belongs to.
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("hookq"))
-            .with_context_activation(false)
-            .with_filter(traced)
+    use opentelemetry::trace::TracerProvider as _;
+    // Traces do not depend on RUST_LOG (a quiet log must not empty the traces): every
+    // span at info and above, and the warnings and errors inside them as span events.
+    let traced = tracing_subscriber::filter::filter_fn(|meta| {
+        let most = if meta.is_span() {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        *meta.level() <= most
     });
+    // Without context activation a span starts when its first child does (or when it
+    // closes), not when it is first entered: a worker's run span is entered before it
+    // has read its log, and only then learns which trace it belongs to.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("hookq"))
+        .with_context_activation(false)
+        .with_filter(traced);
     tracing_subscriber::registry().with(fmt).with(otel).init();
-    provider
+    Some(provider)
 }
 
 /// The OTLP/HTTP tracer provider, when an endpoint is configured.
