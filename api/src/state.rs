@@ -111,6 +111,11 @@ pub async fn reads_after_writes<E: poem::Endpoint>(
     req: poem::Request,
 ) -> poem::Result<poem::Response> {
     use poem::IntoResponse;
+    // Only the operator's routes read through `reads()`: webhooks pass untouched.
+    let path = req.uri().path();
+    if !(path.starts_with("/api/") || path.starts_with("/dashboard") || path == "/metrics") {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
     let fresh = req
         .headers()
         .get_all(poem::http::header::COOKIE)
