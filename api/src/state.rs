@@ -46,6 +46,10 @@ impl AppState {
         let notifier = Notifier::spawn(pool.clone());
         let read_pool = match config.database_read.as_ref().map(|d| d.connect_options()) {
             Some(Ok(opts)) => {
+                let opts = match config.wakeup {
+                    hookq_core::config::Wakeup::Poll => hookq_core::db::session_free(opts),
+                    hookq_core::config::Wakeup::Notify => opts,
+                };
                 hookq_core::db::connect_lazy(opts, pool.options().get_max_connections())
             }
             Some(Err(e)) => {

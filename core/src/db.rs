@@ -222,6 +222,23 @@ async fn watch(this: std::sync::Weak<Availability>, pool: PgPool) {
     }
 }
 
+/// `opts` for a server reached through a pooler in transaction mode (PgBouncer 1.18;
+/// `HOOKQ_WAKEUP=poll`, contract section 11): no session state at all. sqlx's statement
+/// cache is off, which (with the patch in `vendor/README.md`) sends every statement as
+/// Parse + Bind + Describe + Execute under one Sync: nothing is prepared ahead, so it does
+/// not matter which server connection the pooler picks for the next transaction. Pools
+/// derived from these options leave out their session settings (see
+/// [`is_session_free`]).
+pub fn session_free(opts: PgConnectOptions) -> PgConnectOptions {
+    opts.statement_cache_capacity(0)
+}
+
+/// Whether `opts` came from [`session_free`]: a derived pool must then set nothing for
+/// the session (no startup `options`, which PgBouncer refuses).
+pub fn is_session_free(opts: &PgConnectOptions) -> bool {
+    opts.get_statement_cache_capacity() == 0
+}
+
 /// Several hosts in `DATABASE_URL`, libpq style (contract section 11):
 /// `postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write`. sqlx takes one
 /// host, so this is the smallest layer that gives libpq's behaviour:
@@ -294,6 +311,12 @@ impl Hosts {
         let single = format!("{scheme}://{userinfo}{h}:{p}{tail}");
         let base = PgConnectOptions::from_str(&single).map_err(|e| e.to_string())?;
         Ok(Some(Hosts { hosts, base }))
+    }
+
+    /// The same hosts, each connected with `f` applied to its options.
+    pub fn map_options(mut self, f: impl FnOnce(PgConnectOptions) -> PgConnectOptions) -> Self {
+        self.base = f(self.base);
+        self
     }
 
     /// The connect options for host `i`.

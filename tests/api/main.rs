@@ -9,6 +9,7 @@
 //! | `delivery`, `delivery_kill` | callback and Graph delivery, retries, limits, at-most-once under a worker kill |
 //! | `admin`, `dashboard`, `metrics` | the operator surface: admin API, live page, Prometheus exposition, JSON logs |
 //! | `hostile`, `processes` | bad input answered 4xx losing nothing; the `hookq` commands as processes |
+//! | `pgbouncer` | the pipeline and its statements through PgBouncer 1.18 in transaction mode (`HOOKQ_WAKEUP=poll`) |
 //! | `service` | running as a service: the workers' metrics, alerts and auto-disable, the files of `deploy/` |
 //! | `chaos` | fault tests (`#[ignore]`, one at a time: `scripts/chaos`) |
 
@@ -25,6 +26,7 @@ mod delivery_kill;
 mod events_inbound;
 mod hostile;
 mod metrics;
+mod pgbouncer;
 mod pipeline;
 mod processes;
 mod service;

@@ -78,9 +78,17 @@ pub(crate) fn async_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
 }
 
 /// The bookkeeping settings over `opts` (see [`async_commit_pool`]).
+///
+/// Through a pooler in transaction mode ([`hookq_core::db::is_session_free`]) no session
+/// setting can be made (PgBouncer refuses the startup `options`): the bookkeeping then
+/// commits synchronously and each statement is planned with its own values, which the
+/// planner settings below exist to steer only for cached generic plans.
 fn async_commit_options(
     opts: sqlx::postgres::PgConnectOptions,
 ) -> sqlx::postgres::PgConnectOptions {
+    if hookq_core::db::is_session_free(&opts) {
+        return opts;
+    }
     opts.options([
         ("synchronous_commit", "off"),
         ("enable_nestloop", "off"),
