@@ -12,7 +12,14 @@
 //! the API's own read (`hookq_core::logs::reads::page`): `hookq_search logs=N queries=N
 //! p50_ms= p95_ms= max_ms=` over names, ids and phrases, plus the time of the commonest
 //! word (`common_matches`, `common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
-//! on stderr (`SEARCH_REUSE=1` keeps logs a previous run filled). `bench replay URL` starts a template shadow replay of the newest
+//! on stderr (`SEARCH_REUSE=1` keeps logs a previous run filled). `bench retention`
+//! (contract section 11) fills one past month partition with `RETENTION_LOGS`
+//! (1,000,000) processed logs (search text and dedup keys with them, as intake writes
+//! them) twice, and times removing them row by row (the `PURGE` statement in batches of
+//! 5,000, what retention did before partitions, pauses left out) and as retention does
+//! now (detach, forget, drop): `hookq_retention logs=N delete_s= drop_s= locked_ms=
+//! forget_s=` (`locked_ms`: how long `webhook_logs` was locked; `forget_s`: deleting the
+//! month's dedup keys, replies and delivery attempts). `bench replay URL` starts a template shadow replay of the newest
 //! `REPLAY_N` (10,000) logs through the admin API of a running hookq and, until it is
 //! done, sends one live comment at a time, timing each until processed (and 50 before
 //! it starts, for the idle path): `hookq_replay logs=N replay_s= idle_p50_ms=
@@ -70,14 +77,18 @@ async fn main() -> anyhow::Result<()> {
         Some("reset") => {
             let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
             hookq_core::db::migrate(&pool).await?;
-            sqlx::query("TRUNCATE webhook_logs, queue_jobs, queue_jobs_done CASCADE")
-                .execute(&pool)
-                .await?;
+            sqlx::query(
+                "TRUNCATE webhook_logs, webhook_log_text, webhook_dedup, queue_jobs,
+                 queue_jobs_done CASCADE",
+            )
+            .execute(&pool)
+            .await?;
             hookq_testkit::demo::load(&pool).await?;
             sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
         }
         Some("queue") => queue_bench().await?,
         Some("search") => search_bench().await?,
+        Some("retention") => retention_bench().await?,
         Some("replay") => {
             replay_bench(
                 args.get(1)
@@ -95,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         _ => anyhow::bail!(
-            "usage: bench queue | search | replay URL | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
+            "usage: bench queue | search | retention | replay URL | webhook-latency URL | reset | cluster-start DIR | cluster-stop DIR"
         ),
     }
     Ok(())
@@ -205,6 +216,124 @@ fn vocabulary() -> Vec<String> {
     v
 }
 
+/// `bench retention`: see the module doc.
+async fn retention_bench() -> anyhow::Result<()> {
+    use hookq_core::logs::partitions::{self, Dropped, LogPartition};
+    let n: i64 = std::env::var("RETENTION_LOGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+    hookq_core::db::migrate(&pool).await?;
+    sqlx::query("TRUNCATE webhook_logs, webhook_log_text, webhook_dedup")
+        .execute(&pool)
+        .await?;
+    let month = chrono::Utc::now() - chrono::Months::new(3);
+    let partition = LogPartition::of(month);
+    let fill = || async {
+        sqlx::query("SELECT hookq_log_partition_create($1)")
+            .bind(month)
+            .execute(&pool)
+            .await?;
+        let t = Instant::now();
+        let chunk = 100_000i64;
+        let mut from = 0;
+        while from < n {
+            let to = (from + chunk).min(n);
+            // A month of comments as intake stores them: the log (a real payload's
+            // size), its search text, its dedup key; every one processed.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH l AS (
+                     INSERT INTO webhook_logs (dedup_key, source, event_type, handling, payload,
+                         status, item_id, sender_id, sender_name, message_text, received_at,
+                         processed_at, outcome, reply_text, conversation_key, attempts)
+                     SELECT 'ig:comment:' || g, 'instagram', 'comment', 'reply',
+                         jsonb_build_object('object', 'instagram', 'entry', jsonb_build_array(
+                             jsonb_build_object('id', '17841400000000000', 'time', 1700000000,
+                                 'changes', jsonb_build_array(jsonb_build_object(
+                                     'field', 'comments', 'value', jsonb_build_object(
+                                         'id', g::text, 'text', 'love this jacket ' || g,
+                                         'from', jsonb_build_object('id', 'u' || (g % 2000),
+                                             'username', 'user' || (g % 2000)),
+                                         'media', jsonb_build_object('id', 'm' || (g % 50)))))))),
+                         'processed', g::text, 'u' || (g % 2000), 'user' || (g % 2000),
+                         'love this jacket ' || g,
+                         date_trunc('month', $3::timestamptz, 'UTC') + (g % 2419200) * interval '1 second',
+                         date_trunc('month', $3::timestamptz, 'UTC') + (g % 2419200) * interval '1 second'
+                             + interval '2 seconds',
+                         'replied', 'Thanks!', 'instagram:acct:thread:' || g, 1
+                     FROM generate_series($1::int8, $2::int8 - 1) g
+                     RETURNING id, received_at, dedup_key, {doc} AS doc, conversation_key),
+                 t AS (INSERT INTO webhook_log_text (log_id, received_at, doc, conversation_key)
+                       SELECT id, received_at, doc, conversation_key FROM l)
+                 INSERT INTO webhook_dedup (dedup_key, log_id, received_at)
+                 SELECT dedup_key, id, received_at FROM l",
+                doc = hookq_core::logs::SEARCH_DOC
+            )))
+            .bind(from)
+            .bind(to)
+            .bind(month)
+            .execute(&pool)
+            .await?;
+            from = to;
+        }
+        sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+        eprintln!("filled {n} logs in {:.1}s", t.elapsed().as_secs_f64());
+        anyhow::Ok(())
+    };
+
+    fill().await?;
+    let t = Instant::now();
+    let mut deleted = 0;
+    loop {
+        let d = hookq_core::logs::transitions::purge_processed(
+            &pool,
+            &partition,
+            chrono::Utc::now(),
+            5_000,
+        )
+        .await?;
+        deleted += d;
+        if d < 5_000 {
+            break;
+        }
+    }
+    let delete_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(deleted == n as u64, "deleted {deleted} of {n}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE {}",
+        partition.logs_table()
+    )))
+    .execute(&pool)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE {}",
+        partition.text_table()
+    )))
+    .execute(&pool)
+    .await?;
+
+    fill().await?;
+    let t = Instant::now();
+    let dropped = partitions::drop_month(&pool, &partition, 2_000).await?;
+    let drop_s = t.elapsed().as_secs_f64();
+    let Dropped::Dropped {
+        logs,
+        locked,
+        forget,
+    } = dropped
+    else {
+        anyhow::bail!("the month was kept");
+    };
+    anyhow::ensure!(logs == n as u64, "dropped {logs} of {n}");
+    println!(
+        "hookq_retention logs={n} delete_s={delete_s:.2} drop_s={drop_s:.3} locked_ms={:.1} forget_s={:.3}",
+        locked.as_secs_f64() * 1e3,
+        forget.as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn search_bench() -> anyhow::Result<()> {
     use hookq_core::logs::reads::{self, LogFilter};
     let n = env_u64("SEARCH_LOGS", 1_000_000) as i64;
@@ -259,7 +388,8 @@ async fn search_bench() -> anyhow::Result<()> {
     }
     if !reuse {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO webhook_log_text (log_id, doc) SELECT id, {} FROM webhook_logs",
+            "INSERT INTO webhook_log_text (log_id, received_at, doc)
+             SELECT id, received_at, {} FROM webhook_logs",
             hookq_core::logs::SEARCH_DOC
         )))
         .execute(&pool)

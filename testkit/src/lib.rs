@@ -205,6 +205,23 @@ pub async fn fresh_db() -> TestDb {
     TestDb { pool, url, name }
 }
 
+/// A new, empty database (no migration applied), for a test of the migrations
+/// themselves.
+pub async fn empty_db() -> TestDb {
+    let server = server().await;
+    let mut admin = PgConnection::connect(&server.admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let url = with_db(&server.admin_url, &name);
+    let pool = PgPool::connect(&url).await.expect("connect test database");
+    TestDb { pool, url, name }
+}
+
 /// Polls `check` until it returns `Some`, or panics after `secs` seconds with `what`.
 /// Tests wait on conditions, never on guessed sleeps.
 pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, check: F) -> T

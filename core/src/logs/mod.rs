@@ -4,6 +4,7 @@
 //! named and guarded by its declared from-states (the table of who may move a log from
 //! where to where is there, and nowhere else).
 
+pub mod partitions;
 pub mod reads;
 mod status;
 pub mod transitions;

@@ -487,22 +487,32 @@ pub async fn reset_for_retry(
     .await?)
 }
 
-/// [`PURGE`]: deletes up to `limit` logs processed before `cutoff` (oldest first) and
-/// answers how many went; dead letters and anything in flight are kept until an operator
-/// handles them. The one statement whose from-state is spelled in its SQL rather than
-/// bound: a literal `status = 'processed'` is what lets the planner use the partial index
-/// `webhook_logs_processed_window` (a bound array cannot prove its predicate); the
-/// transitions test checks it against [`PURGE`].
-pub async fn purge_processed(pool: &PgPool, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
-    let r = sqlx::query(
-        "DELETE FROM webhook_logs WHERE id IN (
-            SELECT id FROM webhook_logs WHERE status = 'processed' AND processed_at < $1
+/// [`PURGE`]: deletes up to `limit` logs of `partition` (one of `webhook_logs`'
+/// partitions, [`super::partitions`]) processed before `cutoff` (oldest first) and answers
+/// how many went; dead letters and anything in flight are kept until an operator handles
+/// them. Retention's row-by-row path, for the default partition and for a month it could
+/// not drop whole; the delete goes through the parent table so that its statement
+/// trigger removes what belonged to the logs. The one statement whose from-state is
+/// spelled in its SQL rather than bound: a literal `status = 'processed'` is what lets the
+/// planner use the partial index `webhook_logs_processed_window` (a bound array cannot
+/// prove its predicate); the transitions test checks it against [`PURGE`].
+pub async fn purge_processed(
+    pool: &PgPool,
+    partition: &super::partitions::LogPartition,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64> {
+    let sql = format!(
+        "DELETE FROM webhook_logs WHERE (id, received_at) IN (
+            SELECT id, received_at FROM {table} WHERE status = 'processed' AND processed_at < $1
             ORDER BY processed_at LIMIT $2)",
-    )
-    .bind(cutoff)
-    .bind(limit)
-    .execute(pool)
-    .await?;
+        table = partition.logs_table()
+    );
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(cutoff)
+        .bind(limit)
+        .execute(pool)
+        .await?;
     Ok(r.rows_affected())
 }
 

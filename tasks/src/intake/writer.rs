@@ -49,10 +49,12 @@ const DEADLOCK_TRIES: usize = 3;
 /// commit per batch. The job rows are the queue client's ([`JobsForRows`]): each log
 /// draws its job's id from the queue's identity sequence while the logs are inserted
 /// (a data-modifying CTE cannot update rows another one inserted in the same statement),
-/// so the `jobs` CTE only has to reuse them; a dedup-key conflict burns its drawn id,
-/// which is harmless. A key already stored bumps `duplicate_count` once, plus once per
-/// later request of the batch that repeated it (`extra`), as separate transactions
-/// would have. Each job's fair-share group is its log's account
+/// so the `jobs` CTE only has to reuse them. Which keys are new is decided by
+/// `webhook_dedup` (its primary key is the dedup index `webhook_logs` cannot have once
+/// partitioned: `migrations/0017_partitioned_logs.sql`): each key draws its log id there,
+/// a conflict burns the drawn ids, which is harmless. A key already stored bumps its
+/// log's `duplicate_count` once, plus once per later request of the batch that repeated
+/// it (`extra`), as separate transactions would have. Each job's fair-share group is its log's account
 /// ([`group_sql`](hookq_core::logs::group_sql)), worked out once per distinct account of
 /// the batch (`groups`): per row, the compact shape's user lookups cost ~150 µs a row,
 /// 28 ms of a 192-row batch (auto_explain, `hookq send --sample compact`), and a batch
@@ -72,25 +74,37 @@ WITH input AS (
             user_external_id, persona_external_id, post_external_id, item_id, sender_id,
             sender_name, message_text, is_own, occurred_at, payload, correlation_id, extra,
             conversation_key, ord)
-), logs AS (
-    INSERT INTO webhook_logs (dedup_key, source, event_type, handling, account_id,
-        user_external_id, persona_external_id, post_external_id, item_id, sender_id,
-        sender_name, message_text, is_own, occurred_at, payload, correlation_id,
-        duplicate_count, conversation_key, job_id)
-    SELECT dedup_key, source, event_type, handling, account_id, user_external_id,
-        persona_external_id, post_external_id, item_id, sender_id, sender_name,
-        message_text, is_own, occurred_at, payload::jsonb, correlation_id, extra,
-        conversation_key, {next_job_id}
+), keys AS (
+    INSERT INTO webhook_dedup AS d (dedup_key, log_id, received_at)
+    SELECT dedup_key, nextval('webhook_logs_id_seq'), now()
     FROM input
     ORDER BY ord
-    ON CONFLICT (dedup_key) DO UPDATE
-        SET duplicate_count = webhook_logs.duplicate_count + 1 + EXCLUDED.duplicate_count,
-            updated_at = now()
-    RETURNING id, dedup_key, job_id, (xmax = 0) AS inserted, source, account_id,
+    ON CONFLICT (dedup_key) DO UPDATE SET log_id = d.log_id
+    RETURNING d.dedup_key, d.log_id, d.received_at, (d.xmax = 0) AS inserted
+), logs AS (
+    INSERT INTO webhook_logs (id, received_at, dedup_key, source, event_type, handling,
+        account_id, user_external_id, persona_external_id, post_external_id, item_id,
+        sender_id, sender_name, message_text, is_own, occurred_at, payload, correlation_id,
+        duplicate_count, conversation_key, job_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT k.log_id, k.received_at, i.dedup_key, i.source, i.event_type, i.handling,
+        i.account_id, i.user_external_id, i.persona_external_id, i.post_external_id,
+        i.item_id, i.sender_id, i.sender_name, i.message_text, i.is_own, i.occurred_at,
+        i.payload::jsonb, i.correlation_id, i.extra, i.conversation_key, {next_job_id}
+    FROM input i JOIN keys k ON k.dedup_key = i.dedup_key
+    WHERE k.inserted
+    ORDER BY i.ord
+    RETURNING id, received_at, dedup_key, job_id, true AS inserted, source, account_id,
         user_external_id, post_external_id, conversation_key, {search_doc} AS search_doc
+), duplicates AS (
+    UPDATE webhook_logs l
+    SET duplicate_count = l.duplicate_count + 1 + i.extra, updated_at = now()
+    FROM keys k JOIN input i ON i.dedup_key = k.dedup_key
+    WHERE NOT k.inserted AND l.id = k.log_id AND l.received_at = k.received_at
+    RETURNING l.id
 ), search AS (
-    INSERT INTO webhook_log_text (log_id, doc, conversation_key)
-    SELECT id, search_doc, conversation_key FROM logs WHERE inserted
+    INSERT INTO webhook_log_text (log_id, received_at, doc, conversation_key)
+    SELECT id, received_at, search_doc, conversation_key FROM logs
 ), groups AS (
     SELECT a.*, {group} AS group_key
     FROM (SELECT DISTINCT source, account_id, user_external_id, post_external_id
@@ -98,7 +112,9 @@ WITH input AS (
 ), jobs AS (
     {jobs}
 )
-SELECT id, dedup_key, inserted FROM logs
+SELECT log_id AS id, dedup_key, inserted,
+    inserted OR EXISTS (SELECT 1 FROM duplicates u WHERE u.id = log_id) AS counted
+FROM keys
 "#,
         next_job_id = JobsForRows::<ProcessWebhook>::NEXT_JOB_ID,
         search_doc = hookq_core::logs::SEARCH_DOC,
@@ -296,10 +312,51 @@ impl<'a> Plan<'a> {
     /// Writes the plan and returns each request's answer.
     async fn run(&self, pool: &PgPool) -> Result<Vec<Ingested>, Error> {
         let rows = self.write(pool).await?;
+        self.count_late_duplicates(pool, &rows).await?;
+        let rows: Vec<(i64, String, bool)> = rows
+            .into_iter()
+            .map(|(id, key, inserted, _)| (id, key, inserted))
+            .collect();
         self.answers(&rows)
     }
 
-    async fn write(&self, pool: &PgPool) -> Result<Vec<(i64, String, bool)>, Error> {
+    /// Bumps `duplicate_count` for the duplicates the batch statement could not: a key
+    /// whose first log another batch committed while this statement waited on its dedup
+    /// row (the log is not in this statement's snapshot, so its UPDATE found nothing).
+    /// Rare (two copies of one webhook in flight at once); a second statement, which
+    /// sees the committed log.
+    async fn count_late_duplicates(
+        &self,
+        pool: &PgPool,
+        rows: &[(i64, String, bool, bool)],
+    ) -> Result<(), Error> {
+        let extra: HashMap<&str, i32> = self
+            .unique
+            .iter()
+            .zip(&self.extra)
+            .map(|((l, _), e)| (l.dedup_key.as_str(), *e))
+            .collect();
+        let (ids, counts): (Vec<i64>, Vec<i32>) = rows
+            .iter()
+            .filter(|r| !r.3)
+            .map(|r| (r.0, 1 + extra.get(r.1.as_str()).copied().unwrap_or(0)))
+            .unzip();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE webhook_logs l
+             SET duplicate_count = l.duplicate_count + t.n, updated_at = now()
+             FROM unnest($1::bigint[], $2::int4[]) AS t(id, n) WHERE l.id = t.id",
+        )
+        .bind(&ids)
+        .bind(&counts)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn write(&self, pool: &PgPool) -> Result<Vec<(i64, String, bool, bool)>, Error> {
         let n = self.unique.len();
         let text = |f: fn(&NewLog) -> &str| -> Vec<&str> {
             self.unique.iter().map(|(l, _)| f(l)).collect()

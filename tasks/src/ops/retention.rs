@@ -1,7 +1,9 @@
-//! Retention: a periodic job that deletes `processed` logs older than
-//! `HOOKQ_RETENTION_DAYS`, a bounded batch per statement so it never holds long locks
-//! or bloats one transaction. Dead letters, and anything still in flight, are kept
-//! until an operator handles them.
+//! Retention: a periodic job that removes `processed` logs older than
+//! `HOOKQ_RETENTION_DAYS` by dropping whole month partitions of `webhook_logs`
+//! (contract section 11, [`hookq_core::logs::partitions`]), and makes the partitions of
+//! the months ahead. Row by row, a bounded batch per statement, only where a month
+//! cannot go whole. Dead letters, and anything still in flight, are kept until an
+//! operator handles them.
 //!
 //! The schedule runs in every worker process; the queue fires each tick once in total.
 
@@ -33,35 +35,81 @@ impl Job for PurgeLogs {
 /// What a run did (stored as the job's result).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Purged {
-    /// Logs deleted.
+    /// Logs deleted, whole months and row by row.
     pub deleted: u64,
+    /// Month partitions dropped.
+    #[serde(default)]
+    pub partitions_dropped: u64,
 }
 
-/// Deletes every `processed` log whose `processed_at` is older than `retention_days`,
-/// `batch` rows at a time, pausing briefly between batches to leave room for ingest.
+/// Partitions are made this many months ahead of the current one.
+pub const MONTHS_AHEAD: i32 = 2;
+
+/// How long dropping a month waits for the tables' locks before giving up until the
+/// next run (running statements hold them for milliseconds; a long one, such as an
+/// operator's export, is not worth queueing intake behind).
+pub const LOCK_TIMEOUT_MS: u32 = 2_000;
+
+/// One retention run (contract section 11): makes the coming months' partitions; drops
+/// every month partition whose month ended more than `retention_days` ago and holds only
+/// `processed` logs (a catalog change, whatever the month's size); and deletes row by
+/// row, `batch` rows per statement with a pause between, the `processed` logs older than
+/// that in the default partition and in the months kept for holding something else
+/// (dead letters, logs in flight: kept until an operator handles them). A log thus
+/// lives from `retention_days` to `retention_days` plus a month.
 pub async fn purge(
     pool: &PgPool,
     retention_days: u32,
     batch: i64,
 ) -> Result<Purged, hookq_core::Error> {
+    use hookq_core::logs::partitions::{self, Dropped, LogPartition};
+    partitions::ensure_ahead(pool, MONTHS_AHEAD).await?;
     let cutoff = Utc::now() - chrono::Duration::days(retention_days.into());
-    let mut deleted = 0;
-    loop {
-        let n = hookq_core::logs::transitions::purge_processed(pool, cutoff, batch).await?;
-        deleted += n;
-        if n < batch as u64 {
-            break;
+    let mut purged = Purged {
+        deleted: 0,
+        partitions_dropped: 0,
+    };
+    let mut row_by_row = vec![LogPartition::DEFAULT];
+    for month in partitions::expired(pool, cutoff).await? {
+        match partitions::drop_month(pool, &month, LOCK_TIMEOUT_MS).await? {
+            Dropped::Dropped {
+                logs,
+                locked,
+                forget,
+            } => {
+                tracing::info!(
+                    partition = %month.logs_table(),
+                    logs,
+                    locked_ms = locked.as_millis() as u64,
+                    forget_ms = forget.as_millis() as u64,
+                    "retention: month partition dropped"
+                );
+                purged.deleted += logs;
+                purged.partitions_dropped += 1;
+            }
+            Dropped::Kept => row_by_row.push(month),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if deleted > 0 {
+    for partition in &row_by_row {
+        loop {
+            let n = hookq_core::logs::transitions::purge_processed(pool, partition, cutoff, batch)
+                .await?;
+            purged.deleted += n;
+            if n < batch as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if purged.deleted > 0 {
         tracing::info!(
-            deleted,
+            deleted = purged.deleted,
+            partitions_dropped = purged.partitions_dropped,
             retention_days,
             "retention: old processed logs deleted"
         );
     }
-    Ok(Purged { deleted })
+    Ok(purged)
 }
 
 /// Registers the job's handler and its hourly schedule.

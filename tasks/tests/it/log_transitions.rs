@@ -163,7 +163,20 @@ async fn apply(pool: &PgPool, tr: Transition, id: i64) -> Vec<i64> {
         "DELIVERY_FAILED" => t::delivery_failed(pool, &ids, "e").await.unwrap(),
         "RESET_FOR_RETRY" => t::reset_for_retry(pool, &ids, &[JOB + 7]).await.unwrap(),
         "PURGE" => {
-            let n = t::purge_processed(pool, Utc::now(), 1_000).await.unwrap();
+            // The partition the row is in (the current month's, or the default one
+            // in a test database made before this month's partition was).
+            let table: String = sqlx::query_scalar(
+                "SELECT tableoid::regclass::text FROM webhook_logs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            let month =
+                hookq_core::logs::partitions::LogPartition::from_table(&table, true).unwrap();
+            let n = t::purge_processed(pool, &month, Utc::now(), 1_000)
+                .await
+                .unwrap();
             let gone: bool =
                 sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM webhook_logs WHERE id = $1)")
                     .bind(id)

@@ -11,6 +11,7 @@ mod db_failures;
 mod directory_cache;
 mod grouped_starts;
 mod ingest_batch;
+mod log_partitions;
 mod log_transitions;
 mod queue_basic;
 mod queue_groups;
