@@ -507,12 +507,12 @@ pub struct Minute {
     pub failed: i64,
 }
 
-/// Which logs to retry; every field optional. `status` may only be `failed` or
-/// `dead_letter` (both when absent).
+/// The filters a bulk action selects logs by: the list's (`q` too), except `status`,
+/// which each action narrows to the statuses it may act on. Every field optional;
+/// flattened into each action's body ([`RetryFilter`], [`DeleteFilter`],
+/// [`super::replays::ReplayFilter`]), so the JSON is the same flat object it always was.
 #[derive(Debug, Clone, Default, Object)]
-pub struct RetryFilter {
-    /// `failed` or `dead_letter`; both when absent.
-    pub status: Option<String>,
+pub struct LogSelection {
     /// Only logs of this event type.
     pub event_type: Option<String>,
     /// Only logs from this source: `instagram`, `facebook` or `whatsapp`.
@@ -526,6 +526,32 @@ pub struct RetryFilter {
     /// Only logs whose message text, sender name, item id or dedup key contains this
     /// (any case), as the list's `q`.
     pub q: Option<String>,
+}
+
+impl LogSelection {
+    /// The list's filter for these fields and `status` (checked as the list checks them).
+    pub(crate) fn filter(self, status: Option<String>) -> Result<LogFilter, AdminError> {
+        filter_from(
+            status,
+            self.event_type,
+            self.source,
+            self.integration_id,
+            self.since,
+            self.until,
+            self.q,
+        )
+    }
+}
+
+/// Which logs to retry; every field optional. `status` may only be `failed` or
+/// `dead_letter` (both when absent).
+#[derive(Debug, Clone, Default, Object)]
+pub struct RetryFilter {
+    /// `failed` or `dead_letter`; both when absent.
+    pub status: Option<String>,
+    /// The list's other filters.
+    #[oai(flatten)]
+    pub selection: LogSelection,
     /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
     pub limit: Option<u32>,
 }
@@ -536,19 +562,9 @@ pub struct RetryFilter {
 pub struct DeleteFilter {
     /// `processed`, `failed` or `dead_letter`; all three when absent.
     pub status: Option<String>,
-    /// Only logs of this event type.
-    pub event_type: Option<String>,
-    /// Only logs from this source: `instagram`, `facebook` or `whatsapp`.
-    pub source: Option<String>,
-    /// Only logs resolved to this integration.
-    pub integration_id: Option<Uuid>,
-    /// Only logs received at or after this time (RFC 3339).
-    pub since: Option<DateTime<Utc>>,
-    /// Only logs received before this time (RFC 3339).
-    pub until: Option<DateTime<Utc>>,
-    /// Only logs whose message text, sender name, item id or dedup key contains this
-    /// (any case), as the list's `q`.
-    pub q: Option<String>,
+    /// The list's other filters.
+    #[oai(flatten)]
+    pub selection: LogSelection,
     /// At most this many logs (oldest first) per call; default 1,000, at most 10,000.
     pub limit: Option<u32>,
 }
@@ -911,15 +927,7 @@ impl LogsApi {
         body: Json<RetryFilter>,
     ) -> AdminResult<Retried> {
         let f = body.0;
-        let filter = filter_from(
-            f.status,
-            f.event_type,
-            f.source,
-            f.integration_id,
-            f.since,
-            f.until,
-            f.q,
-        )?;
+        let filter = f.selection.filter(f.status)?;
         if filter
             .status
             .is_some_and(|s| !matches!(s, LogStatus::Failed | LogStatus::DeadLetter))
@@ -957,15 +965,7 @@ impl LogsApi {
         body: Json<DeleteFilter>,
     ) -> AdminResult<DeletedMany> {
         let f = body.0;
-        let filter = filter_from(
-            f.status,
-            f.event_type,
-            f.source,
-            f.integration_id,
-            f.since,
-            f.until,
-            f.q,
-        )?;
+        let filter = f.selection.filter(f.status)?;
         if filter
             .status
             .is_some_and(|s| !hookq_core::logs::transitions::DELETE_MATCHING.allows(s))

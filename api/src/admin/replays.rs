@@ -5,10 +5,7 @@
 //! old reply or skip next to the new one.
 
 use chrono::{DateTime, Utc};
-use hookq_core::{
-    logs::reads::LogFilter,
-    replays::{self, Overrides, Replay, ReplayItem},
-};
+use hookq_core::replays::{self, Overrides, Replay, ReplayItem};
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -30,18 +27,9 @@ pub struct ReplaysApi;
 pub struct ReplayFilter {
     /// Only logs in this status.
     pub status: Option<String>,
-    /// Only logs of this event type.
-    pub event_type: Option<String>,
-    /// Only logs from this source: `instagram`, `facebook` or `whatsapp`.
-    pub source: Option<String>,
-    /// Only logs resolved to this integration.
-    pub integration_id: Option<Uuid>,
-    /// Only logs received at or after this time (RFC 3339).
-    pub since: Option<DateTime<Utc>>,
-    /// Only logs received before this time (RFC 3339).
-    pub until: Option<DateTime<Utc>>,
-    /// Only logs whose message text, sender name, item id or dedup key contains this.
-    pub q: Option<String>,
+    /// The list's other filters.
+    #[oai(flatten)]
+    pub selection: super::logs::LogSelection,
 }
 
 /// A replay to make.
@@ -217,23 +205,7 @@ impl ReplaysApi {
         let b = body.0;
         let f = b.filter.unwrap_or_default();
         let filter_json = f.to_json().unwrap_or(Value::Null);
-        let q = f.q.filter(|q| !q.trim().is_empty());
-        if q.as_ref()
-            .is_some_and(|q| q.chars().count() > 200 || q.contains('\0'))
-        {
-            return Err(invalid(
-                "filter.q must be at most 200 characters, without NUL",
-            ));
-        }
-        let filter = LogFilter {
-            status: LogFilter::parse_status(f.status.as_deref())?,
-            event_type: f.event_type.filter(|s| !s.is_empty()),
-            source: f.source.filter(|s| !s.is_empty()),
-            integration_id: f.integration_id,
-            since: f.since,
-            until: f.until,
-            q,
-        };
+        let filter = f.selection.filter(f.status)?;
         if b.model.is_some() && state.config.llm.is_none() {
             return Err(invalid(
                 "model needs an LLM: REPLY_LLM_URL is not set on this hookq",
