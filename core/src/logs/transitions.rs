@@ -169,10 +169,13 @@ pub const ALL: &[Transition] = &[
 /// An asynchronous mark (as until issue 15) could be lost that way: the queue's claim
 /// is older in the WAL, so a crash or a failover can keep the claim and drop the mark
 /// (`scripts/scale` lost 4 acknowledged events so, in 2 of 20 failovers through
-/// PgBouncer, where the claim itself commits synchronously). Measured, the synchronous
-/// mark costs nothing visible: starts are grouped (one commit per batch), and
-/// `COST_ONLY=1 scripts/bench` ran 4,617–5,064 events/s with it against 4,139–4,152
-/// without, alternating. The flush also makes the queue's earlier asynchronous claim
+/// PgBouncer, where the claim itself commits synchronously). Measured: under load it
+/// costs nothing visible, starts being grouped (one commit per batch): `COST_ONLY=1
+/// scripts/bench` ran 4,617–5,064 events/s with it against 4,139–4,152 without,
+/// alternating; an idle webhook pays one more WAL flush, p50 4.65–4.72 ms against
+/// 3.74–4.15 (`bench webhook-latency`, alternating). Finishing moves that accepted a log
+/// whose mark was lost, guarded by the run's attempt number, would let the mark be
+/// asynchronous again. The flush also makes the queue's earlier asynchronous claim
 /// durable. It also reads the directory's change counter, so a caching directory is
 /// checked at no cost.
 pub async fn start(
