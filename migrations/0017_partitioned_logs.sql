@@ -61,44 +61,13 @@ ALTER TABLE webhook_logs RENAME TO webhook_logs_unpartitioned;
 ALTER SEQUENCE webhook_logs_id_seq RENAME TO webhook_logs_unpartitioned_id_seq;
 ALTER TABLE webhook_log_text RENAME TO webhook_log_text_unpartitioned;
 
+-- The same columns, defaults, checks and identity (a new sequence, set below); the primary
+-- key takes the partition key; the foreign key to integrations is made again (LIKE copies
+-- none).
 CREATE TABLE webhook_logs (
-    id                  bigint GENERATED ALWAYS AS IDENTITY,
-    dedup_key           text NOT NULL,
-    source              text NOT NULL,
-    event_type          text NOT NULL,
-    handling            text NOT NULL
-                        CHECK (handling IN ('reply', 'record', 'delivery_status')),
-    account_id          text,
-    user_external_id    text,
-    persona_external_id text,
-    post_external_id    text,
-    item_id             text,
-    sender_id           text,
-    sender_name         text,
-    message_text        text,
-    is_own              boolean NOT NULL DEFAULT false,
-    occurred_at         timestamptz,
-    payload             jsonb NOT NULL,
-    integration_id      uuid REFERENCES integrations (id) ON DELETE SET NULL,
-    status              text NOT NULL DEFAULT 'pending'
-                        CHECK (status IN ('pending', 'processing', 'processed', 'failed', 'dead_letter')),
-    attempts            integer NOT NULL DEFAULT 0,
-    error_message       text,
-    outcome             text CHECK (outcome IN ('replied', 'skipped', 'recorded')),
-    skip_reason         text CHECK (skip_reason IN ('own_message', 'empty', 'blocklisted',
-                        'spam', 'replies_disabled', 'too_long', 'window_closed')),
-    reply_text          text,
-    persona_id          uuid,
-    received_at         timestamptz NOT NULL DEFAULT now(),
-    started_at          timestamptz,
-    processed_at        timestamptz,
-    next_retry_at       timestamptz,
-    job_id              bigint,
-    duplicate_count     integer NOT NULL DEFAULT 0,
-    correlation_id      text,
-    updated_at          timestamptz NOT NULL DEFAULT now(),
-    conversation_key    text,
-    PRIMARY KEY (id, received_at)
+    LIKE webhook_logs_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY,
+    PRIMARY KEY (id, received_at),
+    FOREIGN KEY (integration_id) REFERENCES integrations (id) ON DELETE SET NULL
 ) PARTITION BY RANGE (received_at);
 
 CREATE TABLE webhook_log_text (
@@ -161,13 +130,7 @@ SELECT hookq_log_partitions_ensure(2);
 
 SELECT setval('webhook_logs_id_seq', coalesce(max(id), 0) + 1, false) FROM webhook_logs_unpartitioned;
 
-INSERT INTO webhook_logs OVERRIDING SYSTEM VALUE
-SELECT id, dedup_key, source, event_type, handling, account_id, user_external_id,
-    persona_external_id, post_external_id, item_id, sender_id, sender_name, message_text,
-    is_own, occurred_at, payload, integration_id, status, attempts, error_message, outcome,
-    skip_reason, reply_text, persona_id, received_at, started_at, processed_at,
-    next_retry_at, job_id, duplicate_count, correlation_id, updated_at, conversation_key
-FROM webhook_logs_unpartitioned;
+INSERT INTO webhook_logs OVERRIDING SYSTEM VALUE SELECT * FROM webhook_logs_unpartitioned;
 
 INSERT INTO webhook_log_text (log_id, received_at, doc, conversation_key)
 SELECT t.log_id, l.received_at, t.doc, t.conversation_key
@@ -178,6 +141,21 @@ SELECT dedup_key, id, received_at FROM webhook_logs_unpartitioned;
 
 DROP TABLE webhook_log_text_unpartitioned;
 DROP TABLE webhook_logs_unpartitioned;
+
+-- The names the constraints had: those made while the old tables still held them got a
+-- suffix.
+DO $$
+DECLARE c record;
+BEGIN
+    FOR c IN SELECT conrelid::regclass AS t, conname FROM pg_constraint
+             WHERE conrelid IN ('webhook_logs'::regclass, 'webhook_log_text'::regclass)
+               AND conname ~ '[0-9]$'
+    LOOP
+        EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                       c.t, c.conname, regexp_replace(c.conname, '[0-9]+$', ''));
+    END LOOP;
+END
+$$;
 
 -- The indexes `webhook_logs` had (0001, 0004, 0009, 0013), on every partition; the
 -- unique dedup index is `webhook_dedup`'s primary key now.

@@ -4,7 +4,7 @@ use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context, Result};
 use futures::FutureExt;
-use hookq_core::config::{Config, LogFormat, Wakeup};
+use hookq_core::config::{Config, LogFormat};
 use hookq_tasks::{supervisor, worker_metrics};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use sqlx::PgPool;
@@ -105,11 +105,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn connect(config: &Config, max_connections: u32) -> Result<PgPool> {
     let database = config.require_database()?;
-    // HOOKQ_WAKEUP=poll is for a pooler in transaction mode: no session state.
-    let session = |opts| match config.wakeup {
-        Wakeup::Poll => hookq_core::db::session_free(opts),
-        Wakeup::Notify => opts,
-    };
+    let session = |opts| config.wakeup.connect_options(opts);
     if let Some(hosts) = database.hosts()? {
         // Several hosts (or target_session_attrs=read-write): the one that takes writes,
         // followed through failovers.

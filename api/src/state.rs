@@ -45,13 +45,10 @@ impl AppState {
     pub fn new(config: Config, pool: PgPool) -> Self {
         let notifier = Notifier::spawn(pool.clone());
         let read_pool = match config.database_read.as_ref().map(|d| d.connect_options()) {
-            Some(Ok(opts)) => {
-                let opts = match config.wakeup {
-                    hookq_core::config::Wakeup::Poll => hookq_core::db::session_free(opts),
-                    hookq_core::config::Wakeup::Notify => opts,
-                };
-                hookq_core::db::connect_lazy(opts, pool.options().get_max_connections())
-            }
+            Some(Ok(opts)) => hookq_core::db::connect_lazy(
+                config.wakeup.connect_options(opts),
+                pool.options().get_max_connections(),
+            ),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "DATABASE_READ_URL unusable: reading from DATABASE_URL");
                 pool.clone()

@@ -215,6 +215,17 @@ pub enum Wakeup {
     Poll,
 }
 
+impl Wakeup {
+    /// The connect options every pool of this process uses: with `poll` (a pooler in
+    /// transaction mode) no session state at all ([`crate::db::session_free`]).
+    pub fn connect_options(self, opts: PgConnectOptions) -> PgConnectOptions {
+        match self {
+            Wakeup::Poll => crate::db::session_free(opts),
+            Wakeup::Notify => opts,
+        }
+    }
+}
+
 /// `N/s`, `N/min` or `N/h` requests per source (client address) for one route group;
 /// bursts up to `N` are allowed, then requests are refilled evenly over the period.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -14,26 +14,26 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// of holding requests) and recovers by itself when it comes back: sqlx reconnects
 /// lazily, and `test_before_acquire` drops connections that died with the server.
 pub async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
-        .idle_timeout(Duration::from_secs(300))
-        .test_before_acquire(true)
-        .connect_with(opts)
-        .await
+    pool_options(max_connections).connect_with(opts).await
 }
 
 /// A pool like [`connect`]'s that connects on first use (a replica that is down at
 /// start-up must not stop the API: its reads fail, with 503, until it is back).
 pub fn connect_lazy(opts: PgConnectOptions, max_connections: u32) -> PgPool {
+    pool_options(max_connections).connect_lazy_with(opts)
+}
+
+/// The settings every pool of the API and the workers shares: none kept open while idle,
+/// a 5 s wait for a connection (then `Unavailable`, 503), idle ones closed after 5
+/// minutes, each pinged before it is handed out ([`connect_primary`] replaces the ping
+/// with its read-write check).
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
         .test_before_acquire(true)
-        .connect_lazy_with(opts)
 }
 
 /// Applies every pending migration; safe to run any number of times, from any number
@@ -362,11 +362,7 @@ async fn takes_writes(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error
 /// its connections then fail until one does), following it through failovers.
 pub async fn connect_primary(hosts: Hosts, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let first = hosts.find_primary().await.unwrap_or(0);
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
-        .idle_timeout(Duration::from_secs(300))
+    let pool = pool_options(max_connections)
         .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
