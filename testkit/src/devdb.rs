@@ -174,6 +174,48 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// A hot standby of `primary` in `dir`, started and streaming: `pg_basebackup -R`
+    /// copies the primary (configuration included, so only the port is added) and writes
+    /// the `standby.signal` and `primary_conninfo` that make it follow. Read-only until
+    /// [`LocalCluster::promote`]; the failover tests use the pair as a real primary and
+    /// standby, so both hold the same rows and ids.
+    pub fn standby_of(primary: &LocalCluster, dir: &Path) -> Result<Self, DevDbError> {
+        fs::create_dir_all(dir).map_err(|e| DevDbError::Io(dir.display().to_string(), e))?;
+        let port = read_or_pick_port(dir)?;
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").exists() {
+            if is_root() {
+                primary.run(Command::new("chown").arg("postgres:postgres").arg(dir))?;
+            }
+            primary.run(
+                primary
+                    .server_cmd("pg_basebackup")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream"])
+                    .args(["--checkpoint=fast", "-p"])
+                    .arg(primary.port.to_string())
+                    .arg("-D")
+                    .arg(&data),
+            )?;
+            let conf_path = data.join("postgresql.conf");
+            let mut conf = fs::read_to_string(&conf_path)
+                .map_err(|e| DevDbError::Io(conf_path.display().to_string(), e))?;
+            conf.push_str(&format!("\n# the standby's own port\nport = {port}\n"));
+            fs::write(&conf_path, conf)
+                .map_err(|e| DevDbError::Io(conf_path.display().to_string(), e))?;
+        }
+        Self::ensure(dir, &ClusterOptions { durable: true })
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub fn promote(&self) -> Result<(), DevDbError> {
+        self.run(
+            self.server_cmd("pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(self.data_dir())
+                .arg("promote"),
+        )
+    }
+
     /// The data directory (`PGDATA`): `data/` under [`LocalCluster::dir`].
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")

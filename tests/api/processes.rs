@@ -475,77 +475,50 @@ async fn wakeup_poll_keeps_no_listen_connection_and_still_processes() {
 }
 
 /// Several hosts in `DATABASE_URL` with `target_session_attrs=read-write` (contract
-/// section 11), against two real clusters: a primary, and a standby (read-only, as
-/// libpq sees a hot standby: `transaction_read_only` is on). `hookq api` writes to the
-/// primary; when the primary stops and the standby is promoted, it finds the new
-/// primary by itself, answering only `200` or `503` meanwhile, within 15 s.
+/// section 11), against a real primary and its streaming hot standby (`pg_basebackup
+/// -R`; read-only, so libpq's check passes it over). `hookq api` writes to the primary;
+/// when the primary stops and the standby is promoted, it finds the new primary by
+/// itself, answering only `200` or `503` meanwhile, within 15 s, and the worker process
+/// finishes every event there.
 #[tokio::test]
 async fn the_api_follows_the_primary_across_a_failover() {
     use hookq_testkit::devdb::{ClusterOptions, LocalCluster};
     let root =
         std::env::temp_dir().join(format!("hookq-failover-{}", uuid::Uuid::new_v4().simple()));
-    let opts = ClusterOptions { durable: false };
-    let clusters = tokio::task::spawn_blocking({
+    let a = tokio::task::spawn_blocking({
         let root = root.clone();
-        move || {
-            (
-                LocalCluster::ensure(&root.join("a"), &opts).unwrap(),
-                LocalCluster::ensure(&root.join("b"), &opts).unwrap(),
-            )
-        }
+        move || LocalCluster::ensure(&root.join("a"), &ClusterOptions { durable: false }).unwrap()
     })
     .await
     .unwrap();
-    let (a, b) = clusters;
-    for c in [&a, &b] {
-        let admin = sqlx::PgPool::connect(&c.url("postgres")).await.unwrap();
-        sqlx::query("CREATE DATABASE hookq")
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let pool = sqlx::PgPool::connect(&c.url("hookq")).await.unwrap();
-        hookq_core::db::migrate(&pool).await.unwrap();
-        hookq_testkit::demo::load(&pool).await.unwrap();
-        pool.close().await;
-    }
-    let set_read_only = |c: &LocalCluster, on: bool| {
-        let url = c.url("postgres");
-        async move {
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-                .await
-                .unwrap();
-            sqlx::query("SET default_transaction_read_only = off")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            sqlx::query(if on {
-                "ALTER SYSTEM SET default_transaction_read_only = on"
-            } else {
-                "ALTER SYSTEM SET default_transaction_read_only = off"
-            })
-            .execute(&mut conn)
-            .await
-            .unwrap();
-            sqlx::query("SELECT pg_reload_conf()")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    };
-    set_read_only(&b, true).await;
-    let logs_on = |c: &LocalCluster| {
+    let admin = sqlx::PgPool::connect(&a.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE hookq")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let pool = sqlx::PgPool::connect(&a.url("hookq")).await.unwrap();
+    hookq_core::db::migrate(&pool).await.unwrap();
+    hookq_testkit::demo::load(&pool).await.unwrap();
+    pool.close().await;
+    let b = tokio::task::spawn_blocking({
+        let (a, root) = (a.clone(), root.clone());
+        move || LocalCluster::standby_of(&a, &root.join("b")).unwrap()
+    })
+    .await
+    .unwrap();
+    let count_on = |c: &LocalCluster, sql: &'static str| {
         let url = c.url("hookq");
         async move {
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_logs")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let pool = sqlx::PgPool::connect(&url).await.ok()?;
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.ok()?;
             pool.close().await;
-            n
+            Some(n)
         }
     };
+    const LOGS: &str = "SELECT count(*) FROM webhook_logs";
+    const FINISHED: &str =
+        "SELECT count(*) FROM webhook_logs WHERE status IN ('processed', 'dead_letter')";
 
     let (_db, mut env) = demo_env(&[]).await;
     env.insert(
@@ -571,16 +544,19 @@ async fn the_api_follows_the_primary_across_a_failover() {
     };
     // The standby is listed first: the API still writes to the primary.
     assert_eq!(post(0).await.unwrap().status(), 200);
-    assert_eq!((logs_on(&a).await, logs_on(&b).await), (1, 0));
+    assert_eq!(count_on(&a, LOGS).await, Some(1));
 
-    // Failover: the primary stops, the standby is promoted.
+    // Failover: the primary stops (a fast shutdown sends the standby all its WAL first),
+    // the standby is promoted.
     tokio::task::spawn_blocking({
-        let a = a.clone();
-        move || a.stop().unwrap()
+        let (a, b) = (a.clone(), b.clone());
+        move || {
+            a.stop().unwrap();
+            b.promote().unwrap();
+        }
     })
     .await
     .unwrap();
-    set_read_only(&b, false).await;
     let started = std::time::Instant::now();
     let mut n = 1;
     loop {
@@ -601,28 +577,31 @@ async fn the_api_follows_the_primary_across_a_failover() {
     }
     let failover_s = started.elapsed().as_secs_f64();
     eprintln!("failover_s={failover_s:.2}");
-    assert_eq!(logs_on(&b).await, 1, "written to the new primary");
-    // The worker process followed too: it runs the event on the new primary. (Finished
-    // either way: these two clusters are not replicas, so the worker's directory cache,
-    // filled on the old primary, may name rows the new one lacks and dead-letter it; a
-    // real standby holds the same rows.)
-    let b_url = b.url("hookq");
+    assert_eq!(
+        count_on(&b, LOGS).await,
+        Some(2),
+        "the event before the failover replicated, the one after written to the new primary"
+    );
+    // The worker process followed too: it finishes both events on the new primary (the
+    // first may have been in flight when its primary stopped).
     wait_for(
         30,
-        "the worker to run the event on the new primary",
-        || async {
-            let pool = sqlx::PgPool::connect(&b_url).await.ok()?;
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM webhook_logs WHERE status IN ('processed', 'dead_letter')",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            pool.close().await;
-            (done == 1).then_some(())
+        "the worker to finish both events on the new primary",
+        || {
+            let b = b.clone();
+            async move { (count_on(&b, FINISHED).await == Some(2)).then_some(()) }
         },
     )
     .await;
+    assert_eq!(
+        count_on(
+            &b,
+            "SELECT count(*) FROM webhook_logs WHERE status = 'processed'"
+        )
+        .await,
+        Some(2),
+        "primary and standby hold the same rows: nothing dead-lettered"
+    );
 
     api.kill().await.unwrap();
     worker.kill().await.unwrap();
