@@ -14,12 +14,12 @@
 //! word (`common_matches`, `common_ms`), and `EXPLAIN (ANALYZE, BUFFERS)` of one search
 //! on stderr (`SEARCH_REUSE=1` keeps logs a previous run filled). `bench retention`
 //! (contract section 11) fills one past month partition with `RETENTION_LOGS`
-//! (1,000,000) processed logs (search text and dedup keys with them, as intake writes
-//! them) twice, and times removing them row by row (the `PURGE` statement in batches of
+//! (1,000,000) processed logs (search text, dedup keys, a delivered reply and its attempt
+//! with each, as intake and delivery write them) twice, and times removing them row by row (the `PURGE` statement in batches of
 //! 5,000, what retention did before partitions, pauses left out) and as retention does
 //! now (detach, forget, drop): `hookq_retention logs=N delete_s= drop_s= locked_ms=
-//! forget_s=` (`locked_ms`: how long `webhook_logs` was locked; `forget_s`: deleting the
-//! month's dedup keys, replies and delivery attempts). `bench replay URL` starts a template shadow replay of the newest
+//! forget_s=` (`locked_ms`: how long `webhook_logs` was locked; `forget_s`: clearing
+//! connection statuses' links into the month and counting its logs). `bench replay URL` starts a template shadow replay of the newest
 //! `REPLAY_N` (10,000) logs through the admin API of a running hookq and, until it is
 //! done, sends one live comment at a time, timing each until processed (and 50 before
 //! it starts, for the idle path): `hookq_replay logs=N replay_s= idle_p50_ms=
@@ -78,8 +78,8 @@ async fn main() -> anyhow::Result<()> {
             let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
             hookq_core::db::migrate(&pool).await?;
             sqlx::query(
-                "TRUNCATE webhook_logs, webhook_log_text, webhook_dedup, queue_jobs,
-                 queue_jobs_done CASCADE",
+                "TRUNCATE webhook_logs, webhook_log_text, webhook_dedup, outbound_replies,
+                 delivery_attempts, queue_jobs, queue_jobs_done CASCADE",
             )
             .execute(&pool)
             .await?;
@@ -225,7 +225,9 @@ async fn retention_bench() -> anyhow::Result<()> {
         .unwrap_or(1_000_000);
     let pool = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
     hookq_core::db::migrate(&pool).await?;
-    sqlx::query("TRUNCATE webhook_logs, webhook_log_text, webhook_dedup")
+    sqlx::query(
+        "TRUNCATE webhook_logs, webhook_log_text, webhook_dedup, outbound_replies, delivery_attempts",
+    )
         .execute(&pool)
         .await?;
     let month = chrono::Utc::now() - chrono::Months::new(3);
@@ -240,8 +242,9 @@ async fn retention_bench() -> anyhow::Result<()> {
         let mut from = 0;
         while from < n {
             let to = (from + chunk).min(n);
-            // A month of comments as intake stores them: the log (a real payload's
-            // size), its search text, its dedup key; every one processed.
+            // A month of comments as intake and delivery store them: the log (a real
+            // payload's size), its search text, its dedup key, its reply and the one
+            // attempt that delivered it; every one processed.
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "WITH l AS (
                      INSERT INTO webhook_logs (dedup_key, source, event_type, handling, payload,
@@ -265,9 +268,25 @@ async fn retention_bench() -> anyhow::Result<()> {
                      FROM generate_series($1::int8, $2::int8 - 1) g
                      RETURNING id, received_at, dedup_key, {doc} AS doc, conversation_key),
                  t AS (INSERT INTO webhook_log_text (log_id, received_at, doc, conversation_key)
-                       SELECT id, received_at, doc, conversation_key FROM l)
-                 INSERT INTO webhook_dedup (dedup_key, log_id, received_at)
-                 SELECT dedup_key, id, received_at FROM l",
+                       SELECT id, received_at, doc, conversation_key FROM l),
+                 r AS (INSERT INTO outbound_replies (log_id, log_received_at, kind, webhook_id,
+                           status, attempts, provider_message_id, created_at, delivered_at)
+                       SELECT id, received_at, 'graph_api', 'msg_' || md5(id::text), 'delivered', 1,
+                           'ig_' || id, received_at + interval '1 second',
+                           received_at + interval '2 seconds'
+                       FROM l
+                       RETURNING id, log_id, log_received_at, created_at),
+                 a AS (INSERT INTO delivery_attempts (reply_id, log_id, log_received_at, attempt,
+                           kind, url, limit_key, state, status_code, duration_ms, started_at,
+                           finished_at)
+                       SELECT id, log_id, log_received_at, 1, 'graph_api',
+                           'https://graph.facebook.com/v21.0/' || log_id || '/replies',
+                           'integration:00000000-0000-0000-0000-000000000001', 'succeeded', 200,
+                           180, created_at, created_at + interval '180 milliseconds'
+                       FROM r)
+                 INSERT INTO webhook_dedup (dedup_key, month, log_id, received_at)
+                 SELECT dedup_key, date_trunc('month', received_at, 'UTC'), id, received_at
+                 FROM l",
                 doc = hookq_core::logs::SEARCH_DOC
             )))
             .bind(from)
@@ -300,15 +319,14 @@ async fn retention_bench() -> anyhow::Result<()> {
     }
     let delete_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(deleted == n as u64, "deleted {deleted} of {n}");
+    for (_, table) in partition.companions() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+            .execute(&pool)
+            .await?;
+    }
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP TABLE {}",
         partition.logs_table()
-    )))
-    .execute(&pool)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE {}",
-        partition.text_table()
     )))
     .execute(&pool)
     .await?;

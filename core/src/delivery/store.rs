@@ -6,6 +6,10 @@
 //! delivery moves are declared there with the rest of its state machine), so a stale or
 //! duplicated job can never move anything backwards. Functions taking `&mut PgConnection` are meant to run inside the
 //! caller's transaction (the tasks crate adds the next job's enqueue to the same one).
+//!
+//! Both tables are partitioned by their log's month (`log_received_at`, migration 0018,
+//! so that retention drops them with the logs): a reply's insert reads it from its log,
+//! an attempt's from its reply, in the same statement.
 
 use std::time::Duration;
 
@@ -108,9 +112,9 @@ pub async fn stage(
 ) -> Result<Staged> {
     let webhook_id = format!("msg_{}", Uuid::new_v4().simple());
     let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO outbound_replies (log_id, integration_id, kind, webhook_id)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (log_id) DO NOTHING
+        "INSERT INTO outbound_replies (log_id, log_received_at, integration_id, kind, webhook_id)
+         SELECT $1, l.received_at, $2, $3, $4 FROM webhook_logs l WHERE l.id = $1
+         ON CONFLICT (log_id, log_received_at) DO NOTHING
          RETURNING id",
     )
     .bind(log_id)
@@ -221,8 +225,11 @@ pub async fn claim(
         return Ok(Claim::NotDue);
     };
     let attempt_id: i64 = sqlx::query_scalar(
-        "INSERT INTO delivery_attempts (reply_id, log_id, attempt, kind, url, limit_key, job_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO delivery_attempts (reply_id, log_id, log_received_at, attempt, kind, url,
+             limit_key, job_id)
+         SELECT $1, $2, r.log_received_at, $3, $4, $5, $6, $7 FROM outbound_replies r
+         WHERE r.id = $1
+         RETURNING id",
     )
     .bind(reply.id)
     .bind(reply.log_id)

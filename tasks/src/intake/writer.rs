@@ -50,9 +50,14 @@ const DEADLOCK_TRIES: usize = 3;
 /// draws its job's id from the queue's identity sequence while the logs are inserted
 /// (a data-modifying CTE cannot update rows another one inserted in the same statement),
 /// so the `jobs` CTE only has to reuse them. Which keys are new is decided by
-/// `webhook_dedup` (its primary key is the dedup index `webhook_logs` cannot have once
-/// partitioned: `migrations/0017_partitioned_logs.sql`): each key draws its log id there,
-/// a conflict burns the drawn ids, which is harmless. A key already stored bumps its
+/// `webhook_dedup`, partitioned by month (`migrations/0018_partitioned_log_companions.sql`
+/// says why and how): a key is a duplicate when an earlier month holds it (`prior`), or
+/// when writing it into the months of `hookq_dedup_months` (its own, and the previous one
+/// around a month's start) meets a row already there (`claims`: a row that keeps its log
+/// id is a conflict, the new rows carry this statement's id; the clock is passed in from a
+/// subquery so the planner inlines the SQL function instead of planning its body on every
+/// call, which it does when an argument is volatile). Each key draws its log id
+/// up front; a duplicate burns it, which is harmless. A key already stored bumps its
 /// log's `duplicate_count` once, plus once per later request of the batch that repeated
 /// it (`extra`), as separate transactions would have. Each job's fair-share group is its log's account
 /// ([`group_sql`](hookq_core::logs::group_sql)), worked out once per distinct account of
@@ -65,7 +70,7 @@ const DEADLOCK_TRIES: usize = 3;
 static INSERT_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
-WITH input AS (
+WITH given AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
         $12::text[], $13::bool[], $14::timestamptz[], $15::text[], $16::text[], $17::int4[],
@@ -74,13 +79,33 @@ WITH input AS (
             user_external_id, persona_external_id, post_external_id, item_id, sender_id,
             sender_name, message_text, is_own, occurred_at, payload, correlation_id, extra,
             conversation_key, ord)
+), input AS (
+    SELECT *, nextval('webhook_logs_id_seq') AS new_id FROM given
+), months AS (
+    SELECT m FROM (SELECT clock_timestamp() AS at) clock, hookq_dedup_months(now(), clock.at) m
+), prior AS (
+    SELECT DISTINCT ON (d.dedup_key) d.dedup_key, d.log_id, d.received_at
+    FROM webhook_dedup d
+    WHERE d.dedup_key IN (SELECT dedup_key FROM input)
+      AND d.month < (SELECT min(m) FROM months)
+    ORDER BY d.dedup_key, d.month
+), claims AS (
+    INSERT INTO webhook_dedup AS d (dedup_key, month, log_id, received_at)
+    SELECT i.dedup_key, mo.m, i.new_id, now()
+    FROM input i CROSS JOIN months mo
+    WHERE i.dedup_key NOT IN (SELECT dedup_key FROM prior)
+    ORDER BY i.ord, mo.m
+    ON CONFLICT (dedup_key, month) DO UPDATE SET log_id = d.log_id
+    RETURNING d.dedup_key, d.log_id, d.received_at
 ), keys AS (
-    INSERT INTO webhook_dedup AS d (dedup_key, log_id, received_at)
-    SELECT dedup_key, nextval('webhook_logs_id_seq'), now()
-    FROM input
-    ORDER BY ord
-    ON CONFLICT (dedup_key) DO UPDATE SET log_id = d.log_id
-    RETURNING d.dedup_key, d.log_id, d.received_at, (d.xmax = 0) AS inserted
+    SELECT c.dedup_key,
+        (array_agg(c.log_id ORDER BY c.log_id = i.new_id, c.log_id))[1] AS log_id,
+        (array_agg(c.received_at ORDER BY c.log_id = i.new_id, c.log_id))[1] AS received_at,
+        bool_and(c.log_id = i.new_id) AS inserted
+    FROM claims c JOIN input i ON i.dedup_key = c.dedup_key
+    GROUP BY c.dedup_key
+    UNION ALL
+    SELECT dedup_key, log_id, received_at, false FROM prior
 ), logs AS (
     INSERT INTO webhook_logs (id, received_at, dedup_key, source, event_type, handling,
         account_id, user_external_id, persona_external_id, post_external_id, item_id,

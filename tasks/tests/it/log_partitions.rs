@@ -7,8 +7,8 @@ use hookq_core::logs::partitions::{self, LogPartition};
 use hookq_tasks::{intake::Ingestor, ops::retention, queue::Notifier};
 use hookq_testkit::{comment_event, empty_db, fresh_db};
 
-/// Inserts a log received `months_ago` months ago (as intake would have: with its search
-/// text and dedup key), `status`, and answers its id.
+/// Inserts a log received `months_ago` months ago (as intake and delivery would have: with
+/// its search text, dedup key, reply and delivery attempt), `status`, and answers its id.
 async fn old_log(pool: &sqlx::PgPool, key: &str, months_ago: i32, status: &str) -> i64 {
     sqlx::query_scalar(
         "WITH l AS (
@@ -19,8 +19,15 @@ async fn old_log(pool: &sqlx::PgPool, key: &str, months_ago: i32, status: &str) 
              RETURNING id, received_at),
          t AS (INSERT INTO webhook_log_text (log_id, received_at, doc)
                SELECT id, received_at, $1 FROM l),
-         d AS (INSERT INTO webhook_dedup (dedup_key, log_id, received_at)
-               SELECT $1, id, received_at FROM l)
+         d AS (INSERT INTO webhook_dedup (dedup_key, month, log_id, received_at)
+               SELECT $1, date_trunc('month', received_at, 'UTC'), id, received_at FROM l),
+         r AS (INSERT INTO outbound_replies (log_id, log_received_at, kind, webhook_id, status)
+               SELECT id, received_at, 'callback', 'msg_' || $1, 'delivered' FROM l
+               RETURNING id, log_id, log_received_at),
+         a AS (INSERT INTO delivery_attempts (reply_id, log_id, log_received_at, attempt, kind,
+                   url, limit_key, state)
+               SELECT id, log_id, log_received_at, 1, 'callback', 'http://x', 'x', 'succeeded'
+               FROM r)
          SELECT id FROM l",
     )
     .bind(key)
@@ -39,9 +46,10 @@ async fn table_exists(pool: &sqlx::PgPool, name: &str) -> bool {
         .unwrap()
 }
 
-/// Migrates a database with logs of two months (and their search text) through 0017:
-/// every row is kept, in its month's partition, with its id; the dedup keys it knew
-/// are still refused; new logs get ids after the old ones.
+/// Migrates a database with logs of two months (their search text, a reply and its
+/// attempt for each) through 0017 and 0018: every row is kept, in its month's partition,
+/// with its id; the dedup keys it knew are still refused; new logs get ids after the old
+/// ones.
 #[tokio::test]
 async fn the_partitioning_migration_converts_a_table_with_rows_in_it() {
     let db = empty_db().await;
@@ -54,8 +62,12 @@ async fn the_partitioning_migration_converts_a_table_with_rows_in_it() {
                      status, received_at)
                  VALUES ($1, 'instagram', 'comment', 'reply', '{}', 'processed',
                      now() - make_interval(months => $2))
-                 RETURNING id)
-             INSERT INTO webhook_log_text (log_id, doc) SELECT id, $1 FROM l",
+                 RETURNING id),
+             t AS (INSERT INTO webhook_log_text (log_id, doc) SELECT id, $1 FROM l),
+             r AS (INSERT INTO outbound_replies (log_id, kind, webhook_id, status)
+                   SELECT id, 'callback', 'msg_' || $1, 'delivered' FROM l RETURNING id, log_id)
+             INSERT INTO delivery_attempts (reply_id, log_id, attempt, kind, url, limit_key)
+             SELECT id, log_id, 1, 'callback', 'http://x', 'x' FROM r",
         )
         .bind(key)
         .bind(months_ago)
@@ -95,6 +107,37 @@ async fn the_partitioning_migration_converts_a_table_with_rows_in_it() {
     .await
     .unwrap();
     assert_eq!(texts, 3, "each log's search text, in the same month");
+    // Each log's reply and attempt, in the log's month, and its dedup key.
+    for (table, join) in [
+        (
+            "outbound_replies",
+            "x.log_id = l.id AND x.log_received_at = l.received_at",
+        ),
+        (
+            "delivery_attempts",
+            "x.log_id = l.id AND x.log_received_at = l.received_at",
+        ),
+        (
+            "webhook_dedup",
+            "x.log_id = l.id AND x.month = date_trunc('month', l.received_at, 'UTC')",
+        ),
+    ] {
+        let months: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT x.tableoid::regclass::text, l.tableoid::regclass::text
+             FROM {table} x JOIN webhook_logs l ON {join} ORDER BY l.id"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(months.len(), 3, "{table}");
+        for (companion, log) in months {
+            assert_eq!(
+                companion.strip_prefix(table),
+                log.strip_prefix("webhook_logs"),
+                "{table}"
+            );
+        }
+    }
 
     let ingestor = Ingestor::new(pool.clone(), Notifier::spawn(pool.clone()), 3);
     // A key the old table knew is still refused; the duplicate lands on the old log.
@@ -145,7 +188,8 @@ async fn a_dedup_key_stays_unique_across_months() {
     for sql in [
         "UPDATE webhook_logs SET received_at = $2 WHERE id = $1",
         "UPDATE webhook_log_text SET received_at = $2 WHERE log_id = $1",
-        "UPDATE webhook_dedup SET received_at = $2 WHERE log_id = $1",
+        "UPDATE webhook_dedup SET received_at = $2, month = date_trunc('month', $2, 'UTC')
+         WHERE log_id = $1",
     ] {
         sqlx::query(sql)
             .bind(id)
@@ -176,7 +220,7 @@ async fn a_dedup_key_stays_unique_across_months() {
 }
 
 /// Retention: a month past the retention period holding only processed logs is dropped
-/// whole (with its search text and dedup keys); a month holding a dead letter is kept,
+/// whole (with its search text, dedup keys, replies and attempts); a month holding a dead letter is kept,
 /// and only its processed logs are deleted, row by row; the months ahead are made.
 #[tokio::test]
 async fn retention_drops_a_month_whole_and_keeps_a_month_with_a_dead_letter() {
@@ -232,6 +276,22 @@ async fn retention_drops_a_month_whole_and_keeps_a_month_with_a_dead_letter() {
         .await
         .unwrap();
     assert_eq!(texts, 2);
+    for table in ["outbound_replies", "delivery_attempts"] {
+        let of: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT log_id FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            of,
+            [dead, recent],
+            "{table}: the gone logs' rows went with them"
+        );
+    }
+    for (_, table) in m4.companions() {
+        assert!(!table_exists(pool, &table).await, "{table}");
+    }
     for ahead in 0..=2 {
         let month = LogPartition::of(now + chrono::Months::new(ahead));
         assert!(table_exists(pool, &month.logs_table()).await, "{month:?}");
@@ -264,9 +324,68 @@ async fn retention_finishes_a_month_left_detached() {
     assert_eq!((purged.deleted, purged.partitions_dropped), (1, 1));
     assert!(!table_exists(pool, &m5.logs_table()).await);
     assert!(!table_exists(pool, &m5.text_table()).await);
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_dedup")
-        .fetch_one(pool)
+    for table in ["webhook_dedup", "outbound_replies", "delivery_attempts"] {
+        let left: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{table}");
+    }
+    for (_, table) in m5.companions() {
+        assert!(!table_exists(pool, &table).await, "{table}");
+    }
+}
+
+/// The months intake writes a dedup key into (`hookq_dedup_months`, migration 0018): its
+/// statement's own, and the previous one too when the statement began in a month's first
+/// hour or ran into the next month, so that two statements writing one key at the same
+/// time always meet on one month's unique index.
+#[tokio::test]
+async fn a_dedup_key_is_written_into_both_months_around_a_month_start() {
+    let db = fresh_db().await;
+    let months = |began: &'static str, clock: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let m: Vec<String> = sqlx::query_scalar(
+                "SELECT to_char(m AT TIME ZONE 'UTC', 'YYYY-MM')
+                 FROM hookq_dedup_months($1::timestamptz, $2::timestamptz) m ORDER BY m",
+            )
+            .bind(began)
+            .bind(clock)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            m
+        }
+    };
+    let mid = "2026-12-15 12:00:00+00";
+    assert_eq!(months(mid, mid).await, ["2026-12"]);
+    let early = "2026-12-01 00:30:00+00";
+    assert_eq!(months(early, early).await, ["2026-11", "2026-12"]);
+    let after_the_hour = "2026-12-01 01:00:01+00";
+    assert_eq!(months(after_the_hour, after_the_hour).await, ["2026-12"]);
+    assert_eq!(
+        months("2026-11-30 23:59:59+00", "2026-12-01 00:00:01+00").await,
+        ["2026-11", "2026-12"],
+        "began in one month, writing in the next"
+    );
+    // Whatever the session's time zone: the months are UTC's.
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET timezone = 'Pacific/Kiritimati'")
+        .execute(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(keys, 0);
+    let m: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT hookq_dedup_months($1::timestamptz, $1::timestamptz)")
+            .bind("2026-12-31 20:00:00+00")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        m,
+        ["2026-12-01T00:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()]
+    );
 }
