@@ -78,3 +78,57 @@ async fn many_concurrent_callers_are_all_stored_with_their_jobs_in_shared_commit
         .unwrap();
     assert_eq!(dups, (CALLERS - 10) as i64);
 }
+
+/// Copies of one webhook reaching several API hosts at once (each its own [`Ingestor`],
+/// so their statements run side by side): the dedup table, partitioned by month
+/// (migration 0018), still lets exactly one copy in, every copy gets that log's id, and
+/// the others are counted as duplicates on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_through_several_hosts_at_once_store_one_log_per_key() {
+    const HOSTS: usize = 4;
+    const KEYS: usize = 40;
+    let db = fresh_db().await;
+    let start = Arc::new(Barrier::new(HOSTS * KEYS));
+    let mut tasks = Vec::new();
+    for _ in 0..HOSTS {
+        let ingestor = Ingestor::new(db.pool.clone(), Notifier::spawn(db.pool.clone()), 3);
+        for k in 0..KEYS {
+            let ingestor = ingestor.clone();
+            let start = Arc::clone(&start);
+            tasks.push(tokio::spawn(async move {
+                let event = comment_event(&format!("copy-{k}"));
+                start.wait().await;
+                (k, ingestor.ingest(&[event], None).await)
+            }));
+        }
+    }
+    let mut by_key: HashMap<usize, Vec<(i64, usize)>> = HashMap::new();
+    for t in tasks {
+        let (k, answer) = t.await.unwrap();
+        let a = answer.expect("every copy is acknowledged");
+        by_key.entry(k).or_default().push((a.ids[0], a.accepted));
+    }
+    for (k, copies) in &by_key {
+        assert_eq!(copies.len(), HOSTS);
+        assert_eq!(
+            copies.iter().map(|c| c.1).sum::<usize>(),
+            1,
+            "key {k}: exactly one copy is new"
+        );
+        assert!(
+            copies.iter().all(|c| c.0 == copies[0].0),
+            "key {k}: every copy names the one log"
+        );
+    }
+    let (logs, dups, keys): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(duplicate_count), (SELECT count(DISTINCT dedup_key) FROM webhook_dedup)
+         FROM webhook_logs",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (logs, dups, keys),
+        (KEYS as i64, (KEYS * (HOSTS - 1)) as i64, KEYS as i64)
+    );
+}
