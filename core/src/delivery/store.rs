@@ -7,7 +7,7 @@
 //! duplicated job can never move anything backwards. Functions taking `&mut PgConnection` are meant to run inside the
 //! caller's transaction (the tasks crate adds the next job's enqueue to the same one).
 //!
-//! Both tables are partitioned by their log's month (`log_received_at`, migration 0018,
+//! Both tables are partitioned by their log's month (`log_received_at`, migration 0017,
 //! so that retention drops them with the logs): a reply's insert reads it from its log,
 //! an attempt's from its reply, in the same statement.
 

@@ -1,14 +1,12 @@
 //! The monthly partitions of `webhook_logs` and of the tables partitioned with it
 //! (contract section 11; the design and its reasons are in
-//! `migrations/0017_partitioned_logs.sql` and `0018_partitioned_log_companions.sql`):
-//! making them ahead of time, finding the months past retention, and dropping one whole —
-//! never with an unfinished log in it.
+//! `migrations/0017_partitioned_logs.sql`): making them ahead of time, finding the months
+//! past retention, and dropping one whole — never with an unfinished log in it.
 //!
 //! Each month has a partition in five tables: the logs, their search text
 //! (`webhook_log_text`), their dedup keys (`webhook_dedup`), their replies
 //! (`outbound_replies`) and the replies' tries (`delivery_attempts`), the last four its
-//! *companions* (migration 0018 partitioned the last three so that a month goes whole).
-//! A month is dropped in three steps, each safe to stop after:
+//! *companions*. A month is dropped in three steps, each safe to stop after:
 //!
 //! 1. **Detach** the five partitions of the month, in one short transaction that first
 //!    takes the logs' lock (`DETACH PARTITION` holds `ACCESS EXCLUSIVE` on the parent
@@ -21,9 +19,9 @@
 //! 3. **Drop** the five detached tables, in one statement.
 //!
 //! Measured (`bench retention`, a million processed logs each with its text, key, reply
-//! and attempt, durable cluster): 0.84–0.98 s in all, the parents locked 7–9 ms, and most
-//! of the rest the kernel unlinking the month's files after the drop commits. Before the
-//! companions were partitioned, deleting their rows took 10.1 s of 10.5.
+//! and attempt, durable cluster): 0.69–0.98 s in all, the parents locked 5–9 ms, and most
+//! of the rest the kernel unlinking the month's files after the drop commits. With only
+//! the logs and their text partitioned, deleting the companions' rows took 10.1 s of 10.5.
 //!
 //! A month left detached by a crash between the steps is found again by its name and
 //! finished by the next run ([`expired`] lists it).

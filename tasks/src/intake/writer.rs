@@ -53,7 +53,7 @@ const DEADLOCK_TRIES: usize = 3;
 /// draws its job's id from the queue's identity sequence while the logs are inserted
 /// (a data-modifying CTE cannot update rows another one inserted in the same statement),
 /// so the `jobs` CTE only has to reuse them. Which keys are new is decided by
-/// `webhook_dedup`, partitioned by month (`migrations/0018_partitioned_log_companions.sql`
+/// `webhook_dedup`, partitioned by month (`migrations/0017_partitioned_logs.sql`
 /// says why and how): a key is a duplicate when an earlier month holds it (`prior`), or
 /// when writing it into the months of `hookq_dedup_months` (its own, and the previous one
 /// around a month's start) meets a row already there (`claims`: a row that keeps its log
@@ -61,8 +61,9 @@ const DEADLOCK_TRIES: usize = 3;
 /// subquery so the planner inlines the SQL function instead of planning its body on every
 /// call, which it does when an argument is volatile). Each key draws its log id
 /// up front; a duplicate burns it, which is harmless. Rows that concurrent batches share
-/// are taken in one order, dedup rows by key and then the duplicated logs by id (`bump`),
-/// so two batches never deadlock ([`DEADLOCK_TRIES`]). A key already stored bumps its
+/// are taken in one order, dedup rows by key and then the duplicated logs by id (`bump`,
+/// and the same in `count_late_duplicates`), so two batches never deadlock
+/// ([`DEADLOCK_TRIES`]). A key already stored bumps its
 /// log's `duplicate_count` once, plus once per later request of the batch that repeated
 /// it (`extra`), as separate transactions would have. Each job's fair-share group is its log's account
 /// ([`group_sql`](hookq_core::logs::group_sql)), worked out once per distinct account of
@@ -381,10 +382,18 @@ impl<'a> Plan<'a> {
         if ids.is_empty() {
             return Ok(());
         }
+        // The logs locked in id order first, as the batch statement's `bump` does, so
+        // this never deadlocks with another batch's bump.
         sqlx::query(
-            "UPDATE webhook_logs l
-             SET duplicate_count = l.duplicate_count + t.n, updated_at = now()
-             FROM unnest($1::bigint[], $2::int4[]) AS t(id, n) WHERE l.id = t.id",
+            "WITH bump AS (
+                 SELECT l.id, l.received_at, t.n
+                 FROM unnest($1::bigint[], $2::int4[]) AS t(id, n)
+                 JOIN webhook_logs l ON l.id = t.id
+                 ORDER BY l.id
+                 FOR UPDATE OF l)
+             UPDATE webhook_logs l
+             SET duplicate_count = l.duplicate_count + b.n, updated_at = now()
+             FROM bump b WHERE l.id = b.id AND l.received_at = b.received_at",
         )
         .bind(&ids)
         .bind(&counts)

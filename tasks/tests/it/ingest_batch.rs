@@ -81,7 +81,7 @@ async fn many_concurrent_callers_are_all_stored_with_their_jobs_in_shared_commit
 
 /// Copies of one webhook reaching several API hosts at once (each its own [`Ingestor`],
 /// so their statements run side by side): the dedup table, partitioned by month
-/// (migration 0018), still lets exactly one copy in, every copy gets that log's id, and
+/// (migration 0017), still lets exactly one copy in, every copy gets that log's id, and
 /// the others are counted as duplicates on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_through_several_hosts_at_once_store_one_log_per_key() {

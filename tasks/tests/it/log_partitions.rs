@@ -47,7 +47,7 @@ async fn table_exists(pool: &sqlx::PgPool, name: &str) -> bool {
 }
 
 /// Migrates a database with logs of two months (their search text, a reply and its
-/// attempt for each) through 0017 and 0018: every row is kept, in its month's partition,
+/// attempt for each) through 0017: every row is kept, in its month's partition,
 /// with its id; the dedup keys it knew are still refused; new logs get ids after the old
 /// ones.
 #[tokio::test]
@@ -337,7 +337,7 @@ async fn retention_finishes_a_month_left_detached() {
     }
 }
 
-/// The months intake writes a dedup key into (`hookq_dedup_months`, migration 0018): its
+/// The months intake writes a dedup key into (`hookq_dedup_months`, migration 0017): its
 /// statement's own, and the previous one too when the statement began in a month's first
 /// hour or ran into the next month, so that two statements writing one key at the same
 /// time always meet on one month's unique index.
