@@ -23,6 +23,17 @@ pub fn connect_lazy(opts: PgConnectOptions, max_connections: u32) -> PgPool {
     pool_options(max_connections).connect_lazy_with(opts)
 }
 
+/// A small pool of `max_connections` beside `main`, on the same database and following
+/// it through failovers, for work that must not wait behind `main`'s: a lane of
+/// statements whose backends, idle between them, the OS schedules at once.
+pub fn side_pool(main: &PgPool, max_connections: u32) -> PgPool {
+    let side = pool_options(max_connections).connect_lazy_with((*main.connect_options()).clone());
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(follow_pool(side.clone(), main.clone(), |opts| opts));
+    }
+    side
+}
+
 /// The settings every pool of the API and the workers shares: none kept open while idle,
 /// a 5 s wait for a connection (then `Unavailable`, 503), idle ones closed after 5
 /// minutes, each pinged before it is handed out ([`connect_primary`] replaces the ping

@@ -26,7 +26,7 @@ use hookq_core::{
 use sqlx::PgPool;
 
 use crate::{
-    batch::{GroupOptions, GroupWriter},
+    batch::{ExpressLane, ExpressThread, GroupOptions, GroupWriter, LaneLoad},
     error::Error,
     queue::Notifier,
 };
@@ -83,7 +83,16 @@ pub struct Ingestor {
     /// Its flush answers each request itself (a failed batch answers each with the
     /// shared error), so the writer's batch-wide error cannot happen.
     writer: GroupWriter<writer::Item, Result<Ingested, Error>, Infallible>,
+    /// Requests in the writer per account: an account's request with no other in
+    /// progress takes the express lane ([`crate::batch`]'s lanes), so a flooded
+    /// account's 512-event statements do not delay another account's webhook.
+    lanes: LaneLoad,
+    /// Keeps the express lane's thread for as long as the writer.
+    _express: Option<ExpressThread>,
 }
+
+/// Events per express statement, and requests in the express lane at once.
+const EXPRESS_EVENTS: usize = 32;
 
 impl Ingestor {
     /// Starts the batching writer on the current Tokio runtime with default options and
@@ -108,20 +117,46 @@ impl Ingestor {
             linger: opts.linger,
             capacity: opts.queue_capacity,
         };
-        let batch_pool = pool.clone();
+        let express = GroupOptions {
+            max_batch: EXPRESS_EVENTS,
+            in_flight: 1,
+            linger: Duration::ZERO,
+            capacity: opts.queue_capacity,
+        };
         let max_attempts = i32::try_from(opts.max_attempts.max(1)).unwrap_or(i32::MAX);
-        let writer = GroupWriter::with_options(
-            group,
-            |item: &writer::Item| item.logs.len(),
+        let flusher = |pool: PgPool| {
+            let notifier = notifier.clone();
             move |items: Vec<writer::Item>| {
-                let pool = batch_pool.clone();
+                let pool = pool.clone();
                 let notifier = notifier.clone();
                 async move {
                     Ok::<_, Infallible>(writer::flush(&pool, &notifier, &items, max_attempts).await)
                 }
-            },
+            }
+        };
+        // The express lane's own connection and thread (see `crate::batch`); should the
+        // thread not start, its statements run on this runtime, still on their own.
+        let lane = ExpressLane::start(&pool, 1).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "intake's express thread did not start");
+            ExpressLane {
+                pool: hookq_core::db::side_pool(&pool, 1),
+                thread: None,
+            }
+        });
+        let writer = GroupWriter::with_lanes(
+            group,
+            express,
+            |item: &writer::Item| item.logs.len(),
+            flusher(pool.clone()),
+            flusher(lane.pool.clone()),
+            lane.thread.as_ref(),
         );
-        Ingestor { pool, writer }
+        Ingestor {
+            pool,
+            writer,
+            lanes: LaneLoad::new(EXPRESS_EVENTS),
+            _express: lane.thread,
+        }
     }
 
     /// The pool the writer stores into.
@@ -167,13 +202,16 @@ impl Ingestor {
                 "event {i} of the body cannot be stored: {why}"
             )));
         }
+        // A request's lane is its first event's account's (a Meta delivery holds one
+        // account's entries).
+        let ticket = self.lanes.enter(logs[0].account_id.as_deref());
         let item = writer::Item {
             logs,
             correlation_id: correlation_id.map(str::to_owned),
         };
         // `None`: the writer is gone, or died mid-batch, so the batch's fate is unknown
         // to us; the sender is told to retry (a retry of a stored event is a duplicate).
-        let answer = match self.writer.submit(item).await {
+        let answer = match self.writer.submit_in(ticket.lane(), item).await {
             Some(Ok(answer)) => answer,
             Some(Err(never)) => match *never {},
             None => Err(Error::IngestStopped),

@@ -14,10 +14,13 @@ use hookq_core::{error::Result, logs::transitions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::batch::GroupWriter;
+use crate::batch::{ExpressLane, GroupWriter};
 
 /// Rows per statement at most.
 const MAX_BATCH: usize = 256;
+/// Rows per statement at most in the express lane (runs whose group has nothing else
+/// running here: [`crate::batch`]'s lanes).
+const EXPRESS_BATCH: usize = 32;
 /// Batches committing at once: one fills while another waits for its flush.
 const IN_FLIGHT: usize = 2;
 
@@ -35,13 +38,24 @@ pub struct ReplyFinisher {
 }
 
 impl ReplyFinisher {
-    /// Starts the writer on the current Tokio runtime.
-    pub fn spawn(pool: PgPool) -> Self {
-        ReplyFinisher {
-            writer: GroupWriter::spawn(MAX_BATCH, IN_FLIGHT, move |batch| {
+    /// Starts the writer on the current Tokio runtime; its express lane writes through
+    /// `express`.
+    pub fn spawn(pool: PgPool, express: &ExpressLane) -> Self {
+        let flusher = |pool: PgPool| {
+            move |batch| {
                 let pool = pool.clone();
                 async move { flush(&pool, batch).await }
-            }),
+            }
+        };
+        ReplyFinisher {
+            writer: GroupWriter::spawn_with_express(
+                MAX_BATCH,
+                IN_FLIGHT,
+                EXPRESS_BATCH,
+                flusher(pool),
+                flusher(express.pool.clone()),
+                express.thread.as_ref(),
+            ),
         }
     }
 

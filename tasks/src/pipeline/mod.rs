@@ -24,6 +24,7 @@ use self::{
     starts::GroupedLogStore,
 };
 use crate::{
+    batch::ExpressLane,
     error::Error,
     jobs::{DeliverReply, ProcessWebhook, ReplayChunk},
     outbound::llm::LlmGenerator,
@@ -33,7 +34,12 @@ use crate::{
 /// The use case's dependencies, backed by Postgres (directory lookups cached per
 /// process). Replies are written by the LLM when
 /// `REPLY_LLM_URL` is set, else rendered from the persona template.
-pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, Error> {
+pub fn deps(
+    pool: &PgPool,
+    config: &Config,
+    notifier: Notifier,
+    express: &ExpressLane,
+) -> Result<Deps, Error> {
     let generator: Arc<dyn ReplyGenerator> = match &config.llm {
         Some(llm) => Arc::new(LlmGenerator::new(llm)?),
         None => Arc::new(TemplateRenderer),
@@ -45,12 +51,12 @@ pub fn deps(pool: &PgPool, config: &Config, notifier: Notifier) -> Result<Deps, 
             pool: pool.clone(),
         }))),
         // Starts are group-written: every run begins with one.
-        logs: Arc::new(GroupedLogStore::spawn(pool.clone())),
+        logs: Arc::new(GroupedLogStore::spawn(pool.clone(), express)),
         generator,
         outbox: Arc::new(PgOutbox {
             pool: pool.clone(),
             notifier,
-            finisher: ReplyFinisher::spawn(pool.clone()),
+            finisher: ReplyFinisher::spawn(pool.clone(), express),
             max_attempts: config.max_attempts,
         }),
         reports: Arc::new(PgDeliveryStore { pool: pool.clone() }),
@@ -68,6 +74,9 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // Runs of a group with nothing else running here, and their two writes, go on the
+    // express lane's thread and connections (`crate::batch`; contract section 10).
+    let express = ExpressLane::start(&pool, 2)?;
     let opts = WorkerOptions {
         concurrency: config.max_async_tasks,
         max_attempts: config.max_attempts,
@@ -88,6 +97,7 @@ pub async fn run(
             limit: r.requests,
             window: r.per,
         }),
+        express: express.thread.clone(),
         ..WorkerOptions::default()
     };
     let notifier = Notifier::spawn(pool.clone());
@@ -113,7 +123,7 @@ pub async fn run(
         },
         notifier.clone(),
     )?;
-    let deps = deps(&pool, config, notifier.clone())?;
+    let deps = deps(&pool, config, notifier.clone(), &express)?;
     let replayer = crate::replay::Replayer::new(
         pool.clone(),
         notifier.clone(),

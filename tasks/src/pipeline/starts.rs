@@ -18,10 +18,13 @@ use hookq_core::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::batch::GroupWriter;
+use crate::batch::{ExpressLane, GroupWriter};
 
 /// Rows per statement at most.
 const MAX_BATCH: usize = 256;
+/// Rows per statement at most in the express lane (runs whose group has nothing else
+/// running here: [`crate::batch`]'s lanes).
+const EXPRESS_BATCH: usize = 32;
 /// Statements at once: one fills while another runs.
 const IN_FLIGHT: usize = 2;
 
@@ -33,13 +36,24 @@ pub struct GroupedLogStore {
 }
 
 impl GroupedLogStore {
-    /// Starts the start writer on the current Tokio runtime.
-    pub fn spawn(pool: PgPool) -> Self {
+    /// Starts the start writer on the current Tokio runtime; its express lane writes
+    /// through `express`.
+    pub fn spawn(pool: PgPool, express: &ExpressLane) -> Self {
         let inner = PgLogStore { pool: pool.clone() };
-        let starts = GroupWriter::spawn(MAX_BATCH, IN_FLIGHT, move |batch| {
-            let pool = pool.clone();
-            async move { start_batch(&pool, batch).await }
-        });
+        let flusher = |pool: PgPool| {
+            move |batch| {
+                let pool = pool.clone();
+                async move { start_batch(&pool, batch).await }
+            }
+        };
+        let starts = GroupWriter::spawn_with_express(
+            MAX_BATCH,
+            IN_FLIGHT,
+            EXPRESS_BATCH,
+            flusher(pool),
+            flusher(express.pool.clone()),
+            express.thread.as_ref(),
+        );
         GroupedLogStore { inner, starts }
     }
 }

@@ -154,6 +154,8 @@ impl JobContext {
 pub(crate) struct ClaimedJob {
     pub(crate) ctx: JobContext,
     pub(crate) payload: Box<RawValue>,
+    /// The job's fair-share group (`''` for none): the key of its run's lane.
+    pub(crate) group_key: String,
 }
 
 /// A handler's successful output, serialised for the archive's `result` column (`None`

@@ -192,6 +192,7 @@ impl Producer {
                     planned_retry_delay,
                 },
                 payload: row.payload.0,
+                group_key: row.group_key,
             });
         }
         Ok(jobs)

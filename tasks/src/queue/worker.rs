@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use crate::batch::{ExpressThread, LaneLoad};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde::Serialize;
@@ -19,7 +20,7 @@ use super::{
     backoff::Backoff,
     completer::{Completer, ReleaseHook},
     error::QueueError,
-    executor::{Executor, HandlerTable},
+    executor::{EXPRESS_RUNS, Executor, HandlerTable},
     job::{GroupRate, Job, JobContext, JobError, JobId},
     maintenance::{
         self, dead_letter,
@@ -66,6 +67,9 @@ pub struct WorkerOptions {
     /// The rate limit of every group whose budget names none (`HOOKQ_REPLY_RATE_LIMIT`
     /// for the pipeline); `None`: such groups are not rate limited.
     pub default_group_rate: Option<GroupRate>,
+    /// Where runs of a group with nothing else running in this process go
+    /// ([`crate::batch`]'s express lane); `None` runs every job on the caller's runtime.
+    pub express: Option<ExpressThread>,
 }
 
 impl Default for WorkerOptions {
@@ -83,6 +87,7 @@ impl Default for WorkerOptions {
             archive_retention: Duration::from_secs(7 * 24 * 3600),
             worker_name: "hookq-worker".to_owned(),
             default_group_rate: None,
+            express: None,
         }
     }
 }
@@ -291,6 +296,8 @@ impl Workers {
         let executor = Arc::new(Executor {
             table,
             job_timeout: opts.job_timeout,
+            lanes: LaneLoad::new(EXPRESS_RUNS),
+            express: opts.express.clone(),
         });
         let stopping = {
             let rt = rt.clone();
@@ -356,10 +363,12 @@ impl Workers {
             default_rate: self.opts.default_group_rate,
             fair: Default::default(),
         };
-        let executor = Executor {
+        let executor = Arc::new(Executor {
             table: self.table.clone(),
             job_timeout: self.opts.job_timeout,
-        };
+            lanes: LaneLoad::new(EXPRESS_RUNS),
+            express: None,
+        });
         let completer = Completer {
             rt: rt.clone(),
             release_hooks: self.release_hooks.clone(),

@@ -26,7 +26,10 @@ async fn concurrent_starts_each_get_their_own_log() {
         .await
         .unwrap();
 
-    let store = Arc::new(GroupedLogStore::spawn(db.pool.clone()));
+    let store = Arc::new(GroupedLogStore::spawn(
+        db.pool.clone(),
+        &hookq_tasks::batch::ExpressLane::inline(&db.pool),
+    ));
     // Every log once, the first ten twice more: 220 callers at once.
     let calls: Vec<(i64, u32)> = ids
         .iter()

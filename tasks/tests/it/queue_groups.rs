@@ -332,3 +332,93 @@ async fn budgets_hold_across_two_worker_runtimes() {
         assert!(within <= 4, "{within} finishes within 1 s from {start}");
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Laned {
+    group: String,
+}
+
+impl Job for Laned {
+    const NAME: &'static str = "test.laned";
+}
+
+/// A run whose group has nothing else running in the process takes the express lane,
+/// on the express thread; a group's company runs in bulk on the worker's own runtime.
+/// Four runs held at a barrier, so all four are in progress at once: the flooded
+/// group's first run is express and its other two bulk; the quiet group's one is
+/// express.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_groups_run_takes_the_express_thread() {
+    use hookq_tasks::batch::{ExpressThread, Lane, current_lane};
+    let db = fresh_db().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    for group in ["ig:flood", "ig:flood", "ig:flood", "ig:quiet"] {
+        queue::enqueue_many(
+            &mut tx,
+            &[Laned {
+                group: group.into(),
+            }],
+            &EnqueueOptions {
+                keys: JobKeys {
+                    group: group.into(),
+                    order: None,
+                    position: None,
+                },
+                ..EnqueueOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // Each run's group, lane and thread name.
+    type Seen = Vec<(String, Lane, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let mut w = Workers::new(
+        db.pool.clone(),
+        WorkerOptions {
+            concurrency: 4,
+            poll_interval: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(2),
+            worker_name: "lanes".into(),
+            express: Some(ExpressThread::start("hookq-express").unwrap()),
+            ..WorkerOptions::default()
+        },
+    );
+    let (record, wait) = (seen.clone(), barrier.clone());
+    w.register(move |job: Laned, _ctx: JobContext| {
+        let (record, wait) = (record.clone(), wait.clone());
+        async move {
+            let thread = std::thread::current().name().map(str::to_owned);
+            record
+                .lock()
+                .unwrap()
+                .push((job.group, current_lane(), thread));
+            wait.wait().await;
+            Ok::<_, JobError>(())
+        }
+    });
+    let running = start(w);
+    wait_for(10, "four runs", || {
+        let n = seen.lock().unwrap().len();
+        async move { (n == 4).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+
+    let seen = seen.lock().unwrap().clone();
+    let lanes = |group: &str, lane: Lane| {
+        seen.iter()
+            .filter(|(g, l, _)| g == group && *l == lane)
+            .count()
+    };
+    assert_eq!(lanes("ig:flood", Lane::Express), 1, "{seen:?}");
+    assert_eq!(lanes("ig:flood", Lane::Bulk), 2, "{seen:?}");
+    assert_eq!(lanes("ig:quiet", Lane::Express), 1, "{seen:?}");
+    for (group, lane, thread) in &seen {
+        let on_express = thread.as_deref() == Some("hookq-express");
+        assert_eq!(on_express, *lane == Lane::Express, "{group}: {seen:?}");
+    }
+}
