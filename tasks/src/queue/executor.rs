@@ -96,7 +96,7 @@ pub(crate) struct Executor {
     /// A run longer than this fails (and is retried).
     pub(crate) job_timeout: Duration,
     /// Runs in progress per fair-share group: a run whose group has nothing else running
-    /// here writes in the express lane of the handlers' group writers
+    /// here, while other groups' runs do, writes in the express lane of the handlers' group writers
     /// ([`crate::batch`]), so one account's flood does not slow another's lone event.
     pub(crate) lanes: LaneLoad,
     /// The express lane's thread, if runs may go there.
@@ -109,7 +109,7 @@ pub(crate) const EXPRESS_RUNS: usize = 32;
 impl Executor {
     /// Runs `job` to its outcome and hands that to the runtime ([`Runtime::finish`]).
     /// Past the runtime's hard stop the run is dropped and the job handed back. A run of
-    /// a group with nothing else running here takes the express lane: on the express
+    /// a group with nothing else running here, while others run, takes the express lane: on the express
     /// thread when there is one, its writes in the writers' express queues.
     pub(crate) async fn run(self: &Arc<Self>, rt: &Arc<Runtime>, job: ClaimedJob) {
         let ticket = self.lanes.enter(Some(&job.group_key));

@@ -47,7 +47,8 @@
 //! cluster, alternating with the queue before section 10: the two statements drained
 //! 28–30k jobs/s against its 34–38k; one statement 29–35k (−9 % on four rounds each).
 //!
-//! A run whose group has nothing else running in the process takes the express lane
+//! A run whose group has nothing else running in the process, while other groups' runs
+//! do, takes the express lane
 //! (`executor.rs`, [`crate::batch`]): it runs on the process's express thread and its
 //! group writes (the log's start and finish) go in small batches on connections of their
 //! own, so a quiet account's event does not queue behind a flood's 256-row statements

@@ -67,7 +67,8 @@ pub struct WorkerOptions {
     /// The rate limit of every group whose budget names none (`HOOKQ_REPLY_RATE_LIMIT`
     /// for the pipeline); `None`: such groups are not rate limited.
     pub default_group_rate: Option<GroupRate>,
-    /// Where runs of a group with nothing else running in this process go
+    /// Where runs of a group with nothing else running in this process go (while other
+    /// groups' runs do)
     /// ([`crate::batch`]'s express lane); `None` runs every job on the caller's runtime.
     pub express: Option<ExpressThread>,
 }

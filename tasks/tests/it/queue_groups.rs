@@ -342,25 +342,17 @@ impl Job for Laned {
     const NAME: &'static str = "test.laned";
 }
 
-/// A run whose group has nothing else running in the process takes the express lane,
-/// on the express thread; a group's company runs in bulk on the worker's own runtime.
-/// Four runs held at a barrier, so all four are in progress at once: the flooded
-/// group's first run is express and its other two bulk; the quiet group's one is
-/// express.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_groups_run_takes_the_express_thread() {
-    use hookq_tasks::batch::{ExpressThread, Lane, current_lane};
-    let db = fresh_db().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    for group in ["ig:flood", "ig:flood", "ig:flood", "ig:quiet"] {
+async fn enqueue_laned(pool: &PgPool, groups: &[&str]) {
+    let mut tx = pool.begin().await.unwrap();
+    for group in groups {
         queue::enqueue_many(
             &mut tx,
             &[Laned {
-                group: group.into(),
+                group: (*group).into(),
             }],
             &EnqueueOptions {
                 keys: JobKeys {
-                    group: group.into(),
+                    group: (*group).into(),
                     order: None,
                     position: None,
                 },
@@ -371,6 +363,17 @@ async fn a_lone_groups_run_takes_the_express_thread() {
         .unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// A run whose group has nothing else running in the process, while another group's
+/// runs do, takes the express lane, on the express thread; a flooded group's runs
+/// (the first of which found nothing to overtake) run in bulk on the worker's own
+/// runtime. Three flooded runs are held at a barrier while the quiet job arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_groups_run_takes_the_express_thread() {
+    use hookq_tasks::batch::{ExpressThread, Lane, current_lane};
+    let db = fresh_db().await;
+    enqueue_laned(&db.pool, &["ig:flood", "ig:flood", "ig:flood"]).await;
 
     // Each run's group, lane and thread name.
     type Seen = Vec<(String, Lane, Option<String>)>;
@@ -401,24 +404,26 @@ async fn a_lone_groups_run_takes_the_express_thread() {
         }
     });
     let running = start(w);
-    wait_for(10, "four runs", || {
-        let n = seen.lock().unwrap().len();
-        async move { (n == 4).then_some(()) }
-    })
-    .await;
+    let count = |n: usize| {
+        let seen = seen.clone();
+        move || {
+            let got = seen.lock().unwrap().len();
+            async move { (got == n).then_some(()) }
+        }
+    };
+    wait_for(10, "the flooded group's three runs", count(3)).await;
+    enqueue_laned(&db.pool, &["ig:quiet"]).await;
+    wait_for(10, "the quiet group's run", count(4)).await;
     running.stop().await;
 
     let seen = seen.lock().unwrap().clone();
-    let lanes = |group: &str, lane: Lane| {
-        seen.iter()
-            .filter(|(g, l, _)| g == group && *l == lane)
-            .count()
-    };
-    assert_eq!(lanes("ig:flood", Lane::Express), 1, "{seen:?}");
-    assert_eq!(lanes("ig:flood", Lane::Bulk), 2, "{seen:?}");
-    assert_eq!(lanes("ig:quiet", Lane::Express), 1, "{seen:?}");
-    for (group, lane, thread) in &seen {
-        let on_express = thread.as_deref() == Some("hookq-express");
-        assert_eq!(on_express, *lane == Lane::Express, "{group}: {seen:?}");
+    let flood: Vec<_> = seen.iter().filter(|s| s.0 == "ig:flood").collect();
+    assert_eq!(flood.len(), 3, "{seen:?}");
+    for (_, lane, thread) in &flood {
+        assert_eq!(*lane, Lane::Bulk, "{seen:?}");
+        assert_ne!(thread.as_deref(), Some("hookq-express"), "{seen:?}");
     }
+    let quiet = seen.iter().find(|s| s.0 == "ig:quiet").expect("quiet run");
+    assert_eq!(quiet.1, Lane::Express, "{seen:?}");
+    assert_eq!(quiet.2.as_deref(), Some("hookq-express"), "{seen:?}");
 }
