@@ -38,6 +38,13 @@
 //! is the database's own queue, shared by both lanes: sampling `pg_stat_activity`, the
 //! synchronous commits spend ~40 % of their time waiting for the WAL flush that the
 //! flood's batches fill, and ~20 % on the buffer locks of the newest pages.
+//! With the flooded account held to a reply rate (`FAIRNESS_FLOOD_LIMIT=500/s`, as
+//! Meta would hold it), the database has room and the quiet p99 is 38–48 ms (57–66 ms
+//! before lanes); unthrottled, the flood's drain takes both cores and the quiet p99
+//! stays near 100–150 ms on this machine. Tried and not kept, no gain measured under
+//! the unthrottled flood: HOT updates for the start (the status and `updated_at`
+//! indexes dropped, fillfactor 70: a quarter of the log's updates went HOT, quiet p99
+//! 150–210 ms) and no ping before each pooled connection's use (quiet p99 89–189 ms).
 
 use std::{
     collections::HashMap,
@@ -212,36 +219,61 @@ impl LaneLoad {
     /// Counts an item of `key` in progress until the ticket drops. Items without a key
     /// (no account, no group) go in bulk and are not counted.
     pub fn enter(&self, key: Option<&str>) -> LaneTicket {
-        let Some(key) = key.filter(|k| !k.is_empty()).map(|k| {
-            let mut h = DefaultHasher::new();
-            k.hash(&mut h);
-            h.finish()
-        }) else {
-            return LaneTicket {
-                load: Arc::clone(&self.inner),
-                key: None,
-                lane: Lane::Bulk,
-            };
-        };
+        self.enter_all([key]).pop().expect("one ticket per key")
+    }
+
+    /// [`enter`](Self::enter) for items that arrive together (a claim's jobs): all are
+    /// counted before any lane is chosen, so a quiet group's job is express even when
+    /// it comes first in a claim with a flood's (entered one by one, it would have found
+    /// nothing in progress to overtake), and a key with company in the batch is bulk.
+    pub fn enter_all<'a>(
+        &self,
+        keys: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Vec<LaneTicket> {
+        let keys: Vec<Option<u64>> = keys
+            .into_iter()
+            .map(|key| {
+                key.filter(|k| !k.is_empty()).map(|k| {
+                    let mut h = DefaultHasher::new();
+                    k.hash(&mut h);
+                    h.finish()
+                })
+            })
+            .collect();
         let mut load = self.inner.lock().expect("lane load");
-        let others = load.total;
-        load.total += 1;
-        let n = load.by_key.entry(key).or_insert(0);
-        *n += 1;
-        // Express only with someone to overtake: a lone item of an idle process takes
-        // the path it always took (measured: the express hops cost an idle webhook's
-        // p99 ~2 ms, 8.0 → 10.0 ms over 3 × 1,500 samples).
-        let lane = if *n == 1 && others > 0 && load.express < self.express_cap {
-            load.express += 1;
-            Lane::Express
-        } else {
-            Lane::Bulk
-        };
-        LaneTicket {
-            load: Arc::clone(&self.inner),
-            key: Some(key),
-            lane,
+        for key in keys.iter().flatten() {
+            load.total += 1;
+            *load.by_key.entry(*key).or_insert(0) += 1;
         }
+        keys.into_iter()
+            .map(|key| {
+                // Express only with someone to overtake: a lone item of an idle process
+                // takes the path it always took (measured: the express hops cost an
+                // idle webhook's p99 ~2 ms, 8.0 → 10.0 ms over 3 × 1,500 samples).
+                let lane = match key {
+                    Some(k)
+                        if load.by_key[&k] == 1
+                            && load.total > 1
+                            && load.express < self.express_cap =>
+                    {
+                        load.express += 1;
+                        Lane::Express
+                    }
+                    _ => Lane::Bulk,
+                };
+                LaneTicket {
+                    load: Arc::clone(&self.inner),
+                    key,
+                    lane,
+                }
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for LaneTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LaneTicket").field(&self.lane).finish()
     }
 }
 
@@ -611,6 +643,26 @@ mod tests {
             assert_eq!(h.await.unwrap().unwrap().unwrap(), i * 10);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![1, 10]);
+    }
+
+    /// A claim's jobs enter together: the quiet group's job is express though it comes
+    /// first, the flood's are bulk, and a batch of one key alone has no one to overtake.
+    #[test]
+    fn a_batch_enters_together() {
+        let load = LaneLoad::new(4);
+        let lanes = |t: &[LaneTicket]| t.iter().map(LaneTicket::lane).collect::<Vec<_>>();
+        let batch = load.enter_all([Some("quiet"), Some("flood"), Some("flood"), None]);
+        assert_eq!(
+            lanes(&batch),
+            vec![Lane::Express, Lane::Bulk, Lane::Bulk, Lane::Bulk]
+        );
+        drop(batch);
+        assert_eq!(lanes(&load.enter_all([Some("flood")])), vec![Lane::Bulk]);
+        let alone = load.enter_all([Some("flood"), Some("flood")]);
+        assert_eq!(lanes(&alone), vec![Lane::Bulk, Lane::Bulk]);
+        // Two groups with one job each, the flood still in progress: both express.
+        let two = load.enter_all([Some("a"), Some("b")]);
+        assert_eq!(lanes(&two), vec![Lane::Express, Lane::Express]);
     }
 
     /// A key's first item in progress is express when another key has work in

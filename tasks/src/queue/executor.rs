@@ -20,7 +20,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::batch::{ExpressThread, Lane, LaneLoad, LaneTicket, in_lane};
+use crate::batch::{ExpressThread, Lane, in_lane};
 
 use super::{
     job::{ClaimedJob, Job, JobContext, JobError, JobOutput},
@@ -95,11 +95,11 @@ pub(crate) struct Executor {
     pub(crate) table: HandlerTable,
     /// A run longer than this fails (and is retried).
     pub(crate) job_timeout: Duration,
-    /// Runs in progress per fair-share group: a run whose group has nothing else running
-    /// here, while other groups' runs do, writes in the express lane of the handlers' group writers
-    /// ([`crate::batch`]), so one account's flood does not slow another's lone event.
-    pub(crate) lanes: LaneLoad,
-    /// The express lane's thread, if runs may go there.
+    /// The express lane's thread, if runs may go there: a run whose group has nothing
+    /// else running here, while other groups' runs do (its lane, chosen by the producer
+    /// when the claim arrived), runs there and writes in the express lane of the
+    /// handlers' group writers ([`crate::batch`]), so one account's flood does not slow
+    /// another's lone event.
     pub(crate) express: Option<ExpressThread>,
 }
 
@@ -109,22 +109,22 @@ pub(crate) const EXPRESS_RUNS: usize = 32;
 impl Executor {
     /// Runs `job` to its outcome and hands that to the runtime ([`Runtime::finish`]).
     /// Past the runtime's hard stop the run is dropped and the job handed back. A run of
-    /// a group with nothing else running here, while others run, takes the express lane: on the express
-    /// thread when there is one, its writes in the writers' express queues.
+    /// a group with nothing else running here, while others run, takes the express lane:
+    /// on the express thread when there is one, its writes in the writers' express
+    /// queues.
     pub(crate) async fn run(self: &Arc<Self>, rt: &Arc<Runtime>, job: ClaimedJob) {
-        let ticket = self.lanes.enter(Some(&job.group_key));
         let Some(thread) = self
             .express
             .as_ref()
-            .filter(|_| ticket.lane() == Lane::Express)
+            .filter(|_| job.ticket.lane() == Lane::Express)
         else {
-            return self.run_in(rt, job, ticket).await;
+            return self.run_in(rt, job).await;
         };
         let ctx = job.ctx;
         let (this, on) = (Arc::clone(self), Arc::clone(rt));
         let ran = thread
             .handle()
-            .spawn(async move { this.run_in(&on, job, ticket).await })
+            .spawn(async move { this.run_in(&on, job).await })
             .await;
         if ran.is_err() {
             // The express thread stopped under the run (only at the process's end): the
@@ -136,17 +136,18 @@ impl Executor {
         }
     }
 
-    async fn run_in(&self, rt: &Runtime, job: ClaimedJob, ticket: LaneTicket) {
-        let ctx = job.ctx;
+    /// The run's lane ticket ends with `execute` (which owns the job), before the
+    /// outcome is handed on.
+    async fn run_in(&self, rt: &Runtime, job: ClaimedJob) {
+        let (ctx, lane) = (job.ctx, job.ticket.lane());
         let outcome = tokio::select! {
             biased;
-            outcome = in_lane(ticket.lane(), self.execute(job)) => outcome,
+            outcome = in_lane(lane, self.execute(job)) => outcome,
             () = rt.hard_stop.cancelled() => {
                 crate::worker_metrics::job_ran(ctx.task_name, "released", Duration::ZERO);
                 Settled::Released { id: ctx.job_id, attempt: ctx.attempt }
             }
         };
-        drop(ticket);
         rt.finish(outcome);
     }
 

@@ -154,8 +154,10 @@ impl JobContext {
 pub(crate) struct ClaimedJob {
     pub(crate) ctx: JobContext,
     pub(crate) payload: Box<RawValue>,
-    /// The job's fair-share group (`''` for none): the key of its run's lane.
-    pub(crate) group_key: String,
+    /// The run's lane, keyed by the job's fair-share group and chosen when its claim
+    /// arrived ([`crate::batch::LaneLoad`]); held
+    /// until the run ends (or the job goes back unrun).
+    pub(crate) ticket: crate::batch::LaneTicket,
 }
 
 /// A handler's successful output, serialised for the archive's `result` column (`None`

@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::LaneLoad;
+
 use super::{
     backoff::Backoff,
     error::QueueError,
@@ -52,6 +54,10 @@ pub(crate) struct Producer {
     pub(crate) default_rate: Option<GroupRate>,
     /// Round-robin position and budget check, kept between claims.
     pub(crate) fair: Mutex<FairState>,
+    /// Runs in progress per fair-share group: each claim's jobs enter together and get
+    /// their lanes here (a run whose group has nothing else running in the process,
+    /// while other groups' runs do, is express: `executor.rs`).
+    pub(crate) lanes: LaneLoad,
 }
 
 /// A producer's memory of the round-robin across groups.
@@ -170,8 +176,11 @@ impl Producer {
             fair.rate_wake = rate_wake;
         }
         rt.hold(rows.iter().map(|r| (r.id, r.attempts)));
+        let tickets = self
+            .lanes
+            .enter_all(rows.iter().map(|r| Some(r.group_key.as_str())));
         let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
+        for (row, ticket) in rows.into_iter().zip(tickets) {
             // The claim filtered on registered names, so the lookup cannot miss; if it
             // did, the job goes back untouched rather than leaking a slot.
             let Some(task_name) = rt.task_name(&row.task_name) else {
@@ -192,7 +201,7 @@ impl Producer {
                     planned_retry_delay,
                 },
                 payload: row.payload.0,
-                group_key: row.group_key,
+                ticket,
             });
         }
         Ok(jobs)

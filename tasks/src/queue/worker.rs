@@ -290,6 +290,7 @@ impl Workers {
                 poll_interval: opts.poll_interval,
                 default_rate: opts.default_group_rate,
                 fair: Default::default(),
+                lanes: LaneLoad::new(EXPRESS_RUNS),
             }
             .run(claimed_tx, stop_claiming.clone()),
         );
@@ -297,7 +298,6 @@ impl Workers {
         let executor = Arc::new(Executor {
             table,
             job_timeout: opts.job_timeout,
-            lanes: LaneLoad::new(EXPRESS_RUNS),
             express: opts.express.clone(),
         });
         let stopping = {
@@ -363,11 +363,11 @@ impl Workers {
             poll_interval: self.opts.poll_interval,
             default_rate: self.opts.default_group_rate,
             fair: Default::default(),
+            lanes: LaneLoad::new(EXPRESS_RUNS),
         };
         let executor = Arc::new(Executor {
             table: self.table.clone(),
             job_timeout: self.opts.job_timeout,
-            lanes: LaneLoad::new(EXPRESS_RUNS),
             express: None,
         });
         let completer = Completer {
