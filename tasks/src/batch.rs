@@ -180,6 +180,34 @@ impl ExpressLane {
             thread: None,
         }
     }
+
+    /// A [`GroupWriter`] with lanes ([`GroupWriter::spawn_with_express`]): `flush`
+    /// writes the bulk lane's batches on `pool` and the express lane's on this lane's
+    /// connections and thread.
+    pub fn writer<I, O, F, Fut>(
+        &self,
+        pool: sqlx::PgPool,
+        max_batch: usize,
+        in_flight: usize,
+        express_batch: usize,
+        flush: F,
+    ) -> GroupWriter<I, O>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        F: Fn(sqlx::PgPool, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
+    {
+        GroupWriter::spawn_with_express(
+            max_batch,
+            in_flight,
+            express_batch,
+            pool,
+            self.pool.clone(),
+            self.thread.as_ref(),
+            flush,
+        )
+    }
 }
 
 /// Work in progress per key, which picks each new item's [`Lane`]: express when nothing
@@ -384,6 +412,16 @@ where
     }
 }
 
+/// Options of a writer with items of weight one and no lingering.
+fn plain(max_batch: usize, in_flight: usize) -> GroupOptions {
+    GroupOptions {
+        max_batch,
+        in_flight,
+        linger: Duration::ZERO,
+        capacity: 4096,
+    }
+}
+
 impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
     /// Starts the writer on the current Tokio runtime: items of weight one, no lingering.
     /// `flush` writes one batch and returns one answer per item, in the items' order.
@@ -392,41 +430,38 @@ impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
     {
-        let opts = GroupOptions {
-            max_batch,
-            in_flight,
-            linger: Duration::ZERO,
-            capacity: 4096,
-        };
-        Self::with_options(opts, |_| 1, flush)
+        Self::with_options(plain(max_batch, in_flight), |_| 1, flush)
     }
 
     /// [`spawn`](Self::spawn) with an express lane of up to `express_batch` items, one
-    /// statement at a time, written by `express_flush`.
-    pub fn spawn_with_express<F, Fut>(
+    /// statement at a time: `flush` writes the bulk lane's batches on `bulk` (the
+    /// process's pool) and the express lane's on `express` (the express lane's own
+    /// connections), from `express_on`'s thread.
+    pub fn spawn_with_express<C, F, Fut>(
         max_batch: usize,
         in_flight: usize,
         express_batch: usize,
-        flush: F,
-        express_flush: F,
+        bulk: C,
+        express: C,
         express_on: Option<&ExpressThread>,
+        flush: F,
     ) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+        F: Fn(C, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
     {
-        let opts = GroupOptions {
-            max_batch,
-            in_flight,
-            linger: Duration::ZERO,
-            capacity: 4096,
-        };
-        let express = GroupOptions {
+        let opts = plain(max_batch, in_flight);
+        let express_opts = GroupOptions {
             max_batch: express_batch,
             in_flight: 1,
             ..opts.clone()
         };
-        Self::with_lanes(opts, express, |_| 1, flush, express_flush, express_on)
+        let on = |target: C| {
+            let flush = flush.clone();
+            move |batch| flush(target.clone(), batch)
+        };
+        Self::with_lanes(opts, express_opts, |_| 1, on(bulk), on(express), express_on)
     }
 
     /// [`submit`](Self::submit) for the use case: a database error, or a writer that
@@ -702,20 +737,16 @@ mod tests {
     #[tokio::test]
     async fn an_express_item_does_not_wait_for_a_bulk_statement() {
         let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
-        let flusher = |lane: &'static str| {
-            let gate_rx = gate_rx.clone();
-            move |items: Vec<u32>| {
-                let mut gate = gate_rx.clone();
-                async move {
-                    if lane == "bulk" {
-                        gate.wait_for(|open| *open).await.unwrap();
-                    }
-                    Ok(items.into_iter().map(|i| (lane, i)).collect())
+        let flush = move |lane: &'static str, items: Vec<u32>| {
+            let mut gate = gate_rx.clone();
+            async move {
+                if lane == "bulk" {
+                    gate.wait_for(|open| *open).await.unwrap();
                 }
+                Ok(items.into_iter().map(|i| (lane, i)).collect())
             }
         };
-        let writer =
-            GroupWriter::spawn_with_express(64, 1, 8, flusher("bulk"), flusher("express"), None);
+        let writer = GroupWriter::spawn_with_express(64, 1, 8, "bulk", "express", None, flush);
         let bulk = tokio::spawn({
             let w = writer.clone();
             async move { w.submit(1).await }

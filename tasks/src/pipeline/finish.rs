@@ -41,20 +41,13 @@ impl ReplyFinisher {
     /// Starts the writer on the current Tokio runtime; its express lane writes through
     /// `express`.
     pub fn spawn(pool: PgPool, express: &ExpressLane) -> Self {
-        let flusher = |pool: PgPool| {
-            move |batch| {
-                let pool = pool.clone();
-                async move { flush(&pool, batch).await }
-            }
-        };
         ReplyFinisher {
-            writer: GroupWriter::spawn_with_express(
+            writer: express.writer(
+                pool,
                 MAX_BATCH,
                 IN_FLIGHT,
                 EXPRESS_BATCH,
-                flusher(pool),
-                flusher(express.pool.clone()),
-                express.thread.as_ref(),
+                |pool, batch| async move { flush(&pool, batch).await },
             ),
         }
     }

@@ -40,19 +40,12 @@ impl GroupedLogStore {
     /// through `express`.
     pub fn spawn(pool: PgPool, express: &ExpressLane) -> Self {
         let inner = PgLogStore { pool: pool.clone() };
-        let flusher = |pool: PgPool| {
-            move |batch| {
-                let pool = pool.clone();
-                async move { start_batch(&pool, batch).await }
-            }
-        };
-        let starts = GroupWriter::spawn_with_express(
+        let starts = express.writer(
+            pool,
             MAX_BATCH,
             IN_FLIGHT,
             EXPRESS_BATCH,
-            flusher(pool),
-            flusher(express.pool.clone()),
-            express.thread.as_ref(),
+            |pool, batch| async move { start_batch(&pool, batch).await },
         );
         GroupedLogStore { inner, starts }
     }
