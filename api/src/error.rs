@@ -227,7 +227,6 @@ impl From<hookq_tasks::Error> for ApiError {
             Database(db) => ApiError::database(&db),
             Queue(e) => e.into(),
             IngestStopped => ApiError::unavailable(&IngestStopped),
-            e @ Thread(_) => ApiError::Internal(e.to_string()),
             Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(e) => e.into(),
                 Err(shared) => ApiError::unavailable(&shared),

@@ -165,12 +165,17 @@ pub struct ExpressLane {
 }
 
 impl ExpressLane {
-    /// A lane of `connections` beside `pool`, with its own thread.
-    pub fn start(pool: &sqlx::PgPool, connections: u32) -> std::io::Result<Self> {
-        Ok(ExpressLane {
+    /// A lane of `connections` beside `pool`, with its own thread; should the thread not
+    /// start (the process is out of threads), its queues and statements run on the
+    /// caller's runtime, still on their own connections.
+    pub fn start(pool: &sqlx::PgPool, connections: u32) -> Self {
+        let thread = ExpressThread::start("hookq-express")
+            .inspect_err(|e| tracing::warn!(error = %e, "the express lane's thread did not start"))
+            .ok();
+        ExpressLane {
             pool: hookq_core::db::side_pool(pool, connections),
-            thread: Some(ExpressThread::start("hookq-express")?),
-        })
+            thread,
+        }
     }
 
     /// A lane on `pool` itself and the caller's runtime (tests).
@@ -181,9 +186,10 @@ impl ExpressLane {
         }
     }
 
-    /// A [`GroupWriter`] with lanes ([`GroupWriter::spawn_with_express`]): `flush`
-    /// writes the bulk lane's batches on `pool` and the express lane's on this lane's
-    /// connections and thread.
+    /// A [`GroupWriter`] of items of weight one, no lingering, with an express lane of
+    /// up to `express_batch` items one statement at a time: `flush` writes the bulk
+    /// lane's batches on `pool` and the express lane's on this lane's connections and
+    /// thread.
     pub fn writer<I, O, F, Fut>(
         &self,
         pool: sqlx::PgPool,
@@ -198,12 +204,36 @@ impl ExpressLane {
         F: Fn(sqlx::PgPool, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
     {
-        GroupWriter::spawn_with_express(
-            max_batch,
-            in_flight,
-            express_batch,
-            pool,
-            self.pool.clone(),
+        let opts = plain(max_batch, in_flight);
+        let express = GroupOptions {
+            max_batch: express_batch,
+            in_flight: 1,
+            ..opts.clone()
+        };
+        self.writer_with(opts, express, |_| 1, pool, flush)
+    }
+
+    /// [`writer`](Self::writer) with the two lanes' options and the items' weight given.
+    pub fn writer_with<I, O, E, F, Fut>(
+        &self,
+        opts: GroupOptions,
+        express: GroupOptions,
+        weight: fn(&I) -> usize,
+        pool: sqlx::PgPool,
+        flush: F,
+    ) -> GroupWriter<I, O, E>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+        F: Fn(sqlx::PgPool, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Vec<O>, E>> + Send + 'static,
+    {
+        GroupWriter::with_lanes(
+            opts,
+            express,
+            weight,
+            (pool, self.pool.clone()),
             self.thread.as_ref(),
             flush,
         )
@@ -365,24 +395,30 @@ where
     }
 
     /// [`with_options`](Self::with_options) plus an express lane grouped by `express`
-    /// and written by `express_flush` (its own batches and statement slots, and its own
-    /// connections: see the module doc), on `express_on` when given.
-    pub fn with_lanes<F, Fut>(
+    /// (its own batches and statement slots: see the module doc): `flush` writes the
+    /// bulk lane's batches on the first of `targets` and the express lane's on the
+    /// second (their own connections), on `express_on` when given.
+    pub fn with_lanes<C, F, Fut>(
         opts: GroupOptions,
         express: GroupOptions,
         weight: fn(&I) -> usize,
-        flush: F,
-        express_flush: F,
+        (bulk_on, express_to): (C, C),
         express_on: Option<&ExpressThread>,
+        flush: F,
     ) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+        F: Fn(C, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Vec<O>, E>> + Send + 'static,
     {
+        let on = |target: C| {
+            let flush = flush.clone();
+            Arc::new(move |batch| flush(target.clone(), batch))
+        };
         let (tx, rx) = mpsc::channel(opts.capacity.max(1));
-        tokio::spawn(run(rx, opts, weight, Arc::new(flush)));
+        tokio::spawn(run(rx, opts, weight, on(bulk_on)));
         let (express_tx, express_rx) = mpsc::channel(express.capacity.max(1));
-        let express_run = run(express_rx, express, weight, Arc::new(express_flush));
+        let express_run = run(express_rx, express, weight, on(express_to));
         match express_on {
             Some(thread) => drop(thread.handle().spawn(express_run)),
             None => drop(tokio::spawn(express_run)),
@@ -431,37 +467,6 @@ impl<I: Send + 'static, O: Send + 'static> GroupWriter<I, O> {
         Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
     {
         Self::with_options(plain(max_batch, in_flight), |_| 1, flush)
-    }
-
-    /// [`spawn`](Self::spawn) with an express lane of up to `express_batch` items, one
-    /// statement at a time: `flush` writes the bulk lane's batches on `bulk` (the
-    /// process's pool) and the express lane's on `express` (the express lane's own
-    /// connections), from `express_on`'s thread.
-    pub fn spawn_with_express<C, F, Fut>(
-        max_batch: usize,
-        in_flight: usize,
-        express_batch: usize,
-        bulk: C,
-        express: C,
-        express_on: Option<&ExpressThread>,
-        flush: F,
-    ) -> Self
-    where
-        C: Clone + Send + Sync + 'static,
-        F: Fn(C, Vec<I>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<Vec<O>, sqlx::Error>> + Send + 'static,
-    {
-        let opts = plain(max_batch, in_flight);
-        let express_opts = GroupOptions {
-            max_batch: express_batch,
-            in_flight: 1,
-            ..opts.clone()
-        };
-        let on = |target: C| {
-            let flush = flush.clone();
-            move |batch| flush(target.clone(), batch)
-        };
-        Self::with_lanes(opts, express_opts, |_| 1, on(bulk), on(express), express_on)
     }
 
     /// [`submit`](Self::submit) for the use case: a database error, or a writer that
@@ -746,7 +751,9 @@ mod tests {
                 Ok(items.into_iter().map(|i| (lane, i)).collect())
             }
         };
-        let writer = GroupWriter::spawn_with_express(64, 1, 8, "bulk", "express", None, flush);
+        let (opts, express) = (plain(64, 1), plain(8, 1));
+        let writer: GroupWriter<u32, (&str, u32)> =
+            GroupWriter::with_lanes(opts, express, |_| 1, ("bulk", "express"), None, flush);
         let bulk = tokio::spawn({
             let w = writer.clone();
             async move { w.submit(1).await }

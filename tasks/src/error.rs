@@ -23,9 +23,6 @@ pub enum Error {
     /// The ingest writer task is gone (the runtime is shutting down): nothing was stored.
     #[error("the ingest writer has stopped")]
     IngestStopped,
-    /// The process could not start a thread of its own (the express lane's).
-    #[error("cannot start a thread: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 impl Error {
@@ -34,7 +31,6 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Database(_) | Error::Queue(_) | Error::IngestStopped => true,
-            Error::Thread(_) => false,
             Error::Core(e) => matches!(e, hookq_core::Error::Database(_)),
             Error::Shared(e) => e.is_unavailable(),
         }

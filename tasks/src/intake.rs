@@ -124,32 +124,19 @@ impl Ingestor {
             capacity: opts.queue_capacity,
         };
         let max_attempts = i32::try_from(opts.max_attempts.max(1)).unwrap_or(i32::MAX);
-        let flusher = |pool: PgPool| {
-            let notifier = notifier.clone();
-            move |items: Vec<writer::Item>| {
-                let pool = pool.clone();
+        // The express lane's own connection and thread (see `crate::batch`).
+        let lane = ExpressLane::start(&pool, 1);
+        let writer = lane.writer_with(
+            group,
+            express,
+            |item: &writer::Item| item.logs.len(),
+            pool.clone(),
+            move |pool: PgPool, items: Vec<writer::Item>| {
                 let notifier = notifier.clone();
                 async move {
                     Ok::<_, Infallible>(writer::flush(&pool, &notifier, &items, max_attempts).await)
                 }
-            }
-        };
-        // The express lane's own connection and thread (see `crate::batch`); should the
-        // thread not start, its statements run on this runtime, still on their own.
-        let lane = ExpressLane::start(&pool, 1).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "intake's express thread did not start");
-            ExpressLane {
-                pool: hookq_core::db::side_pool(&pool, 1),
-                thread: None,
-            }
-        });
-        let writer = GroupWriter::with_lanes(
-            group,
-            express,
-            |item: &writer::Item| item.logs.len(),
-            flusher(pool.clone()),
-            flusher(lane.pool.clone()),
-            lane.thread.as_ref(),
+            },
         );
         Ingestor {
             pool,

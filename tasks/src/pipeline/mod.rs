@@ -76,7 +76,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     // Runs of a group with nothing else running here, and their two writes, go on the
     // express lane's thread and connections (`crate::batch`; contract section 10).
-    let express = ExpressLane::start(&pool, 2)?;
+    let express = ExpressLane::start(&pool, 2);
     let opts = WorkerOptions {
         concurrency: config.max_async_tasks,
         max_attempts: config.max_attempts,

@@ -155,8 +155,8 @@ pub(crate) struct ClaimedJob {
     pub(crate) ctx: JobContext,
     pub(crate) payload: Box<RawValue>,
     /// The run's lane, keyed by the job's fair-share group and chosen when its claim
-    /// arrived ([`crate::batch::LaneLoad`]); held
-    /// until the run ends (or the job goes back unrun).
+    /// arrived ([`crate::batch::LaneLoad`]); held until the run ends (or the job goes
+    /// back unrun).
     pub(crate) ticket: crate::batch::LaneTicket,
 }
 

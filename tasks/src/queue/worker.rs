@@ -7,13 +7,14 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use crate::batch::{ExpressThread, LaneLoad};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+
+use crate::batch::{ExpressThread, LaneLoad};
 
 use super::{
     apalis,
@@ -67,9 +68,9 @@ pub struct WorkerOptions {
     /// The rate limit of every group whose budget names none (`HOOKQ_REPLY_RATE_LIMIT`
     /// for the pipeline); `None`: such groups are not rate limited.
     pub default_group_rate: Option<GroupRate>,
-    /// Where runs of a group with nothing else running in this process go (while other
-    /// groups' runs do)
-    /// ([`crate::batch`]'s express lane); `None` runs every job on the caller's runtime.
+    /// Where runs of a group with nothing else running in this process go while other
+    /// groups' runs do ([`crate::batch`]'s express lane); `None` runs every job on the
+    /// caller's runtime.
     pub express: Option<ExpressThread>,
 }
 
