@@ -150,6 +150,29 @@ pub async fn expired(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<LogPart
         .collect())
 }
 
+/// Deletes up to `limit` dedup keys of the default partition (`webhook_dedup_default`)
+/// written before `cutoff` that name no log, and answers how many went. A month's
+/// partitions take their own keys with them when dropped, and a log deleted row by row
+/// takes its key through the statement trigger; what neither reaches is a key no log ever
+/// had: two statements writing one key at the end of a month's first hour can each leave
+/// a row in the previous month that names an id the losing statement burned, and when
+/// that month has no partition the row lands here. It only refuses its own key, which is
+/// right while the key is within retention; past it, retention removes it like any other.
+pub async fn forget_orphan_keys(pool: &PgPool, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM webhook_dedup_default d WHERE (d.dedup_key, d.month) IN (
+             SELECT o.dedup_key, o.month FROM webhook_dedup_default o
+             WHERE o.received_at < $1
+               AND NOT EXISTS (SELECT 1 FROM webhook_logs l WHERE l.id = o.log_id)
+             LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// What [`drop_month`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {

@@ -55,7 +55,9 @@ pub const LOCK_TIMEOUT_MS: u32 = 2_000;
 /// `processed` logs (a catalog change, whatever the month's size); and deletes row by
 /// row, `batch` rows per statement with a pause between, the `processed` logs older than
 /// that in the default partition and in the months kept for holding something else
-/// (dead letters, logs in flight: kept until an operator handles them). A log thus
+/// (dead letters, logs in flight: kept until an operator handles them), then the default
+/// partition's dedup keys older than that which name no log
+/// ([`forget_orphan_keys`](hookq_core::logs::partitions::forget_orphan_keys)). A log thus
 /// lives from `retention_days` to `retention_days` plus a month.
 pub async fn purge(
     pool: &PgPool,
@@ -100,6 +102,16 @@ pub async fn purge(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    loop {
+        let n = partitions::forget_orphan_keys(pool, cutoff, batch).await?;
+        if n > 0 {
+            tracing::info!(keys = n, "retention: dedup keys of no log deleted");
+        }
+        if n < batch as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if purged.deleted > 0 {
         tracing::info!(

@@ -389,3 +389,56 @@ async fn a_dedup_key_is_written_into_both_months_around_a_month_start() {
             .unwrap()]
     );
 }
+
+/// A dedup key that names no log (left by two writers of one key meeting at a month's
+/// first hour, in a month without a partition) is deleted by retention once past the
+/// retention period; a key whose log is kept, or that is recent, stays.
+#[tokio::test]
+async fn retention_deletes_old_dedup_keys_that_name_no_log() {
+    let db = fresh_db().await;
+    let pool = &db.pool;
+    // No partition for six months ago: its log and key land in the default partitions.
+    let kept = old_log(pool, "kept-dead-letter", 6, "dead_letter").await;
+    for (key, months_ago) in [("ghost-old", 6), ("ghost-recent", 0)] {
+        sqlx::query(
+            "INSERT INTO webhook_dedup (dedup_key, month, log_id, received_at)
+             SELECT $1, date_trunc('month', at, 'UTC') - interval '1 month', nextval('webhook_logs_id_seq'), at
+             FROM (SELECT now() - make_interval(months => $2) AS at) t",
+        )
+        .bind(key)
+        .bind(months_ago)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let in_default = |key: &'static str| async move {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM webhook_dedup_default WHERE dedup_key = $1)",
+        )
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert!(in_default("ghost-old").await && in_default("kept-dead-letter").await);
+
+    retention::purge(pool, 30, 1_000).await.unwrap();
+
+    assert!(!in_default("ghost-old").await, "an old key of no log goes");
+    assert!(
+        in_default("kept-dead-letter").await,
+        "a kept log's key stays"
+    );
+    let recent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_dedup WHERE dedup_key = 'ghost-recent'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(recent, 1, "a key within retention stays");
+    let log: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_logs WHERE id = $1")
+        .bind(kept)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(log, 1);
+}
