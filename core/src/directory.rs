@@ -257,11 +257,8 @@ impl CachedDirectory {
                 // `notify_waiters` cannot be missed.
                 Some(Slot::Loading(n)) => Err(Arc::clone(n).notified_owned()),
                 None => {
-                    if map.len() >= MAX_ENTRIES {
-                        map.clear();
-                    }
                     let loading = Arc::new(Notify::new());
-                    map.insert(key.clone(), Slot::Loading(Arc::clone(&loading)));
+                    keep(map, key.clone(), Slot::Loading(Arc::clone(&loading)));
                     Ok((generation, loading))
                 }
             }
@@ -314,14 +311,18 @@ impl CachedDirectory {
         let value = fetch().await?;
         let mut cache = self.lock();
         if cache.generation == generation {
-            let map = pick(&mut cache);
-            if map.len() >= MAX_ENTRIES {
-                map.clear();
-            }
-            map.insert(key, Slot::Ready(value.clone()));
+            keep(pick(&mut cache), key, Slot::Ready(value.clone()));
         }
         Ok(value)
     }
+}
+
+/// Puts `slot` in `map`, first emptying a map that has reached [`MAX_ENTRIES`].
+fn keep<K: Eq + Hash, V>(map: &mut HashMap<K, Slot<V>>, key: K, slot: Slot<V>) {
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, slot);
 }
 
 /// Ends one key's fetch (see [`CachedDirectory::cached`]): on drop, its answer replaces
@@ -539,6 +540,14 @@ mod tests {
         lookups
     }
 
+    /// Every lookup answers the user.
+    async fn all_find_the_user(lookups: Vec<tokio::task::JoinHandle<Result<Option<User>>>>) {
+        for lookup in lookups {
+            let user = lookup.await.unwrap().unwrap().expect("the user");
+            assert_eq!(user.name, "Ada");
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_misses_of_one_key_make_one_round_trip() {
         let inner = Gated::new(0);
@@ -550,10 +559,7 @@ mod tests {
             "one fetch, seven waiting"
         );
         inner.gate.add_permits(1);
-        for lookup in lookups {
-            let user = lookup.await.unwrap().unwrap().expect("the user");
-            assert_eq!(user.name, "Ada");
-        }
+        all_find_the_user(lookups).await;
         assert!(dir.user_by_external_id("u").await.unwrap().is_some());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "then kept");
     }
@@ -570,9 +576,7 @@ mod tests {
         // Not one after another: the three waiters are all fetching before any answers.
         assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
         inner.gate.add_permits(3);
-        for lookup in lookups {
-            assert!(lookup.await.unwrap().unwrap().is_some());
-        }
+        all_find_the_user(lookups).await;
         assert!(dir.user_by_external_id("u").await.unwrap().is_some());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 4, "an answer is kept");
     }
@@ -586,9 +590,7 @@ mod tests {
         loader.abort();
         assert!(loader.await.unwrap_err().is_cancelled());
         inner.gate.add_permits(2);
-        for lookup in lookups {
-            assert!(lookup.await.unwrap().unwrap().is_some());
-        }
+        all_find_the_user(lookups).await;
         assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
     }
 

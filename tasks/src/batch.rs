@@ -41,7 +41,7 @@
 //! With the flooded account held to a reply rate (`FAIRNESS_FLOOD_LIMIT=500/s`, as
 //! Meta would hold it), the database has room and the quiet p99 is 38–48 ms (57–66 ms
 //! before lanes); unthrottled, the flood's drain takes both cores and the quiet p99
-//! stays near 100–150 ms on this machine. Tried and not kept, no gain measured under
+//! stays near 80–150 ms on this machine. Tried and not kept, no gain measured under
 //! the unthrottled flood: HOT updates for the start (the status and `updated_at`
 //! indexes dropped, fillfactor 70: a quarter of the log's updates went HOT, quiet p99
 //! 150–210 ms) and no ping before each pooled connection's use (quiet p99 89–189 ms).

@@ -53,8 +53,9 @@
 //! when it comes first in a claim with a flood's; `executor.rs`, [`crate::batch`]): it
 //! runs on the process's express thread and its group writes (the log's start and
 //! finish) go in small batches on connections of their own, so a quiet account's event
-//! does not queue behind a flood's 256-row statements or its hundreds of tasks. Cost: one counter update per run, one thread and two
-//! connections per worker process.
+//! does not queue behind a flood's 256-row statements or its hundreds of tasks. Cost:
+//! one counter update per claimed job, one thread and two connections per worker
+//! process.
 //!
 //! # Layout
 //!
